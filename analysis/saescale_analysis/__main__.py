@@ -1,0 +1,107 @@
+"""Command-line interface: python -m saescale_analysis {table,check-learning} FILES..."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+import pandas as pd
+
+from .results import load_results, to_frame
+from .table import format_table
+
+EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m saescale_analysis",
+        description="Summarise and check saescale results files (schema saescale.result/1).",
+        epilog="Exit status: 0 success, 1 check-learning found failing runs, "
+        "2 usage error, unreadable file or wrong schema.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    files_help = "results JSON files or quoted glob patterns (e.g. 'results/*.json')"
+
+    t = sub.add_parser("table", help="print a comparison table of runs",
+                       description="Print one row per run, sorted by variant name.")
+    t.add_argument("files", nargs="+", metavar="FILE", help=files_help)
+    t.add_argument("--relative-to", default="jumprelu", metavar="VARIANT",
+                   help="variant whose median step time is the 1.00x reference (default: %(default)s)")
+    t.add_argument("--markdown", action="store_true", help="print a markdown table instead of plain text")
+
+    c = sub.add_parser(
+        "check-learning", help="check fidelity thresholds; exit 1 if any run fails",
+        description="Check that every run learned: status ok, FVU <= --max-fvu, "
+        "recovered_fraction >= --min-recovered, and L0 within [T/R, T*R] for "
+        "T = --true-l0, R = --max-l0-ratio. Only the checks whose options are given are "
+        "applied; a null metric fails its check. Prints one line per failing run.")
+    c.add_argument("files", nargs="+", metavar="FILE", help=files_help)
+    c.add_argument("--max-fvu", type=float, metavar="X", help="fail if fvu > X")
+    c.add_argument("--min-recovered", type=float, metavar="Y", help="fail if recovered_fraction < Y")
+    c.add_argument("--max-l0-ratio", type=float, metavar="R",
+                   help="fail if l0 is outside [T/R, T*R] (needs --true-l0; R >= 1)")
+    c.add_argument("--true-l0", type=float, metavar="T", help="ground-truth L0 (needs --max-l0-ratio)")
+    return p
+
+
+def _missing(v: object) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def _failures(row: pd.Series, args: argparse.Namespace) -> list[str]:
+    """Reasons why one run fails the requested checks (empty if it passes)."""
+    out = []
+    if row["status"] != "ok":
+        out.append(f"status {row['status']!r}")
+    checks = []
+    if args.max_fvu is not None:
+        checks.append(("fvu", lambda v: v <= args.max_fvu, f"> {args.max_fvu:g}"))
+    if args.min_recovered is not None:
+        checks.append(("recovered_fraction", lambda v: v >= args.min_recovered, f"< {args.min_recovered:g}"))
+    if args.true_l0 is not None:
+        lo, hi = args.true_l0 / args.max_l0_ratio, args.true_l0 * args.max_l0_ratio
+        checks.append(("l0", lambda v: lo <= v <= hi, f"outside [{lo:.4g}, {hi:.4g}]"))
+    for name, ok, why in checks:
+        v = row[name]
+        if _missing(v):
+            out.append(f"{name} is null")
+        elif not ok(v):
+            out.append(f"{name} {v:.4g} {why}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "check-learning":
+        if (args.true_l0 is None) != (args.max_l0_ratio is None):
+            parser.error("--true-l0 and --max-l0-ratio must be given together")
+        if args.max_l0_ratio is not None and args.max_l0_ratio < 1:
+            parser.error("--max-l0-ratio must be >= 1")
+    try:
+        df = to_frame(load_results(args.files))
+    except (OSError, ValueError) as e:
+        print(f"saescale_analysis: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+    if args.command == "table":
+        print(format_table(df, relative_to=args.relative_to, markdown=args.markdown))
+        return EXIT_OK
+
+    failed = 0
+    for _, row in df.iterrows():
+        reasons = _failures(row, args)
+        if reasons:
+            failed += 1
+            print(f"FAIL {row['path']} ({row['variant']}): {'; '.join(reasons)}")
+    if failed:
+        return EXIT_FAIL
+    print(f"check-learning: all {len(df)} run(s) passed")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

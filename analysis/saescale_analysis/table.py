@@ -1,0 +1,75 @@
+"""Fixed-width and markdown comparison tables of saescale runs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+_CONFIG_KEYS = ["d_model", "width", "batch_size", "ranks"]
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(float(value) * scale, spec)
+
+
+def table_rows(df: pd.DataFrame, relative_to: str = "jumprelu") -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells, sorted by variant name.
+
+    The "vs <relative_to>" column is the ratio of the run's median step time to
+    the median step time of the reference variant with the same
+    d_model/width/batch_size/ranks, or "-" if there is no such reference run.
+    A "config" column is added when the frame mixes several configurations.
+    """
+    df = df.sort_values(["variant", *_CONFIG_KEYS], kind="stable").reset_index(drop=True)
+    configs = pd.Series(
+        ["x".join("?" if pd.isna(v) else str(v) for v in vals)
+         for vals in df[_CONFIG_KEYS].itertuples(index=False)],
+        dtype=object,
+    )
+    ref = df.loc[df["variant"] == relative_to, "step_median_s"].groupby(configs).median()
+    multi_config = configs.nunique() > 1
+
+    header = ["variant", *(["config"] if multi_config else []), "step ms (median)", "p10-p90 ms",
+              "tokens/s", f"vs {relative_to}", "FVU", "L0", "dead %", "MMCS"]
+    rows = []
+    for i, r in df.iterrows():
+        base = ref.get(configs[i], math.nan)
+        ratio = r["step_median_s"] / base if base > 0 else math.nan
+        p10, p90 = _fmt(r["step_p10_s"], ".3f", 1e3), _fmt(r["step_p90_s"], ".3f", 1e3)
+        rows.append([
+            str(r["variant"]),
+            *([configs[i]] if multi_config else []),
+            _fmt(r["step_median_s"], ".3f", 1e3),
+            "-" if p10 == p90 == "-" else f"{p10}-{p90}",
+            _fmt(r["tokens_per_s"], ",.0f"),
+            "-" if math.isnan(ratio) else f"{ratio:.2f}x",
+            _fmt(r["fvu"], ".4f"),
+            _fmt(r["l0"], ".1f"),
+            _fmt(r["dead_fraction"], ".2f", 100.0),
+            _fmt(r["mmcs"], ".3f"),
+        ])
+    return header, rows
+
+
+def format_table(df: pd.DataFrame, relative_to: str = "jumprelu", markdown: bool = False) -> str:
+    """Render runs as a plain fixed-width table (or a markdown table)."""
+    header, rows = table_rows(df, relative_to)
+    # Text columns (variant, config) are left-aligned, numbers right-aligned.
+    left = [h in ("variant", "config") for h in header]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |",
+                 "|" + "|".join(":---" if l else "---:" for l in left) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if l else c.rjust(w)
+                         for c, w, l in zip(cells, widths, left)).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])

@@ -1,0 +1,27 @@
+// The `saescale` subcommands (architecture.md §3.1). Each returns the process exit code.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include "config.hpp"
+
+namespace saescale::cli {
+
+struct GenDataOptions {
+  std::string data = "synthetic";
+  int64_t d_model = 0;
+  int64_t tokens = 65536;
+  int64_t shard_tokens = 0;  // 0: one shard
+  uint64_t seed = 1;
+  std::string out_dir;
+  bool force = false;
+};
+
+int train(const Config& cfg);
+int grad(const Config& cfg);
+int eval(const Config& cfg);
+int gen_data(const GenDataOptions& o);
+int info();
+
+void add_gen_data_options(CLI::App& app, GenDataOptions& o);
+
+}  // namespace saescale::cli

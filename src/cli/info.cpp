@@ -1,0 +1,22 @@
+#include <mpi.h>
+
+#include <cstdio>
+
+#include "cli/commands.hpp"
+#include "io/results.hpp"
+#include "kernels/gemm_cublas.hpp"
+#include "variant.hpp"
+
+namespace saescale::cli {
+
+int info() {
+  int ranks = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+  nlohmann::json out = run_context(ranks, ranks, 1);
+  out["variants"] = variant_names();
+  out["cublas"] = cublas::version();
+  std::printf("%s\n", out.dump(2).c_str());
+  return 0;
+}
+
+}  // namespace saescale::cli

@@ -1,0 +1,26 @@
+#include <mpi.h>
+
+#include "cli/commands.hpp"
+#include "error.hpp"
+#include "io/results.hpp"
+#include "trainer.hpp"
+
+namespace saescale::cli {
+
+int train(const Config& cfg) {
+  int ranks = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+  if (ranks != 1)
+    throw Error("this build trains on one rank; run without mpirun (multi-rank is issue #4)");
+  check_output_path(cfg.out, cfg.force);
+  Trainer trainer(cfg);
+  nlohmann::json results = trainer.run();
+  results["context"] = run_context(ranks, 1, 1);
+  if (!cfg.out.empty()) {
+    write_results(cfg.out, results);
+    std::printf("results: %s\n", cfg.out.c_str());
+  }
+  return 0;
+}
+
+}  // namespace saescale::cli

@@ -1,0 +1,264 @@
+#include "config.hpp"
+
+#include <toml++/toml.h>
+
+#include <cstdio>
+#include <sstream>
+
+#include "error.hpp"
+
+namespace saescale {
+
+namespace {
+
+template <class T>
+nlohmann::json opt(const std::optional<T>& v) {
+  return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+}
+
+void add_model_options(CLI::App& app, Config& c) {
+  app.add_option("--variant", c.variant, "SAE variant")
+      ->check(CLI::IsMember({"relu", "jumprelu", "gated", "topk", "batchtopk"}))
+      ->capture_default_str();
+  app.add_option("--d-model", c.d_model, "activation dimension d (default: from the data)");
+  app.add_option("--width", c.width, "number of latents M")->check(CLI::PositiveNumber);
+  app.add_option("--sparsity-coeff", c.sparsity_coeff, "lambda for relu/gated/jumprelu");
+  app.add_option("--k", c.k, "active latents per token (topk, batchtopk)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--aux-k", c.aux_k, "AuxK latents (topk, batchtopk)")->capture_default_str();
+  app.add_option("--bandwidth", c.bandwidth, "JumpReLU straight-through bandwidth eps [0.001]");
+  app.add_option("--threshold-init", c.threshold_init, "JumpReLU initial threshold [0.001]");
+  app.add_option("--normalize", c.normalize, "input normalisation scalar")
+      ->check(CLI::IsMember({"unit-msq", "sqrt-d", "none"}))
+      ->capture_default_str();
+  app.add_option("--norm-tokens", c.norm_tokens, "tokens used to estimate the scalar")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--data", c.data,
+                 "activations: .npy/.safetensors path or glob, or synthetic[:key=value,...]")
+      ->capture_default_str();
+  app.add_option("--precision", c.precision, "GEMM precision (tf32/bf16 need cuBLAS)")
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16"}))
+      ->capture_default_str();
+  app.add_option("--seed", c.seed, "random seed (data, init, shuffling)")->capture_default_str();
+  app.add_option("--init", c.init, "start from these weights (.safetensors with cfg.json)");
+  app.add_option("--out", c.out, "results file to write (JSON)");
+  app.add_flag("--force", c.force, "overwrite an existing output file");
+}
+
+void add_train_options(CLI::App& app, Config& c) {
+  app.add_option("--batch-size", c.batch_size, "global batch size in tokens")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--steps", c.steps, "training steps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--warmup-steps", c.warmup_steps,
+                 "benchmark warm-up: steps run but excluded from timing statistics")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--lr", c.lr, "learning rate (default: the variant's)");
+  app.add_option("--optimizer", c.optimizer, "optimiser")
+      ->check(CLI::IsMember({"adam", "sgd"}))
+      ->capture_default_str();
+  app.add_option("--adam-beta1", c.adam_beta1, "Adam beta1 (0 allowed)");
+  app.add_option("--adam-beta2", c.adam_beta2, "Adam beta2");
+  app.add_option("--adam-eps", c.adam_eps, "Adam epsilon");
+  app.add_option("--clip-norm", c.clip_norm, "global gradient-norm clip, 0 = off");
+  app.add_option("--lr-warmup-steps", c.lr_warmup_steps, "linear LR warm-up steps");
+  app.add_option("--lr-decay-frac", c.lr_decay_frac, "linear LR decay over this last fraction");
+  app.add_option("--sparsity-warmup-steps", c.sparsity_warmup_steps,
+                 "linear warm-up of the sparsity coefficient from 0");
+  app.add_option("--decoder-init-norm", c.decoder_init_norm, "initial decoder row norm");
+  app.add_option("--dead-window-tokens", c.dead_window_tokens,
+                 "a latent is dead after this many tokens without firing")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--shuffle-buffer", c.shuffle_buffer, "rows in the file-data shuffle buffer")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--dp", c.dp, "data-parallel ranks (default: all ranks)");
+  app.add_option("--lp", c.lp, "latent-parallel ranks")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--eval-every", c.eval_every, "evaluate every N steps (0: at the end only)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--eval-tokens", c.eval_tokens, "tokens in the evaluation set")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--progress-every", c.progress_every, "progress line every N steps (0: auto)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--loss-curve-points", c.loss_curve_points, "points kept in the loss curve")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--ground-truth", c.ground_truth,
+                 "true dictionary (.npy [F, d]) for MMCS when training on files");
+  app.add_option("--save-weights", c.save_weights, "write weights (.safetensors + cfg.json)");
+  app.add_flag("!--no-gemm-floor", c.gemm_floor, "skip timing the GEMMs alone (floor_ratio)");
+}
+
+}  // namespace
+
+nlohmann::json Config::to_json() const {
+  return {{"variant", variant},
+          {"d_model", d_model},
+          {"width", width},
+          {"sparsity_coeff", opt(sparsity_coeff)},
+          {"k", k},
+          {"aux_k", aux_k},
+          {"bandwidth", opt(bandwidth)},
+          {"threshold_init", opt(threshold_init)},
+          {"optimizer", optimizer},
+          {"lr", opt(lr)},
+          {"adam_beta1", opt(adam_beta1)},
+          {"adam_beta2", opt(adam_beta2)},
+          {"adam_eps", opt(adam_eps)},
+          {"clip_norm", opt(clip_norm)},
+          {"lr_warmup_steps", opt(lr_warmup_steps)},
+          {"lr_decay_frac", opt(lr_decay_frac)},
+          {"sparsity_warmup_steps", opt(sparsity_warmup_steps)},
+          {"decoder_init_norm", opt(decoder_init_norm)},
+          {"batch_size", batch_size},
+          {"steps", steps},
+          {"warmup_steps", warmup_steps},
+          {"seed", seed},
+          {"normalize", normalize},
+          {"norm_tokens", norm_tokens},
+          {"dead_window_tokens", dead_window_tokens},
+          {"precision", precision},
+          {"dp", dp},
+          {"lp", lp},
+          {"data", data},
+          {"shuffle_buffer", shuffle_buffer},
+          {"init", init},
+          {"save_weights", save_weights},
+          {"out", out},
+          {"eval_every", eval_every},
+          {"eval_tokens", eval_tokens},
+          {"gemm_floor", gemm_floor}};
+}
+
+void add_options(CLI::App& app, Config& cfg, Subcommand which) {
+  add_model_options(app, cfg);
+  if (which == Subcommand::train) add_train_options(app, cfg);
+  if (which == Subcommand::eval) {
+    app.add_option("--eval-tokens", cfg.eval_tokens, "tokens to evaluate on")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    app.add_option("--ground-truth", cfg.ground_truth, "true dictionary (.npy [F, d]) for MMCS");
+    app.add_option("--batch-size", cfg.batch_size, "evaluation batch size")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+  }
+}
+
+namespace {
+
+std::string toml_value_to_string(const toml::node& node, const std::string& where) {
+  std::ostringstream s;
+  if (auto v = node.as_string()) return v->get();
+  if (auto v = node.as_integer()) return std::to_string(v->get());
+  if (auto v = node.as_floating_point()) {
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%.17g", v->get());
+    return buf;
+  }
+  if (auto v = node.as_boolean()) return v->get() ? "true" : "false";
+  throw Error(where + ": only strings, numbers, booleans and arrays of them are accepted");
+}
+
+// The TOML file's keys become `--key=value` arguments (snake_case accepted for kebab-case names).
+std::vector<std::string> toml_to_args(const CLI::App& sub, const std::string& path) {
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    throw Error(path + ":" + std::to_string(where.line) +
+                ": invalid TOML: " + std::string(e.description()));
+  } catch (const std::exception& e) {
+    throw Error(path + ": cannot read config: " + e.what());
+  }
+  std::vector<std::string> args;
+  for (const auto& [key_view, node] : table) {
+    std::string key(key_view.str());
+    for (auto& ch : key)
+      if (ch == '_') ch = '-';
+    const std::string where = path + ": key '" + std::string(key_view.str()) + "'";
+    if (key == "config" || key == "help") throw Error(where + " is not allowed in a config file");
+    const CLI::Option* option = nullptr;
+    try {
+      option = sub.get_option("--" + key);
+    } catch (const CLI::OptionNotFound&) {
+      throw Error(where + " is not an option of '" + sub.get_name() + "' (see " + sub.get_name() +
+                  " --help)");
+    }
+    if (auto array = node.as_array()) {
+      for (const auto& item : *array)
+        args.push_back("--" + key + "=" + toml_value_to_string(item, where));
+    } else if (option->get_type_size() == 0) {  // a flag
+      const auto b = node.as_boolean();
+      if (!b) throw Error(where + " is a flag: use true or false");
+      if (b->get() != (key.rfind("no-", 0) == 0)) args.push_back("--" + key);
+    } else {
+      args.push_back("--" + key + "=" + toml_value_to_string(node, where));
+    }
+  }
+  return args;
+}
+
+}  // namespace
+
+int parse_command_line(CLI::App& app, int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  // Find the subcommand and an optional --config FILE / --config=FILE after it.
+  CLI::App* sub = nullptr;
+  size_t sub_pos = 0;
+  for (size_t i = 0; i < args.size() && !sub; ++i) {
+    for (auto* s : app.get_subcommands({}))
+      if (s->get_name() == args[i]) sub = s, sub_pos = i;
+  }
+  std::vector<std::string> expanded;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string file;
+    if (sub && i > sub_pos && args[i] == "--config") {
+      if (i + 1 >= args.size()) throw Error("--config needs a file name");
+      file = args[++i];
+    } else if (sub && i > sub_pos && args[i].rfind("--config=", 0) == 0) {
+      file = args[i].substr(9);
+    } else {
+      continue;
+    }
+    auto from_file = toml_to_args(*sub, file);
+    expanded.insert(expanded.end(), from_file.begin(), from_file.end());
+  }
+  std::vector<std::string> final_args;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (sub && i > sub_pos && args[i] == "--config") {
+      ++i;
+      continue;
+    }
+    if (sub && i > sub_pos && args[i].rfind("--config=", 0) == 0) continue;
+    final_args.push_back(args[i]);
+    if (sub && i == sub_pos) final_args.insert(final_args.end(), expanded.begin(), expanded.end());
+  }
+  // CLI11 wants the arguments in reverse order when given a vector.
+  std::reverse(final_args.begin(), final_args.end());
+  try {
+    app.parse(final_args);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string msg = e.what();
+    for (auto& ch : msg)
+      if (ch == '\n') ch = ' ';
+    throw Error(msg + " (see --help)");
+  }
+  return -1;
+}
+
+}  // namespace saescale

@@ -1,0 +1,66 @@
+// Every option of the `saescale` subcommands: one struct, bound to CLI11 options whose long names
+// are the contract of architecture.md §3.1, and also readable from a TOML file (`--config`).
+#pragma once
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace saescale {
+
+struct Config {
+  // model
+  std::string variant = "jumprelu";
+  int64_t d_model = 0;  // 0: taken from the data file (synthetic data needs it)
+  int64_t width = 0;
+  // hyper-parameters; unset optionals take the variant's defaults (sae-variants.md)
+  std::optional<double> sparsity_coeff, lr, adam_beta1, adam_beta2, adam_eps, clip_norm;
+  std::optional<double> bandwidth, threshold_init, lr_decay_frac, decoder_init_norm;
+  std::optional<int64_t> lr_warmup_steps, sparsity_warmup_steps;
+  int64_t k = 32;
+  int64_t aux_k = 512;
+  std::string optimizer = "adam";
+  // run
+  int64_t batch_size = 4096;
+  int64_t steps = 1000;
+  int64_t warmup_steps = 5;  // benchmark warm-up: steps run but not timed
+  uint64_t seed = 1;
+  std::string normalize = "unit-msq";
+  int64_t norm_tokens = 65536;
+  int64_t dead_window_tokens = 10'000'000;
+  std::string precision = "fp32";
+  int64_t dp = 0, lp = 1;  // dp 0: number of ranks / lp
+  // data and files
+  std::string data = "synthetic";
+  int64_t shuffle_buffer = 65536;
+  std::string init, save_weights, out, ground_truth;
+  bool force = false;
+  // measurement and reporting
+  int64_t eval_every = 0;  // 0: evaluate at the end only
+  int64_t eval_tokens = 16384;
+  int64_t progress_every = 0;  // 0: about 10 progress lines per run
+  int64_t loss_curve_points = 50;
+  bool gemm_floor = true;
+
+  nlohmann::json to_json() const;
+};
+
+// Hyper-parameters after applying the variant's defaults and the run length (what is recorded).
+struct Resolved {
+  double sparsity_coeff, lr, adam_beta1, adam_beta2, adam_eps, clip_norm;
+  double bandwidth, threshold_init, lr_decay_frac, decoder_init_norm;
+  int64_t lr_warmup_steps, sparsity_warmup_steps;
+};
+
+enum class Subcommand { train, grad, eval };
+
+// Registers the options of `train`, `grad` or `eval` on a CLI11 subcommand.
+void add_options(CLI::App& app, Config& cfg, Subcommand which);
+
+// Parses argv with TOML configs expanded: `--config FILE` values become options placed before the
+// command line's own, so the command line wins. Unknown TOML keys are errors naming the file.
+// Returns the process exit code when parsing ends the program (--help, errors), else -1.
+int parse_command_line(CLI::App& app, int argc, char** argv);
+
+}  // namespace saescale

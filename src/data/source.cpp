@@ -1,0 +1,184 @@
+#include "data/source.hpp"
+
+#include <glob.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "data/rng.hpp"
+#include "data/synthetic.hpp"
+#include "error.hpp"
+#include "io/dtype.hpp"
+#include "io/mapped_file.hpp"
+#include "io/npy.hpp"
+#include "io/safetensors.hpp"
+
+namespace saescale {
+namespace {
+
+class SyntheticSource final : public DataSource {
+ public:
+  explicit SyntheticSource(const SyntheticSpec& spec) : gen_(spec) {}
+  int64_t dim() const override { return gen_.spec().d; }
+  void next_batch(float* out, int64_t rows) override {
+    gen_.generate(cursor_, rows, out);
+    cursor_ += rows;
+  }
+  void head(float* out, int64_t rows) override { gen_.generate(0, rows, out); }
+  int64_t eval_set(float* out, int64_t rows) override {
+    gen_.generate(kEvalFirstToken, rows, out);  // a token range training never reaches
+    return rows;
+  }
+  int64_t total_rows() const override { return gen_.spec().tokens ? gen_.spec().tokens : -1; }
+  void read_rows(int64_t first, int64_t n, float* out) override { gen_.generate(first, n, out); }
+  const std::vector<float>* ground_truth() const override { return &gen_.dictionary(); }
+  nlohmann::json describe() const override {
+    return {{"kind", "synthetic"},
+            {"spec", gen_.spec().describe()},
+            {"true_features", gen_.spec().features},
+            {"true_l0", gen_.spec().l0}};
+  }
+
+ private:
+  static constexpr int64_t kEvalFirstToken = int64_t(1) << 50;
+  SyntheticData gen_;
+  int64_t cursor_ = 0;
+};
+
+struct Shard {
+  io::MappedFile file;
+  io::DType dtype;
+  size_t offset;  // byte offset of row 0
+  int64_t rows;
+};
+
+class FileSource final : public DataSource {
+ public:
+  FileSource(const std::vector<std::string>& paths, const DataOptions& o) : spec_(o.spec) {
+    for (const auto& path : paths) open_shard(path, o.d_model);
+    int64_t total = 0;
+    for (const auto& s : shards_) starts_.push_back(total), total += s.rows;
+    total_ = total;
+    eval_rows_ = std::min<int64_t>(o.eval_tokens, total / 5);
+    train_rows_ = total - eval_rows_;
+    if (train_rows_ < 1) throw Error(o.spec + ": no rows to train on");
+    rng_ = Rng(o.seed, 0x5eed);
+    buffer_rows_ = std::min<int64_t>(o.shuffle_buffer, train_rows_);
+    buffer_.resize(buffer_rows_ * d_);
+    for (int64_t r = 0; r < buffer_rows_; ++r) read_row(next_sequential(), buffer_.data() + r * d_);
+    if (!o.ground_truth.empty()) load_ground_truth(o.ground_truth);
+  }
+
+  int64_t dim() const override { return d_; }
+  void next_batch(float* out, int64_t rows) override {
+    for (int64_t r = 0; r < rows; ++r) {
+      float* slot = buffer_.data() + rng_.below(buffer_rows_) * d_;
+      std::memcpy(out + r * d_, slot, d_ * sizeof(float));
+      read_row(next_sequential(), slot);
+    }
+  }
+  void head(float* out, int64_t rows) override {
+    for (int64_t r = 0; r < rows; ++r) read_row(r % train_rows_, out + r * d_);
+  }
+  int64_t eval_set(float* out, int64_t rows) override {
+    const int64_t n = std::min(rows, eval_rows_);
+    read_rows(train_rows_, n, out);
+    return n;
+  }
+  int64_t total_rows() const override { return total_; }
+  void read_rows(int64_t first, int64_t n, float* out) override {
+    if (first < 0 || first + n > total_) throw Error(spec_ + ": row range outside the data");
+    for (int64_t r = 0; r < n; ++r) read_row(first + r, out + r * d_);
+  }
+  const std::vector<float>* ground_truth() const override {
+    return truth_.empty() ? nullptr : &truth_;
+  }
+  nlohmann::json describe() const override {
+    return {{"kind", "files"},           {"spec", spec_},
+            {"files", shards_.size()},   {"rows", total_},
+            {"train_rows", train_rows_}, {"eval_rows", eval_rows_}};
+  }
+
+ private:
+  void open_shard(const std::string& path, int64_t d_model) {
+    io::MappedFile file(path);
+    io::DType dtype;
+    std::vector<int64_t> shape;
+    size_t offset;
+    if (path.size() > 4 && path.compare(path.size() - 4, 4, ".npy") == 0) {
+      auto info = io::parse_npy(file.data(), file.size(), path);
+      dtype = info.dtype, shape = info.shape, offset = info.data_offset;
+    } else if (path.size() > 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0) {
+      auto info = io::parse_safetensors(file.data(), file.size(), path);
+      const auto* t = info.find("activations");
+      if (!t) throw Error(path + ": no tensor named 'activations'");
+      dtype = t->dtype, shape = t->shape, offset = t->begin;
+    } else {
+      throw Error(path + ": unknown data format (expected .npy or .safetensors)");
+    }
+    if (dtype == io::DType::F64)
+      throw Error(path + ": float64 activations are not supported (use f32, f16 or bf16)");
+    if (shape.size() != 2) throw Error(path + ": activations must be 2-D [tokens, d]");
+    if (d_ == 0) d_ = d_model ? d_model : shape[1];
+    if (shape[1] != d_)
+      throw Error(path + ": rows have d = " + std::to_string(shape[1]) + " but " +
+                  (d_model ? "--d-model is " : "the first file has d = ") + std::to_string(d_));
+    if (shape[0] == 0) return;
+    shards_.push_back({std::move(file), dtype, offset, shape[0]});
+  }
+
+  void load_ground_truth(const std::string& path) {
+    io::MappedFile file(path);
+    auto info = io::parse_npy(file.data(), file.size(), path);
+    if (info.shape.size() != 2 || info.shape[1] != d_)
+      throw Error(path + ": ground truth must be [features, " + std::to_string(d_) + "]");
+    truth_.resize(info.shape[0] * d_);
+    io::convert_to_float(info.dtype, file.data() + info.data_offset, truth_.size(), truth_.data());
+  }
+
+  int64_t next_sequential() {
+    const int64_t r = cursor_;
+    cursor_ = (cursor_ + 1) % train_rows_;
+    return r;
+  }
+
+  void read_row(int64_t row, float* out) const {
+    const size_t s = std::upper_bound(starts_.begin(), starts_.end(), row) - starts_.begin() - 1;
+    const auto& shard = shards_[s];
+    const size_t width = io::dtype_size(shard.dtype) * d_;
+    io::convert_to_float(shard.dtype, shard.file.data() + shard.offset + (row - starts_[s]) * width,
+                         d_, out);
+  }
+
+  std::string spec_;
+  std::vector<Shard> shards_;
+  std::vector<int64_t> starts_;
+  std::vector<float> buffer_, truth_;
+  int64_t d_ = 0, total_ = 0, train_rows_ = 0, eval_rows_ = 0, buffer_rows_ = 0, cursor_ = 0;
+  Rng rng_{0};
+};
+
+std::vector<std::string> expand(const std::string& pattern) {
+  glob_t g{};
+  const int rc = ::glob(pattern.c_str(), 0, nullptr, &g);
+  std::vector<std::string> paths;
+  if (rc == 0)
+    for (size_t i = 0; i < g.gl_pathc; ++i) paths.emplace_back(g.gl_pathv[i]);
+  globfree(&g);
+  if (paths.empty()) {
+    if (pattern.find_first_of("*?[") == std::string::npos) return {pattern};  // MappedFile says why
+    throw Error("--data '" + pattern + "' matches no files");
+  }
+  std::sort(paths.begin(), paths.end());
+  return paths;
+}
+
+}  // namespace
+
+std::unique_ptr<DataSource> open_data_source(const DataOptions& o) {
+  if (o.spec == "synthetic" || o.spec.rfind("synthetic:", 0) == 0)
+    return std::make_unique<SyntheticSource>(SyntheticSpec::parse(o.spec, o.d_model, o.seed));
+  return std::make_unique<FileSource>(expand(o.spec), o);
+}
+
+}  // namespace saescale

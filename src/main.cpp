@@ -1,0 +1,72 @@
+// saescale: train sparse autoencoders and measure what each variant costs.
+// MPI first, then Kokkos; rank 0 alone prints; every failure is one line and a non-zero exit.
+#include <mpi.h>
+
+#include <Kokkos_Core.hpp>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli/commands.hpp"
+#include "config.hpp"
+#include "error.hpp"
+#include "kernels/gemm.hpp"
+
+namespace {
+
+int run(int argc, char** argv) {
+  using namespace saescale;
+  // Kokkos sees only its own --kokkos-* arguments (it would answer --help itself otherwise).
+  std::vector<char*> ours{argv[0]}, kokkos_args{argv[0]};
+  for (int i = 1; i < argc; ++i)
+    (std::string(argv[i]).rfind("--kokkos-", 0) == 0 ? kokkos_args : ours).push_back(argv[i]);
+  int kokkos_argc = static_cast<int>(kokkos_args.size());
+  CLI::App app{"saescale: sparse-autoencoder training benchmark (MPI + Kokkos)", "saescale"};
+  app.require_subcommand(1);
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.set_version_flag("--version", "saescale 0.1.0");
+
+  Config train_cfg, grad_cfg, eval_cfg;
+  grad_cfg.normalize = "none";  // gradients of the data as given unless asked
+  cli::GenDataOptions gen;
+  auto* train = app.add_subcommand("train", "train one SAE, measure it, write a results JSON");
+  auto* grad = app.add_subcommand("grad", "loss and raw gradients of one batch (the whole data)");
+  auto* eval = app.add_subcommand("eval", "fidelity metrics of saved weights on data");
+  auto* gen_data = app.add_subcommand("gen-data", "write synthetic activation shards");
+  app.add_subcommand("info", "build, Kokkos, MPI, BLAS/GPU configuration as JSON");
+  add_options(*train, train_cfg, Subcommand::train);
+  add_options(*grad, grad_cfg, Subcommand::grad);
+  add_options(*eval, eval_cfg, Subcommand::eval);
+  cli::add_gen_data_options(*gen_data, gen);
+  for (auto* sub : {train, grad, eval})
+    sub->add_option("--config", "TOML file whose keys are this subcommand's options");
+
+  if (const int code = parse_command_line(app, static_cast<int>(ours.size()), ours.data());
+      code >= 0)
+    return code;
+  Kokkos::ScopeGuard kokkos(kokkos_argc, kokkos_args.data());
+  struct GemmCleanup {  // cuBLAS handles go before Kokkos finalises
+    ~GemmCleanup() { gemm_finalize(); }
+  } gemm_cleanup;
+  if (train->parsed()) return cli::train(train_cfg);
+  if (grad->parsed()) return cli::grad(grad_cfg);
+  if (eval->parsed()) return cli::eval(eval_cfg);
+  if (gen_data->parsed()) return cli::gen_data(gen);
+  return cli::info();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int code = 1;
+  try {
+    code = run(argc, argv);
+  } catch (const saescale::Error& e) {
+    std::fprintf(stderr, "saescale: error: %s\n", e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "saescale: internal error: %s\n", e.what());
+  }
+  MPI_Finalize();
+  return code;
+}

@@ -1,0 +1,358 @@
+#include "trainer.hpp"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "error.hpp"
+#include "kernels/optim.hpp"
+#include "kernels/reduce.hpp"
+
+namespace saescale {
+
+Resolved resolve_hyper(const Config& c, const VariantDefaults& d) {
+  // Step-count warm-ups are capped at a fraction of short runs; explicit options win.
+  const auto capped = [&](int64_t steps) {
+    return std::min<int64_t>(steps, static_cast<int64_t>(d.warmup_cap_frac * c.steps));
+  };
+  Resolved r{};
+  r.sparsity_coeff = c.sparsity_coeff.value_or(d.sparsity_coeff);
+  r.lr = c.lr.value_or(d.lr);
+  r.adam_beta1 = c.adam_beta1.value_or(d.adam_beta1);
+  r.adam_beta2 = c.adam_beta2.value_or(d.adam_beta2);
+  r.adam_eps = c.adam_eps.value_or(d.adam_eps);
+  r.clip_norm = c.clip_norm.value_or(d.clip_norm);
+  r.bandwidth = c.bandwidth.value_or(0.001);
+  r.threshold_init = c.threshold_init.value_or(0.001);
+  r.lr_decay_frac = c.lr_decay_frac.value_or(d.lr_decay_frac);
+  r.decoder_init_norm = c.decoder_init_norm.value_or(d.decoder_init_norm);
+  r.lr_warmup_steps = c.lr_warmup_steps.value_or(capped(d.lr_warmup_steps));
+  r.sparsity_warmup_steps = c.sparsity_warmup_steps.value_or(
+      d.sparsity_warmup_frac > 0 ? static_cast<int64_t>(d.sparsity_warmup_frac * c.steps)
+                                 : capped(d.sparsity_warmup_steps));
+  if (!(r.lr > 0)) throw Error("--lr must be positive");
+  if (r.sparsity_coeff < 0) throw Error("--sparsity-coeff must be >= 0");
+  if (r.adam_beta1 < 0 || r.adam_beta1 >= 1 || r.adam_beta2 < 0 || r.adam_beta2 >= 1)
+    throw Error("Adam betas must be in [0, 1)");
+  if (!(r.bandwidth > 0)) throw Error("--bandwidth must be positive");
+  if (!(r.threshold_init > 0)) throw Error("--threshold-init must be positive");
+  if (r.lr_decay_frac < 0 || r.lr_decay_frac > 1) throw Error("--lr-decay-frac must be in [0, 1]");
+  if (r.clip_norm < 0) throw Error("--clip-norm must be >= 0 (0 turns clipping off)");
+  return r;
+}
+
+double estimate_norm_scale(const std::string& mode, const std::vector<float>& rows, int64_t n,
+                           int64_t d) {
+  if (mode == "none") return 1;
+  double sum_sq = 0, sum_norm = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    double s = 0;
+    for (int64_t c = 0; c < d; ++c) s += double(rows[r * d + c]) * rows[r * d + c];
+    sum_sq += s;
+    sum_norm += std::sqrt(s);
+  }
+  if (!(sum_sq > 0) || !std::isfinite(sum_sq))
+    throw Error("cannot normalise: the first tokens of the data are all zero or not finite");
+  if (mode == "unit-msq") return std::sqrt(n / sum_sq);
+  if (mode == "sqrt-d") return std::sqrt(double(d)) * n / sum_norm;
+  throw Error("unknown --normalize '" + mode + "'");
+}
+
+Trainer::Trainer(const Config& cfg) : cfg_(cfg), precision_(parse_precision(cfg.precision)) {
+  check_precision_supported(precision_);
+  data_ = open_data_source(
+      {cfg.data, cfg.d_model, cfg.seed, cfg.shuffle_buffer, cfg.eval_tokens, cfg.ground_truth});
+  const int64_t d = data_->dim();
+  if (cfg.width <= 0) throw Error("--width is required and must be positive");
+  model_ = std::make_unique<Model>(cfg.variant, d, cfg.width);
+  hyper_ = resolve_hyper(cfg, model_->variant().defaults());
+
+  const int64_t n_norm =
+      data_->total_rows() < 0 ? cfg.norm_tokens : std::min(cfg.norm_tokens, data_->total_rows());
+  std::vector<float> head(n_norm * d);
+  data_->head(head.data(), n_norm);
+  norm_scale_ = estimate_norm_scale(cfg.normalize, head, n_norm, d);
+
+  model_->allocate(cfg.batch_size);
+  model_->initialize(hyper_at(0), cfg.seed);
+  if (!cfg.init.empty()) {
+    nlohmann::json file_cfg;
+    model_->import_tensors(read_weights(cfg.init, &file_cfg), norm_scale_, cfg.init);
+  }
+  const int64_t P = model_->params().total();
+  adam_m_ = Vector("saescale::optimizer::m", cfg.optimizer == "adam" ? P : 0);
+  adam_v_ = Vector("saescale::optimizer::v", cfg.optimizer == "adam" ? P : 0);
+  tokens_since_fired_ = CountVector("saescale::stats::tokens_since_fired", cfg.width);
+  batch_host_.resize(cfg.batch_size * d);
+
+  eval_rows_.resize(cfg.eval_tokens * d);
+  eval_n_ = data_->eval_set(eval_rows_.data(), cfg.eval_tokens);
+  if (eval_n_ < 1) throw Error("no rows left for evaluation (need more data or --eval-tokens)");
+  for (auto& v : eval_rows_) v = static_cast<float>(v * norm_scale_);
+}
+
+Hyper Trainer::hyper_at(int64_t step) const {
+  const double warm = hyper_.sparsity_warmup_steps > 0
+                          ? std::min(1.0, double(step + 1) / hyper_.sparsity_warmup_steps)
+                          : 1.0;
+  return {hyper_.sparsity_coeff * warm, hyper_.bandwidth, hyper_.threshold_init,
+          hyper_.decoder_init_norm,     cfg_.k,           cfg_.aux_k};
+}
+
+double Trainer::lr_at(int64_t step) const {
+  double lr = hyper_.lr;
+  if (hyper_.lr_warmup_steps > 0) lr *= std::min(1.0, double(step + 1) / hyper_.lr_warmup_steps);
+  const int64_t decay_steps = static_cast<int64_t>(hyper_.lr_decay_frac * cfg_.steps);
+  const int64_t decay_start = cfg_.steps - decay_steps;
+  if (decay_steps > 0 && step >= decay_start) lr *= double(cfg_.steps - step) / decay_steps;
+  return lr;
+}
+
+void Trainer::load_batch() {
+  const auto t0 = std::chrono::steady_clock::now();
+  data_->next_batch(batch_host_.data(), cfg_.batch_size);
+  const auto& x = model_->buffers().x;
+  auto x_host = Kokkos::create_mirror_view(Kokkos::HostSpace(), x);
+  const float s = static_cast<float>(norm_scale_);
+  for (size_t i = 0; i < batch_host_.size(); ++i) x_host.data()[i] = batch_host_[i] * s;
+  Kokkos::deep_copy(x, x_host);
+  data_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// One training step, in the order of the algorithm (architecture.md §2).
+void Trainer::step(int64_t step) {
+  Model& m = *model_;
+  const Hyper h = hyper_at(step);
+  const Precision p = precision_;
+  LossParts loss;
+
+  timers_.run("encode_gemm", [&] { m.encode(p); });
+  timers_.run("activation", [&] { loss.penalty = m.activate(h); });
+  timers_.run("decode_gemm", [&] { m.decode(p); });
+  timers_.run("loss", [&] { loss.mse = m.squared_error() / cfg_.batch_size; });
+  if (!std::isfinite(loss.total()))
+    throw Error("step " + std::to_string(step) + ": loss is not finite (mse " +
+                std::to_string(loss.mse) + ", sparsity term " + std::to_string(loss.penalty) +
+                "): lower --lr or check the data");
+  timers_.run("backward_decoder_gemm", [&] { m.backward_decoder_gemm(p); });
+  timers_.run("backward_activation_gemm", [&] { m.backward_activation_gemm(p); });
+  timers_.run("variant_backward", [&] { m.variant_backward(h); });
+  timers_.run("backward_encoder_gemm", [&] { m.backward_encoder_gemm(p); });
+  timers_.run("bias_gradients", [&] { m.bias_gradients(h); });
+
+  ParamStore& params = m.params();
+  if (m.variant().unit_norm_decoder())
+    timers_.run("decoder_projection", [&] {
+      kernels::project_decoder_gradient(params.matrix("W_dec"), params.grad_matrix("W_dec"));
+    });
+  if (hyper_.clip_norm > 0)
+    timers_.run("clip", [&] {
+      const double norm =
+          std::sqrt(kernels::sum_squares("saescale::clip::grad_norm", params.grads()));
+      if (norm > hyper_.clip_norm)
+        kernels::scale("saescale::clip::scale", params.grads(),
+                       static_cast<real>(hyper_.clip_norm / norm));
+    });
+  timers_.run("optimizer", [&] {
+    const real lr = static_cast<real>(lr_at(step));
+    if (cfg_.optimizer == "adam")
+      kernels::adam_update(
+          params.values(), params.grads(), adam_m_, adam_v_,
+          {lr, static_cast<real>(hyper_.adam_beta1), static_cast<real>(hyper_.adam_beta2),
+           static_cast<real>(hyper_.adam_eps), step + 1});
+    else
+      kernels::sgd_update(params.values(), params.grads(), lr);
+  });
+  if (m.variant().unit_norm_decoder())
+    timers_.run("renormalize", [&] { kernels::renormalize_rows(params.matrix("W_dec")); });
+
+  int64_t active = 0;
+  timers_.run("statistics", [&] {
+    auto& stats = m.buffers().stats;
+    kernels::update_tokens_since_fired(tokens_since_fired_, stats.fired, cfg_.batch_size);
+    auto counts = stats.active;
+    Kokkos::parallel_reduce(
+        "saescale::statistics::l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
+        KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);
+  });
+  log_.push_back({step, loss.total(), loss.mse, double(active) / cfg_.batch_size});
+}
+
+Fidelity Trainer::evaluate_now() {
+  Fidelity f = evaluate(*model_, hyper_at(cfg_.steps), precision_, eval_rows_, eval_n_);
+  if (const auto* truth = data_->ground_truth()) ground_truth_recovery(*model_, *truth, f);
+  return f;
+}
+
+double Trainer::measure_gemm_floor(int reps) {
+  // The step's five GEMMs, same shapes, buffers and precision, with nothing in between.
+  Model& m = *model_;
+  std::vector<double> times;
+  for (int r = 0; r < reps + 1; ++r) {
+    ExecSpace().fence();
+    const auto t0 = std::chrono::steady_clock::now();
+    gemm(Trans::N, Trans::N, 1, m.buffers().x_in, m.params().matrix("W_enc"), 0, m.buffers().pi,
+         precision_);
+    m.decode(precision_);
+    m.backward_decoder_gemm(precision_);
+    m.backward_activation_gemm(precision_);
+    m.backward_encoder_gemm(precision_);
+    ExecSpace().fence();
+    if (r > 0)
+      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return summarize(times)["median"].get<double>();
+}
+
+nlohmann::json Trainer::memory_json() const {
+  const int64_t P = model_->params().total(), B = cfg_.batch_size, d = model_->d(),
+                M = model_->width();
+  const int64_t f = sizeof(real);
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const int64_t activations =
+      (3 * B * M + (model_->variant().subtracts_decoder_bias() ? 3 : 2) * B * d) * f;
+  return {{"peak_device_bytes", nullptr},
+          {"device_memory_space", MemSpace::name()},
+          {"peak_host_rss_bytes", static_cast<int64_t>(usage.ru_maxrss) * 1024},
+          {"breakdown",
+           {{"parameters", P * f},
+            {"gradients", P * f},
+            {"optimizer_state", static_cast<int64_t>(adam_m_.size() + adam_v_.size()) * f},
+            {"activations", activations},
+            {"communication_buffers", 0}}}};
+}
+
+nlohmann::json Trainer::run() {
+  const int64_t steps = cfg_.steps, B = cfg_.batch_size;
+  const int64_t every =
+      cfg_.progress_every > 0 ? cfg_.progress_every : std::max<int64_t>(1, steps / 10);
+  std::printf(
+      "saescale train: %s, d=%lld, M=%lld, B=%lld, %lld steps (%lld warm-up), data %s, "
+      "normalisation %s (s=%.4g), gemm %s/%s\n",
+      cfg_.variant.c_str(), (long long)model_->d(), (long long)cfg_.width, (long long)B,
+      (long long)steps, (long long)cfg_.warmup_steps,
+      data_->describe()["spec"].get<std::string>().c_str(), cfg_.normalize.c_str(), norm_scale_,
+      gemm_backend_name(), precision_name(precision_));
+  std::fflush(stdout);
+
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t s = 0; s < steps; ++s) {
+    load_batch();
+    timers_.begin_step();
+    step(s);
+    const double t = timers_.end_step(s >= cfg_.warmup_steps);
+    if ((s + 1) % every == 0 || s + 1 == steps) {
+      const auto& l = log_.back();
+      std::printf("  step %6lld/%lld  loss %.5f  mse %.5f  L0 %7.2f  step %8.2f ms  %10.0f tok/s\n",
+                  (long long)s + 1, (long long)steps, l.loss, l.mse, l.l0, t * 1e3, B / t);
+      std::fflush(stdout);
+    }
+    if (cfg_.eval_every > 0 && (s + 1) % cfg_.eval_every == 0 && s + 1 < steps) {
+      const Fidelity f = evaluate_now();
+      eval_curve_.push_back(
+          {{"step", s + 1}, {"fvu", f.fvu}, {"l0", f.l0}, {"mmcs", f.to_json()["mmcs"]}});
+    }
+  }
+  const double train_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  Fidelity fid = evaluate_now();
+  int64_t dead = 0;
+  {
+    auto since = tokens_since_fired_;
+    const int64_t window = cfg_.dead_window_tokens;
+    Kokkos::parallel_reduce(
+        "saescale::statistics::dead", Kokkos::RangePolicy<ExecSpace>(0, since.extent(0)),
+        KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += since(i) >= window; }, dead);
+  }
+  const int64_t trained_tokens = steps * B;
+
+  nlohmann::json timing;
+  timing["step_s"] = timers_.steps_json();
+  timing["phases_s"] = timers_.phases_json();
+  const double median = timing["step_s"].value("median", 0.0);
+  timing["tokens_per_s"] = median > 0 ? B / median : 0.0;
+  timing["flops_per_step"] = 5.0 * 2.0 * B * model_->d() * cfg_.width;  // five dense GEMMs
+  timing["warmup_steps"] = cfg_.warmup_steps;
+  timing["total_train_s"] = train_seconds;
+  timing["data_s"] = data_seconds_;
+  timing["fenced"] = true;
+  if (cfg_.gemm_floor && median > 0) {
+    const int reps = static_cast<int>(std::clamp<int64_t>(steps - cfg_.warmup_steps, 3, 20));
+    const double floor = measure_gemm_floor(reps);
+    timing["gemm_floor_s"] = floor;
+    timing["floor_ratio"] = median / floor;
+  } else {
+    timing["gemm_floor_s"] = nullptr;
+    timing["floor_ratio"] = nullptr;
+  }
+
+  nlohmann::json fidelity = fid.to_json();
+  fidelity["dead_fraction"] = double(dead) / cfg_.width;
+  fidelity["dead_window_tokens"] = cfg_.dead_window_tokens;
+  fidelity["trained_tokens"] = trained_tokens;
+  fidelity["final_train_loss"] = log_.back().loss;
+  fidelity["eval_curve"] = eval_curve_;
+  nlohmann::json curve = nlohmann::json::array();
+  const int64_t points = std::min<int64_t>(cfg_.loss_curve_points, steps);
+  for (int64_t k = 0; k < points; ++k) {
+    const auto& l = log_[points == 1 ? steps - 1 : k * (steps - 1) / (points - 1)];
+    curve.push_back({{"step", l.step}, {"loss", l.loss}, {"mse", l.mse}, {"l0", l.l0}});
+  }
+  fidelity["loss_curve"] = curve;
+
+  nlohmann::json config = cfg_.to_json();
+  config["d_model"] = model_->d();
+  config["resolved"] = {{"sparsity_coeff", hyper_.sparsity_coeff},
+                        {"lr", hyper_.lr},
+                        {"adam_beta1", hyper_.adam_beta1},
+                        {"adam_beta2", hyper_.adam_beta2},
+                        {"adam_eps", hyper_.adam_eps},
+                        {"clip_norm", hyper_.clip_norm},
+                        {"bandwidth", hyper_.bandwidth},
+                        {"threshold_init", hyper_.threshold_init},
+                        {"lr_decay_frac", hyper_.lr_decay_frac},
+                        {"decoder_init_norm", hyper_.decoder_init_norm},
+                        {"lr_warmup_steps", hyper_.lr_warmup_steps},
+                        {"sparsity_warmup_steps", hyper_.sparsity_warmup_steps},
+                        {"norm_scale", norm_scale_}};
+  config["data_source"] = data_->describe();
+
+  nlohmann::json benchmarks = nlohmann::json::array();
+  const auto& times = timers_.step_times();
+  for (size_t i = 0; i < times.size(); ++i)
+    benchmarks.push_back({{"name", "saescale/" + cfg_.variant + "/step"},
+                          {"run_name", "saescale/" + cfg_.variant + "/step"},
+                          {"run_type", "iteration"},
+                          {"repetitions", times.size()},
+                          {"repetition_index", i},
+                          {"threads", 1},
+                          {"iterations", 1},
+                          {"real_time", times[i] * 1e3},
+                          {"cpu_time", times[i] * 1e3},
+                          {"time_unit", "ms"}});
+
+  if (!cfg_.save_weights.empty())
+    save_weights(cfg_.save_weights, *model_, norm_scale_, config["resolved"]);
+
+  std::printf("done: FVU %.4f  L0 %.2f  dead %.1f%%  step median %.2f ms  %.0f tok/s", fid.fvu,
+              fid.l0, 100.0 * dead / cfg_.width, median * 1e3, median > 0 ? B / median : 0.0);
+  if (fid.mmcs)
+    std::printf("  MMCS %.3f  recovered %.1f%%", *fid.mmcs, 100 * *fid.recovered_fraction);
+  if (timing["floor_ratio"].is_number())
+    std::printf("  floor_ratio %.3f", timing["floor_ratio"].get<double>());
+  std::printf("\n");
+  return {{"schema", "saescale.result/1"},
+          {"status", "ok"},
+          {"config", config},
+          {"timing", timing},
+          {"memory", memory_json()},
+          {"fidelity", fidelity},
+          {"benchmarks", benchmarks}};
+}
+
+}  // namespace saescale

@@ -1,0 +1,60 @@
+// Training one SAE: the step (readable top to bottom), schedules, statistics, evaluation and the
+// results file.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "config.hpp"
+#include "data/source.hpp"
+#include "metrics/fidelity.hpp"
+#include "metrics/timers.hpp"
+#include "model.hpp"
+
+namespace saescale {
+
+// Hyper-parameters after the variant's defaults and the run length are applied.
+Resolved resolve_hyper(const Config& cfg, const VariantDefaults& defaults);
+
+// The scalar s with E||s x||^2 = 1 (unit-msq), E||s x|| = sqrt(d) (sqrt-d), or 1 (none),
+// estimated from `rows` (host, row-major [n, d]).
+double estimate_norm_scale(const std::string& mode, const std::vector<float>& rows, int64_t n,
+                           int64_t d);
+
+class Trainer {
+ public:
+  explicit Trainer(const Config& cfg);
+  // Trains, evaluates, times the GEMM floor; returns the results JSON (without `context`).
+  nlohmann::json run();
+
+ private:
+  void step(int64_t step);
+  Hyper hyper_at(int64_t step) const;
+  double lr_at(int64_t step) const;
+  void load_batch();
+  Fidelity evaluate_now();
+  double measure_gemm_floor(int reps);
+  nlohmann::json memory_json() const;
+
+  Config cfg_;
+  Resolved hyper_;
+  Precision precision_;
+  std::unique_ptr<DataSource> data_;
+  std::unique_ptr<Model> model_;
+  double norm_scale_ = 1;
+  Vector adam_m_, adam_v_;
+  CountVector tokens_since_fired_;
+  std::vector<float> batch_host_, eval_rows_;
+  int64_t eval_n_ = 0;
+  PhaseTimers timers_;
+  double data_seconds_ = 0;
+  struct StepLog {
+    int64_t step;
+    double loss, mse, l0;
+  };
+  std::vector<StepLog> log_;
+  nlohmann::json eval_curve_ = nlohmann::json::array();
+};
+
+}  // namespace saescale

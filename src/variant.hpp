@@ -1,0 +1,78 @@
+// The Variant interface: what differs between SAE variants, and nothing else. The GEMMs, the
+// optimiser, schedules, statistics and timing are shared (trainer.cpp). Adding a variant = one
+// file in src/variants/, its kernels in kernels/activations/, one line in variants/registry.cpp.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "kernels/activations/latent_stats.hpp"
+#include "params.hpp"
+
+namespace saescale {
+
+// Defaults from sae-variants.md. Warm-ups given as steps are capped at `warmup_cap_frac` of the
+// run for short runs; a fraction-based warm-up (ReLU) is given as *_frac.
+struct VariantDefaults {
+  double lr, adam_beta1, adam_beta2, adam_eps, clip_norm;
+  double sparsity_coeff;
+  int64_t lr_warmup_steps = 0;
+  double lr_decay_frac = 0;
+  int64_t sparsity_warmup_steps = 0;
+  double sparsity_warmup_frac = 0;  // used instead of steps when > 0
+  double decoder_init_norm = 1.0;
+  double warmup_cap_frac = 0.2;
+};
+
+// Buffers of one step, owned by the trainer and shared with the variant.
+struct StepBuffers {
+  Matrix x;     // [B, d] normalised input
+  Matrix x_in;  // [B, d] encoder input: x, or x - b_dec for variants that subtract it
+  Matrix pi;    // [B, M] x_in W_enc (no bias)
+  Matrix f;     // [B, M] activations
+  Matrix g;     // [B, M] g_f on entry to backward, g_pi on exit
+  Matrix e;     // [B, d] residual x - x_hat
+  LatentStats stats;
+  int64_t global_batch = 0;  // B in the loss (the global batch under data parallelism)
+};
+
+struct Hyper {
+  double sparsity_coeff;  // lambda after the warm-up schedule
+  double bandwidth, threshold_init, decoder_init_norm;
+  int64_t k, aux_k;
+};
+
+class Variant {
+ public:
+  virtual ~Variant() = default;
+  virtual const char* name() const = 0;
+  virtual VariantDefaults defaults() const = 0;
+  // Parameters in SAELens names and shapes (file order).
+  virtual std::vector<ParamSpec> param_specs(int64_t d, int64_t width) const;
+  // Variant-specific initialisation after the shared one (decoder rows, W_enc = W_dec^T, zeros).
+  virtual void initialize(ParamStore&, const Hyper&) const {}
+  virtual bool unit_norm_decoder() const { return true; }
+  virtual bool subtracts_decoder_bias() const { return false; }
+  virtual void allocate(int64_t /*batch*/, int64_t /*d*/, int64_t /*width*/) {}
+
+  // f from pi (adding the encoder bias), LatentStats filled. Returns the penalty term of the loss
+  // for this batch: (1/B) sum_b lambda * penalty_b (global B; summed over ranks by the caller).
+  virtual double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) = 0;
+  // g_pi from g_f in place over s.g; per-latent parameter gradients (b_enc, thresholds, ...).
+  virtual void backward(ParamStore& p, StepBuffers& s, const Hyper& h) = 0;
+  // Extra gradient terms of W_dec beyond f^T g_xhat (ReLU's norm-weighted penalty).
+  virtual void decoder_gradient_extra(ParamStore&, const StepBuffers&, const Hyper&) {}
+
+  // Files: tensors as SAELens stores them (JumpReLU: threshold = exp(log_threshold)), and back.
+  virtual std::vector<io::NamedTensor> export_tensors(const ParamStore& p) const;
+  virtual void import_tensors(ParamStore& p, std::vector<io::NamedTensor> tensors,
+                              const std::string& source) const;
+  // SAELens architecture name for cfg.json.
+  virtual const char* architecture() const { return "standard"; }
+};
+
+std::unique_ptr<Variant> make_variant(const std::string& name);
+std::vector<std::string> variant_names();
+
+}  // namespace saescale

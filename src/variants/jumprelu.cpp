@@ -1,0 +1,92 @@
+// JumpReLU SAE (sae-variants.md §5): elementwise threshold, trainable t = log(theta), L0 penalty
+// through a rectangle-kernel straight-through estimator that reaches only t.
+#include "kernels/activations/jumprelu.hpp"
+
+#include <cmath>
+
+#include "error.hpp"
+#include "kernels/reduce.hpp"
+#include "variant.hpp"
+
+namespace saescale {
+namespace {
+
+class JumpRelu final : public Variant {
+ public:
+  const char* name() const override { return "jumprelu"; }
+  const char* architecture() const override { return "jumprelu"; }
+  VariantDefaults defaults() const override {
+    VariantDefaults d{};
+    d.lr = 7e-5;
+    d.adam_beta1 = 0.0;
+    d.adam_beta2 = 0.999;
+    d.adam_eps = 1e-8;
+    d.clip_norm = 0.0;
+    d.sparsity_coeff = 1e-3;
+    d.lr_warmup_steps = 1000;
+    d.sparsity_warmup_steps = 10000;
+    return d;
+  }
+
+  std::vector<ParamSpec> param_specs(int64_t d, int64_t width) const override {
+    auto specs = Variant::param_specs(d, width);
+    specs.push_back({"log_threshold", {width}});
+    return specs;
+  }
+
+  void initialize(ParamStore& p, const Hyper& h) const override {
+    kernels::fill("saescale::init::log_threshold", p.vector("log_threshold"),
+                  static_cast<real>(std::log(h.threshold_init)));
+  }
+
+  double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
+    Kokkos::parallel_for(
+        "saescale::activation::jumprelu_forward", column_block_policy(s.f.extent(1)),
+        kernels::JumpReluForward{s.pi, p.vector("b_enc"), p.vector("log_threshold"), s.f, s.stats});
+    // penalty = (lambda / B) * number of (token, latent) pairs above threshold
+    int64_t active = 0;
+    auto counts = s.stats.active;
+    Kokkos::parallel_reduce(
+        "saescale::activation::jumprelu_l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
+        KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);
+    return h.sparsity_coeff * static_cast<double>(active) / s.global_batch;
+  }
+
+  void backward(ParamStore& p, StepBuffers& s, const Hyper& h) override {
+    Kokkos::parallel_for(
+        "saescale::variant_backward::jumprelu", column_block_policy(s.g.extent(1)),
+        kernels::JumpReluBackward{s.pi, p.vector("b_enc"), p.vector("log_threshold"),
+                                  static_cast<real>(h.bandwidth),
+                                  static_cast<real>(h.sparsity_coeff / s.global_batch), s.g,
+                                  p.grad_vector("b_enc"), p.grad_vector("log_threshold")});
+  }
+
+  // Files store `threshold` (SAELens / Gemma Scope); training keeps log_threshold.
+  std::vector<io::NamedTensor> export_tensors(const ParamStore& p) const override {
+    auto tensors = p.to_tensors();
+    for (auto& t : tensors) {
+      if (t.name != "log_threshold") continue;
+      t.name = "threshold";
+      for (auto& v : t.values) v = std::exp(v);
+    }
+    return tensors;
+  }
+  void import_tensors(ParamStore& p, std::vector<io::NamedTensor> tensors,
+                      const std::string& source) const override {
+    for (auto& t : tensors) {
+      if (t.name != "threshold") continue;
+      t.name = "log_threshold";
+      for (auto& v : t.values) {
+        if (!(v > 0)) throw Error(source + ": threshold values must be positive");
+        v = std::log(v);
+      }
+    }
+    p.load(tensors, source);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Variant> make_jumprelu() { return std::make_unique<JumpRelu>(); }
+
+}  // namespace saescale

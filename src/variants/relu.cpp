@@ -1,0 +1,78 @@
+// ReLU SAE, Anthropic's April 2024 recipe (sae-variants.md §1): no decoder constraint; the L1
+// penalty is weighted by each decoder row's norm, so it cannot be dodged by shrinking f.
+#include "kernels/activations/relu.hpp"
+
+#include "kernels/reduce.hpp"
+#include "variant.hpp"
+
+namespace saescale {
+namespace {
+
+class Relu final : public Variant {
+ public:
+  const char* name() const override { return "relu"; }
+  VariantDefaults defaults() const override {
+    VariantDefaults d{};
+    d.lr = 5e-5;
+    d.adam_beta1 = 0.9;
+    d.adam_beta2 = 0.999;
+    d.adam_eps = 1e-8;
+    d.clip_norm = 1.0;
+    d.sparsity_coeff = 5.0;
+    d.sparsity_warmup_frac = 0.05;
+    d.lr_decay_frac = 0.2;
+    d.decoder_init_norm = 0.1;
+    return d;
+  }
+  bool unit_norm_decoder() const override { return false; }
+
+  void allocate(int64_t, int64_t, int64_t width) override {
+    dec_norm_ = Vector("saescale::relu::decoder_norms", width);
+  }
+
+  double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
+    Kokkos::parallel_for("saescale::activation::relu_forward", column_block_policy(s.f.extent(1)),
+                         kernels::ReluForward{s.pi, p.vector("b_enc"), s.f, s.stats});
+    kernels::row_norms("saescale::activation::relu_decoder_norms", p.matrix("W_dec"), dec_norm_);
+    // penalty = (lambda / B) sum_i (sum_b f_bi) ||W_dec[i]||
+    double weighted = 0;
+    auto f_sum = s.stats.f_sum;
+    auto norm = dec_norm_;
+    Kokkos::parallel_reduce(
+        "saescale::activation::relu_penalty", Kokkos::RangePolicy<ExecSpace>(0, norm.extent(0)),
+        KOKKOS_LAMBDA(int64_t i, double& acc) { acc += f_sum(i) * norm(i); }, weighted);
+    return h.sparsity_coeff * weighted / s.global_batch;
+  }
+
+  void backward(ParamStore& p, StepBuffers& s, const Hyper& h) override {
+    const real penalty_scale = static_cast<real>(h.sparsity_coeff / s.global_batch);
+    Kokkos::parallel_for("saescale::variant_backward::relu", column_block_policy(s.g.extent(1)),
+                         kernels::ReluBackward{s.pi, p.vector("b_enc"), dec_norm_, penalty_scale,
+                                               s.g, p.grad_vector("b_enc")});
+  }
+
+  // g_W_dec[i] += (lambda/B) (sum_b f_bi) W_dec[i] / ||W_dec[i]||
+  void decoder_gradient_extra(ParamStore& p, const StepBuffers& s, const Hyper& h) override {
+    auto w = p.matrix("W_dec");
+    auto g = p.grad_matrix("W_dec");
+    auto f_sum = s.stats.f_sum;
+    auto norm = dec_norm_;
+    const double scale = h.sparsity_coeff / s.global_batch;
+    Kokkos::parallel_for(
+        "saescale::variant_backward::relu_decoder_penalty",
+        Kokkos::RangePolicy<ExecSpace>(0, w.extent(0)), KOKKOS_LAMBDA(int64_t i) {
+          if (norm(i) <= 0) return;
+          const real c = static_cast<real>(scale * f_sum(i) / norm(i));
+          for (int64_t j = 0; j < static_cast<int64_t>(w.extent(1)); ++j) g(i, j) += c * w(i, j);
+        });
+  }
+
+ private:
+  Vector dec_norm_;
+};
+
+}  // namespace
+
+std::unique_ptr<Variant> make_relu() { return std::make_unique<Relu>(); }
+
+}  // namespace saescale
