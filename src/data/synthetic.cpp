@@ -119,7 +119,8 @@ SyntheticData::SyntheticData(const SyntheticSpec& spec) : spec_(spec) {
   for (auto& c : cdf_) c /= total;
 }
 
-void SyntheticData::generate(int64_t first, int64_t n, float* out) const {
+void SyntheticData::generate(int64_t first, int64_t n, float* out,
+                             std::vector<int64_t>* feature_counts) const {
   const int64_t d = spec_.d, F = spec_.features;
   const double noise_std = spec_.noise / std::sqrt(double(d));
   std::vector<int64_t> chosen;
@@ -135,6 +136,7 @@ void SyntheticData::generate(int64_t first, int64_t n, float* out) const {
       const int64_t feature = std::min(j, F - 1);
       if (std::find(chosen.begin(), chosen.end(), feature) != chosen.end()) continue;
       chosen.push_back(feature);
+      if (feature_counts) ++(*feature_counts)[feature];
       const float a = static_cast<float>(magnitude_[feature] * (0.5 + rng.uniform()));
       const float* D = dictionary_.data() + feature * d;
       for (int64_t c = 0; c < d; ++c) x[c] += a * D[c];

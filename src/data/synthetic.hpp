@@ -30,7 +30,9 @@ class SyntheticData {
   explicit SyntheticData(const SyntheticSpec& spec);
   const SyntheticSpec& spec() const { return spec_; }
   // Tokens [first, first + n) of the stream, row-major [n, d].
-  void generate(int64_t first, int64_t n, float* out) const;
+  // If `feature_counts` is given ([features]), adds how often each feature was active.
+  void generate(int64_t first, int64_t n, float* out,
+                std::vector<int64_t>* feature_counts = nullptr) const;
   // The true dictionary, row-major [features, d], unit rows.
   const std::vector<float>& dictionary() const { return dictionary_; }
 

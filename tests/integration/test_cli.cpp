@@ -1,0 +1,178 @@
+// The saescale command line end to end: happy paths through every subcommand, and bad input giving
+// one clear line on stderr, a non-zero exit and no output file.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "io/npy.hpp"
+#include "io/safetensors.hpp"
+#include "support/process.hpp"
+#include "support/random.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace ts = testing_support;
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::temp_directory_path() /
+            ("saescale_cli_" +
+             std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
+             std::to_string(ts::test_seed())))
+               .string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  ts::Result saescale(const std::string& args) {
+    return ts::run(ts::saescale() + " " + args, dir_);
+  }
+
+  // A failing command: non-zero exit, exactly one line on stderr containing `needle`, and no
+  // results file left behind.
+  void expect_error(const std::string& args, const std::string& needle) {
+    const std::string out = dir_ + "/should_not_exist.json";
+    const auto r = saescale(args + " --out " + out);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << "stderr: " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "stderr: " << r.err;
+    EXPECT_FALSE(fs::exists(out)) << args;
+  }
+
+  std::string write_random_npy(const std::string& name, int64_t rows, int64_t d) {
+    std::mt19937 rng(ts::test_seed());
+    std::normal_distribution<float> n(0, 1);
+    std::vector<float> x(rows * d);
+    for (auto& v : x) v = n(rng);
+    const std::string path = dir_ + "/" + name;
+    saescale::io::write_npy(path, x.data(), {rows, d});
+    return path;
+  }
+
+  std::string dir_;
+  const std::string small_ =
+      " --width 32 --batch-size 64 --steps 3 --warmup-steps 1 --eval-tokens 64 ";
+};
+
+TEST_F(Cli, HelpForEverySubcommand) {
+  for (const char* sub : {"", "train", "grad", "eval", "gen-data", "info"}) {
+    const auto r = saescale(std::string(sub) + " --help");
+    EXPECT_EQ(r.code, 0) << sub;
+    EXPECT_NE(r.out.find("Usage"), std::string::npos) << sub;
+  }
+}
+
+TEST_F(Cli, InfoIsJson) {
+  const auto r = saescale("info");
+  ASSERT_EQ(r.code, 0);
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(j.contains("kokkos_version"));
+  EXPECT_TRUE(j.contains("mpi_library"));
+  EXPECT_TRUE(j.contains("git_commit"));
+}
+
+TEST_F(Cli, GenDataTrainSaveEvalRoundTrip) {
+  auto r = saescale(
+      "gen-data --d-model 16 --tokens 3000 --shard-tokens 1000 --data synthetic:features=32,l0=3 "
+      "--out-dir " +
+      dir_ + "/data");
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* f :
+       {"shard_0000.npy", "shard_0001.npy", "shard_0002.npy", "dictionary.npy", "meta.json"})
+    EXPECT_TRUE(fs::exists(dir_ + "/data/" + f)) << f;
+  // TOML config with the command line overriding one of its keys.
+  std::ofstream(dir_ + "/run.toml")
+      << "variant = \"relu\"\nwidth = 64\nbatch_size = 128\nsteps = 50\n"
+         "lr = 1e-3\nwarmup-steps = 2\neval-tokens = 256\n";
+  r = saescale("train --config " + dir_ + "/run.toml --steps 20 --data '" + dir_ +
+               "/data/shard_*.npy' " + "--ground-truth " + dir_ +
+               "/data/dictionary.npy --save-weights " + dir_ + "/w --out " + dir_ + "/r.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::ifstream in(dir_ + "/r.json");
+  const auto res = nlohmann::json::parse(in);
+  EXPECT_EQ(res["schema"], "saescale.result/1");
+  EXPECT_EQ(res["config"]["variant"], "relu");
+  EXPECT_EQ(res["config"]["steps"], 20);  // command line won over the file
+  EXPECT_EQ(res["config"]["width"], 64);
+  EXPECT_EQ(res["timing"]["step_s"]["n"], 18);  // warm-up excluded
+  EXPECT_TRUE(res["fidelity"]["mmcs"].is_number());
+  EXPECT_TRUE(fs::exists(dir_ + "/w/sae_weights.safetensors"));
+  EXPECT_TRUE(fs::exists(dir_ + "/w/cfg.json"));
+  r = saescale("eval --init " + dir_ + "/w --data '" + dir_ +
+               "/data/shard_*.npy' --eval-tokens 500 --out " + dir_ + "/e.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("FVU"), std::string::npos);
+  std::ifstream ein(dir_ + "/e.json");
+  const auto ev = nlohmann::json::parse(ein);
+  // Same weights, same distribution, a different sample: the same FVU up to sampling noise.
+  EXPECT_NEAR(ev["fidelity"]["fvu"].get<double>(), res["fidelity"]["fvu"].get<double>(), 0.1);
+  EXPECT_NEAR(ev["fidelity"]["l0"].get<double>(), res["fidelity"]["l0"].get<double>(), 1.0);
+}
+
+TEST_F(Cli, TruncatedNpyIsOneLineError) {
+  const std::string path = write_random_npy("x.npy", 100, 8);
+  fs::resize_file(path, fs::file_size(path) - 10);
+  expect_error("train --data " + path + small_, "truncated");
+}
+
+TEST_F(Cli, CorruptSafetensorsIsOneLineError) {
+  const std::string path = dir_ + "/x.safetensors";
+  std::ofstream(path, std::ios::binary)
+      << std::string("\x10\x00\x00\x00\x00\x00\x00\x00{not json}xxxxx", 24);
+  expect_error("train --data " + path + small_, "x.safetensors");
+}
+
+TEST_F(Cli, WrongTensorNameInSafetensors) {
+  std::vector<float> x(64 * 8, 0.5f);
+  saescale::io::write_safetensors(dir_ + "/x.safetensors", {{"acts", {64, 8}, x}});
+  expect_error("train --data " + dir_ + "/x.safetensors" + small_, "activations");
+}
+
+TEST_F(Cli, DataDimensionMismatch) {
+  const std::string path = write_random_npy("x.npy", 400, 8);
+  expect_error("train --data " + path + " --d-model 16" + small_, "d = 8");
+}
+
+TEST_F(Cli, MissingDataFile) {
+  expect_error("train --data " + dir_ + "/nope.npy" + small_, "nope.npy");
+}
+
+TEST_F(Cli, UnknownVariantAndOption) {
+  expect_error("train --variant sparsemax --d-model 8" + small_, "sparsemax");
+  expect_error("train --d-model 8 --widht 3" + small_, "--widht");
+}
+
+TEST_F(Cli, UnknownConfigKey) {
+  std::ofstream(dir_ + "/bad.toml") << "variant = \"relu\"\nlearning_rate = 0.1\n";
+  expect_error("train --config " + dir_ + "/bad.toml --d-model 8" + small_, "learning_rate");
+}
+
+TEST_F(Cli, ImpossibleValues) {
+  expect_error("train --d-model 8 --lr -1" + small_, "--lr");
+  expect_error("train --d-model 8 --width 0 --steps 2", "width");
+  expect_error("train --d-model 8 --precision bf16" + small_, "bf16");
+}
+
+TEST_F(Cli, ExistingResultsNeedForce) {
+  const std::string out = dir_ + "/r.json";
+  std::ofstream(out) << "precious";
+  const auto r = saescale("train --d-model 8" + small_ + "--out " + out);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
+  EXPECT_EQ(ts::slurp(out), "precious");
+  EXPECT_EQ(saescale("train --d-model 8" + small_ + "--out " + out + " --force").code, 0);
+  EXPECT_NE(ts::slurp(out), "precious");
+}
+
+TEST_F(Cli, GradNeedsOutputAndFiniteData) {
+  const auto r = saescale("grad --d-model 8 --width 16");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--out"), std::string::npos) << r.err;
+  expect_error("grad --data synthetic --d-model 8 --width 16", "finite");
+}
+
+}  // namespace

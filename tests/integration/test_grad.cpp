@@ -1,0 +1,162 @@
+// `saescale grad` against central finite differences of an independent double-precision loss
+// (tests/support/reference_sae.hpp), for every parameter of ReLU and JumpReLU. JumpReLU's
+// log_threshold has no finite-difference gradient (the loss is a step function of it): its
+// straight-through estimator is checked against its definition, with pre-activations placed inside
+// the window on both sides of the threshold.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "io/npy.hpp"
+#include "io/safetensors.hpp"
+#include "support/process.hpp"
+#include "support/random.hpp"
+#include "support/reference_sae.hpp"
+
+namespace {
+
+using reference::Params;
+using reference::Problem;
+using reference::Tensor;
+namespace ts = testing_support;
+
+constexpr int kB = 32, kD = 16, kM = 64;
+
+struct Fixture {
+  std::string dir;
+  Problem problem;
+  Params params;
+};
+
+float round_f(double v) { return static_cast<float>(v); }
+
+// Random problem whose values are exactly representable in float (what the files hold).
+Fixture make_problem(const std::string& variant, double lambda, double bandwidth, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal(0, 1);
+  auto draw = [&](size_t n, double scale) {
+    Tensor t(n);
+    for (auto& v : t) v = round_f(scale * normal(rng));
+    return t;
+  };
+  Fixture fx;
+  fx.dir = (std::filesystem::temp_directory_path() /
+            ("saescale_grad_" + variant + "_" + std::to_string(seed)))
+               .string();
+  std::filesystem::remove_all(fx.dir);
+  std::filesystem::create_directories(fx.dir);
+  fx.problem = {kB, kD, kM, variant, lambda, bandwidth, draw(kB * kD, 1.0)};
+  fx.params["W_enc"] = draw(kD * kM, 0.3);
+  fx.params["b_enc"] = draw(kM, 0.1);
+  fx.params["W_dec"] = draw(kM * kD, 0.3);
+  fx.params["b_dec"] = draw(kD, 0.1);
+  if (variant == "jumprelu") {
+    // Thresholds next to one of each latent's positive pre-activations (inside the window), kept
+    // at least 1e-4 away from every pre-activation so finite differences never cross the jump.
+    const Tensor pi = reference::preactivations(fx.problem, fx.params);
+    std::uniform_real_distribution<double> offset(-0.4 * bandwidth, 0.4 * bandwidth);
+    Tensor t(kM);
+    for (int i = 0; i < kM; ++i) {
+      double theta = 0.3;
+      for (int b = 0; b < kB; ++b)
+        if (pi[b * kM + i] > 0.1 && pi[b * kM + i] < 0.7) theta = pi[b * kM + i] + offset(rng);
+      for (int attempt = 0; attempt < 100; ++attempt) {
+        double closest = 1;
+        for (int b = 0; b < kB; ++b) closest = std::min(closest, std::abs(pi[b * kM + i] - theta));
+        if (closest > 1e-4) break;
+        theta += 3e-4;
+      }
+      t[i] = std::log(double(round_f(theta)));  // saescale reads float thresholds
+    }
+    fx.params["log_threshold"] = t;
+  }
+  return fx;
+}
+
+std::vector<float> to_float(const Tensor& t) { return std::vector<float>(t.begin(), t.end()); }
+
+std::map<std::string, std::vector<float>> run_grad(const Fixture& fx, double lambda) {
+  const auto& p = fx.params;
+  std::vector<saescale::io::NamedTensor> weights = {{"W_enc", {kD, kM}, to_float(p.at("W_enc"))},
+                                                    {"b_enc", {kM}, to_float(p.at("b_enc"))},
+                                                    {"W_dec", {kM, kD}, to_float(p.at("W_dec"))},
+                                                    {"b_dec", {kD}, to_float(p.at("b_dec"))}};
+  if (p.count("log_threshold")) {
+    std::vector<float> theta;
+    for (double t : p.at("log_threshold")) theta.push_back(round_f(std::exp(t)));
+    weights.push_back({"threshold", {kM}, theta});
+  }
+  saescale::io::write_safetensors(fx.dir + "/weights.safetensors", weights);
+  saescale::io::write_npy(fx.dir + "/x.npy", to_float(fx.problem.x).data(), {kB, kD});
+  const std::string out = fx.dir + "/grads_" + std::to_string(lambda) + ".safetensors";
+  char args[512];
+  std::snprintf(args, sizeof args,
+                " grad --variant %s --init %s/weights.safetensors --data %s/x.npy --out %s "
+                "--sparsity-coeff %.17g --bandwidth %.17g --force",
+                fx.problem.variant.c_str(), fx.dir.c_str(), fx.dir.c_str(), out.c_str(), lambda,
+                fx.problem.bandwidth);
+  const auto r = ts::run(ts::saescale() + args, fx.dir);
+  EXPECT_EQ(r.code, 0) << r.err;
+  std::map<std::string, std::vector<float>> grads;
+  for (auto& t : saescale::io::read_safetensors(out)) grads[t.name] = t.values;
+  return grads;
+}
+
+// |got - want| <= atol + rtol |want|, with atol relative to the tensor's largest entry.
+void expect_close(const std::string& what, const std::vector<float>& got, const Tensor& want,
+                  double rtol = 1e-3, double atol_frac = 1e-4) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double scale = 0;
+  for (double w : want) scale = std::max(scale, std::abs(w));
+  ASSERT_GT(scale, 0) << what << ": the reference gradient is all zero; the test would be vacuous";
+  int bad = 0;
+  for (size_t k = 0; k < got.size(); ++k) {
+    const double tol = atol_frac * scale + rtol * std::abs(want[k]);
+    if (std::abs(got[k] - want[k]) > tol && bad++ < 5)
+      ADD_FAILURE() << what << "[" << k << "]: saescale " << got[k] << " vs reference " << want[k];
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " entries differ";
+}
+
+class GradTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GradTest, MatchesFiniteDifferencesForEveryParameter) {
+  const std::string variant = GetParam();
+  const double lambda = 0.37, bandwidth = 0.2;
+  const Fixture fx = make_problem(variant, lambda, bandwidth, ts::test_seed());
+  auto grads = run_grad(fx, lambda);
+
+  ASSERT_EQ(grads.count("loss"), 1u);
+  EXPECT_NEAR(grads["loss"][0], reference::loss(fx.problem, fx.params),
+              1e-5 * reference::loss(fx.problem, fx.params));
+  for (const char* name : {"W_enc", "b_enc", "W_dec", "b_dec"}) {
+    SCOPED_TRACE(variant + " " + name);
+    expect_close(name, grads.at(name),
+                 reference::finite_differences(fx.problem, fx.params, name, 1e-6));
+  }
+  if (variant == "jumprelu") {
+    const Tensor estimator = reference::jumprelu_log_threshold_grad(fx.problem, fx.params);
+    int nonzero = 0;
+    for (double g : estimator) nonzero += g != 0;
+    EXPECT_GT(nonzero, kM / 2) << "too few pre-activations inside the window to test the estimator";
+    expect_close("log_threshold", grads.at("log_threshold"), estimator);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, GradTest, ::testing::Values("relu", "jumprelu"));
+
+// The L0 term of JumpReLU reaches only the thresholds: every other gradient is independent of
+// lambda.
+TEST(JumpReluGrad, SparsityTermSendsNothingToEncoderOrDecoder) {
+  const Fixture fx = make_problem("jumprelu", 1.0, 0.2, ts::test_seed() + 1);
+  auto without = run_grad(fx, 0.0);
+  auto with = run_grad(fx, 3.0);
+  for (const char* name : {"W_enc", "b_enc", "W_dec", "b_dec"})
+    EXPECT_EQ(without.at(name), with.at(name)) << name;
+  EXPECT_NE(without.at("log_threshold"), with.at("log_threshold"));
+}
+
+}  // namespace

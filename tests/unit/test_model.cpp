@@ -1,0 +1,223 @@
+// Library-level tests: weights round trip, initialisation, normalisation, data sources.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "data/source.hpp"
+#include "data/synthetic.hpp"
+#include "error.hpp"
+#include "io/npy.hpp"
+#include "model.hpp"
+#include "support/random.hpp"
+#include "trainer.hpp"
+
+namespace saescale {
+namespace {
+
+std::string scratch(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("saescale_model_" + name + "_" + std::to_string(testing_support::test_seed()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+// Random, non-trivial parameters (not the structured initialisation).
+void randomize(Model& m) {
+  std::mt19937 rng(testing_support::test_seed());
+  std::normal_distribution<float> n(0, 0.5f);
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), m.params().values());
+  for (size_t i = 0; i < h.size(); ++i) h(i) = n(rng);
+  Kokkos::deep_copy(m.params().values(), h);
+}
+
+Hyper hyper() { return {0.1, 0.01, 0.05, 1.0, 8, 16}; }
+
+TEST(Weights, RoundTripThroughFilesIsExact) {
+  for (const std::string variant : {"relu", "jumprelu"}) {
+    Model m(variant, 12, 40);
+    m.initialize(hyper(), 7);
+    randomize(m);
+    const std::string dir = scratch("weights_" + variant);
+    save_weights(dir, m, 1.0, {});
+    nlohmann::json cfg;
+    auto tensors = read_weights(dir, &cfg);
+    auto exported = m.export_tensors(1.0);
+    ASSERT_EQ(tensors.size(), exported.size());
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      EXPECT_EQ(tensors[i].name, exported[i].name);
+      EXPECT_EQ(tensors[i].shape, exported[i].shape);
+      EXPECT_EQ(tensors[i].values, exported[i].values) << tensors[i].name;  // bitwise
+    }
+    EXPECT_EQ(cfg["d_in"], 12);
+    EXPECT_EQ(cfg["d_sae"], 40);
+    EXPECT_EQ(cfg["architecture"], variant == "jumprelu" ? "jumprelu" : "standard");
+    // Loading into a fresh model gives back the same parameters (thresholds through exp/log: 2
+    // ulp).
+    Model back(variant, 12, 40);
+    back.import_tensors(std::move(tensors), 1.0, dir);
+    auto a = back.params().to_tensors(), b = m.params().to_tensors();
+    for (size_t i = 0; i < a.size(); ++i)
+      for (size_t k = 0; k < a[i].values.size(); ++k) {
+        if (a[i].name == "log_threshold")
+          ASSERT_NEAR(a[i].values[k], b[i].values[k], 4e-7 * (1 + std::abs(b[i].values[k])));
+        else
+          ASSERT_EQ(a[i].values[k], b[i].values[k]) << a[i].name << "[" << k << "]";
+      }
+  }
+}
+
+TEST(Weights, NormalisationIsFoldedOnExportAndUnfoldedOnImport) {
+  Model m("jumprelu", 6, 10);
+  m.initialize(hyper(), 3);
+  randomize(m);
+  const double s = 0.37;
+  auto raw = m.params().to_tensors();
+  auto folded = m.export_tensors(s);
+  for (size_t i = 0; i < raw.size(); ++i) {
+    const std::string& name = raw[i].name;
+    for (size_t k = 0; k < raw[i].values.size(); ++k) {
+      const double v = raw[i].values[k];
+      const double want = name == "W_enc"                        ? v * s
+                          : (name == "W_dec" || name == "b_dec") ? v / s
+                          : name == "log_threshold"              ? std::exp(v)
+                                                                 : v;
+      ASSERT_NEAR(folded[i].values[k], want, 1e-6 * (1 + std::abs(want))) << name;
+    }
+  }
+  // Folded weights on raw x give the same pre-activations as raw weights on s x.
+  Model back("jumprelu", 6, 10);
+  back.import_tensors(folded, s, "test");
+  auto again = back.params().to_tensors();
+  for (size_t i = 0; i < raw.size(); ++i)
+    for (size_t k = 0; k < raw[i].values.size(); ++k)
+      ASSERT_NEAR(again[i].values[k], raw[i].values[k], 1e-5 * (1 + std::abs(raw[i].values[k])));
+}
+
+TEST(Weights, ShapeMismatchNamesTheTensor) {
+  Model m("relu", 8, 16), other("relu", 8, 32);
+  m.initialize(hyper(), 1);
+  try {
+    other.import_tensors(m.export_tensors(1.0), 1.0, "w.safetensors");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("W_enc"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Initialisation, UnitDecoderRowsAndTiedEncoder) {
+  Model m("jumprelu", 16, 50);
+  m.initialize(hyper(), 11);
+  auto t = m.params().to_tensors();
+  const auto& w_enc = t[0].values;
+  const auto& w_dec = t[2].values;
+  for (int i = 0; i < 50; ++i) {
+    double n = 0;
+    for (int c = 0; c < 16; ++c) {
+      n += double(w_dec[i * 16 + c]) * w_dec[i * 16 + c];
+      ASSERT_EQ(w_enc[c * 50 + i], w_dec[i * 16 + c]);
+    }
+    EXPECT_NEAR(n, 1.0, 1e-5);
+  }
+  for (float th : t[4].values) EXPECT_NEAR(std::exp(th), 0.05, 1e-7);
+  Model r("relu", 16, 50);
+  r.initialize({0.1, 0.01, 0.05, 0.1, 8, 16}, 11);
+  auto rt = r.params().to_tensors();
+  double n = 0;
+  for (int c = 0; c < 16; ++c) n += double(rt[2].values[c]) * rt[2].values[c];
+  EXPECT_NEAR(std::sqrt(n), 0.1, 1e-6);
+}
+
+TEST(Normalisation, ScalarsMeetTheirDefinitions) {
+  std::mt19937 rng(testing_support::test_seed());
+  std::normal_distribution<float> nd(0.3f, 2.0f);
+  const int64_t n = 500, d = 24;
+  std::vector<float> x(n * d);
+  for (auto& v : x) v = nd(rng);
+  const double s = estimate_norm_scale("unit-msq", x, n, d);
+  const double q = estimate_norm_scale("sqrt-d", x, n, d);
+  double msq = 0, mean_norm = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    double ss = 0;
+    for (int64_t c = 0; c < d; ++c) ss += double(x[r * d + c]) * x[r * d + c];
+    msq += s * s * ss / n;
+    mean_norm += q * std::sqrt(ss) / n;
+  }
+  EXPECT_NEAR(msq, 1.0, 1e-9);
+  EXPECT_NEAR(mean_norm, std::sqrt(double(d)), 1e-9);
+  EXPECT_EQ(estimate_norm_scale("none", x, n, d), 1.0);
+}
+
+TEST(Synthetic, DeterministicAndAddressableByTokenIndex) {
+  auto spec = SyntheticSpec::parse("synthetic:features=64,l0=4,noise=0.01", 16, 5);
+  SyntheticData a(spec), b(spec);
+  std::vector<float> x(20 * 16), y(10 * 16);
+  a.generate(0, 20, x.data());
+  b.generate(10, 10, y.data());
+  for (int i = 0; i < 10 * 16; ++i) ASSERT_EQ(x[10 * 16 + i], y[i]);
+  EXPECT_EQ(a.dictionary(), b.dictionary());
+  auto other = SyntheticSpec::parse("synthetic:features=64,l0=4,noise=0.01,seed=6", 16, 5);
+  std::vector<float> z(20 * 16);
+  SyntheticData(other).generate(0, 20, z.data());
+  EXPECT_NE(x, z);
+}
+
+TEST(Synthetic, ActiveFeaturesHaveMeanL0AndPowerLawFrequencies) {
+  auto spec = SyntheticSpec::parse("synthetic:features=200,l0=5,alpha=0.8", 8,
+                                   testing_support::test_seed());
+  SyntheticData gen(spec);
+  const int64_t n = 100000;
+  std::vector<float> x(n * 8);
+  std::vector<int64_t> counts(200, 0);
+  gen.generate(0, n, x.data(), &counts);
+  int64_t total = 0;
+  for (auto c : counts) total += c;
+  EXPECT_NEAR(double(total) / n, 5.0, 0.05);  // Poisson(5): std of the mean is 0.007
+  // Draws follow p_j ~ (j+1)^-0.8: feature 9 is 100^0.8/10^0.8 = 6.3 times as frequent as
+  // feature 99 (features this rare are not saturated by drawing without replacement).
+  EXPECT_NEAR(double(counts[9]) / counts[99], std::pow(10.0, 0.8), 1.3);
+  // Rows are offset + features + noise: not all equal, not zero.
+  EXPECT_NE(std::vector<float>(x.begin(), x.begin() + 8),
+            std::vector<float>(x.begin() + 8, x.begin() + 16));
+}
+
+TEST(Synthetic, BadSpecsAreOneLineErrors) {
+  for (const char* bad :
+       {"synthetic:features=abc", "synthetic:foo=1", "synthetic:l0=0", "synthetic:noise"})
+    EXPECT_THROW(SyntheticSpec::parse(bad, 8, 1), Error) << bad;
+  EXPECT_THROW(SyntheticSpec::parse("synthetic", 0, 1), Error);
+}
+
+TEST(FileSource, ShuffledRowsComeFromTheDataAndAreDeterministic) {
+  const std::string dir = scratch("files");
+  const int64_t n = 300, d = 5;
+  std::vector<float> rows(n * d);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < d; ++c) rows[r * d + c] = float(r) + 0.1f * c;
+  io::write_npy(dir + "/a.npy", rows.data(), {200, d});
+  io::write_npy(dir + "/b.npy", rows.data() + 200 * d, {100, d});
+  DataOptions o{dir + "/*.npy", 0, 3, 64, 50, ""};
+  auto src = open_data_source(o), again = open_data_source(o);
+  EXPECT_EQ(src->dim(), d);
+  EXPECT_EQ(src->total_rows(), n);
+  std::vector<float> batch(100 * d), batch2(100 * d);
+  src->next_batch(batch.data(), 100);
+  again->next_batch(batch2.data(), 100);
+  EXPECT_EQ(batch, batch2);
+  bool shuffled = false;
+  for (int64_t r = 0; r < 100; ++r) {
+    const float row = batch[r * d];
+    ASSERT_LT(row, 250) << "a training row came from the held-out evaluation rows";
+    for (int64_t c = 0; c < d; ++c) ASSERT_FLOAT_EQ(batch[r * d + c], row + 0.1f * c);
+    shuffled |= row != float(r);
+  }
+  EXPECT_TRUE(shuffled);
+  std::vector<float> eval(50 * d);
+  ASSERT_EQ(src->eval_set(eval.data(), 50), 50);
+  EXPECT_EQ(eval[0], 250.0f);  // the last fifth is held out
+}
+
+}  // namespace
+}  // namespace saescale
