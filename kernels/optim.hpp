@@ -10,9 +10,37 @@ struct AdamParams {
   int64_t step;  // 1-based, for bias correction
 };
 
-// Standard Adam with bias correction; beta1 = 0 makes m = g and its correction 1.
+// Row dot product with 8 independent float lanes: vectorisable without reassociation flags, and
+// summed in double at the end (d is at most a few thousand, so float lanes lose nothing material).
+KOKKOS_INLINE_FUNCTION double dot_lanes(const real* a, const real* b, int64_t n) {
+  constexpr int L = 8;
+  real acc[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int l = 0; l < L; ++l) acc[l] += a[i + l] * b[i + l];
+  double sum = 0;
+  for (int l = 0; l < L; ++l) sum += acc[l];
+  for (; i < n; ++i) sum += double(a[i]) * b[i];
+  return sum;
+}
+
+// Standard Adam with bias correction. With beta1 = 0 the first moment IS the gradient, so `m` is
+// not stored or touched (an empty view): 20 instead of 28 bytes of traffic per parameter.
 inline void adam_update(const Vector& p, const Vector& g, const Vector& m, const Vector& v,
                         const AdamParams& a) {
+  if (a.beta1 == 0) {
+    const real c2 = 1 - static_cast<real>(kmath::pow(double(a.beta2), double(a.step)));
+    const real lr = a.lr, inv_sqrt_c2 = 1 / kmath::sqrt(c2), b2 = a.beta2, eps = a.eps;
+    Kokkos::parallel_for(
+        "saescale::optimizer::adam_beta1_0", Kokkos::RangePolicy<ExecSpace>(0, p.extent(0)),
+        KOKKOS_LAMBDA(int64_t i) {
+          const real gi = g(i);
+          const real vi = b2 * v(i) + (1 - b2) * gi * gi;
+          v(i) = vi;
+          p(i) -= lr * gi / (kmath::sqrt(vi) * inv_sqrt_c2 + eps);
+        });
+    return;
+  }
   const real c1 = 1 - static_cast<real>(kmath::pow(double(a.beta1), double(a.step)));
   const real c2 = 1 - static_cast<real>(kmath::pow(double(a.beta2), double(a.step)));
   const real step_size = a.lr / c1, inv_sqrt_c2 = 1 / kmath::sqrt(c2);
@@ -48,11 +76,8 @@ inline void project_decoder_gradient(const Matrix& w, const Matrix& g) {
       "saescale::decoder_projection::radial", Kokkos::RangePolicy<ExecSpace>(0, w.extent(0)),
       KOKKOS_LAMBDA(int64_t i) {
         const int64_t d = w.extent(1);
-        double dot = 0, norm2 = 0;
-        for (int64_t c = 0; c < d; ++c) {
-          dot += double(g(i, c)) * w(i, c);
-          norm2 += double(w(i, c)) * w(i, c);
-        }
+        const double dot = dot_lanes(&g(i, 0), &w(i, 0), d),
+                     norm2 = dot_lanes(&w(i, 0), &w(i, 0), d);
         const real coef = norm2 > 0 ? static_cast<real>(dot / norm2) : real(0);
         for (int64_t c = 0; c < d; ++c) g(i, c) -= coef * w(i, c);
       });
@@ -63,8 +88,7 @@ inline void renormalize_rows(const Matrix& w) {
       "saescale::renormalize::decoder_rows", Kokkos::RangePolicy<ExecSpace>(0, w.extent(0)),
       KOKKOS_LAMBDA(int64_t i) {
         const int64_t d = w.extent(1);
-        double norm2 = 0;
-        for (int64_t c = 0; c < d; ++c) norm2 += double(w(i, c)) * w(i, c);
+        const double norm2 = dot_lanes(&w(i, 0), &w(i, 0), d);
         if (norm2 <= 0) return;
         const real inv = static_cast<real>(1 / kmath::sqrt(norm2));
         for (int64_t c = 0; c < d; ++c) w(i, c) *= inv;

@@ -1,15 +1,22 @@
 // Small reductions and elementwise helpers shared by the step (loss, bias gradients, norms).
 #pragma once
-#include "kernels/column_block.hpp"
+#include "kernels/optim.hpp"
+#include "kernels/tiling.hpp"
 
 namespace saescale::kernels {
 
-// sum of v(i)^2 in double.
+// sum of v(i)^2: float lanes over blocks of 4096 (vectorisable), blocks summed in double.
 inline double sum_squares(const char* label, const Vector& v) {
+  constexpr int64_t kBlock = 4096;
+  const int64_t n = v.extent(0);
   double s = 0;
   Kokkos::parallel_reduce(
-      label, Kokkos::RangePolicy<ExecSpace>(0, v.extent(0)),
-      KOKKOS_LAMBDA(int64_t i, double& acc) { acc += double(v(i)) * v(i); }, s);
+      label, Kokkos::RangePolicy<ExecSpace>(0, (n + kBlock - 1) / kBlock),
+      KOKKOS_LAMBDA(int64_t blk, double& acc) {
+        const int64_t begin = blk * kBlock, len = begin + kBlock < n ? kBlock : n - begin;
+        acc += dot_lanes(v.data() + begin, v.data() + begin, len);
+      },
+      s);
   return s;
 }
 
@@ -17,16 +24,29 @@ inline double sum_squares(const char* label, const Matrix& m) {
   return sum_squares(label, Vector(m.data(), m.size()));
 }
 
-// out(j) = scale * sum_b m(b, j)
-inline void column_sums(const char* label, const Matrix& m, real scale, const Vector& out) {
+// out(j) = scale * sum_b m(b, j), tiled like the activation kernels (see tiling.hpp).
+struct ColumnSums {
+  Matrix m;
+  SlotView<double> acc;
+  KOKKOS_INLINE_FUNCTION void tile(int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                   int64_t s) const {
+    double* a = &acc(s, 0);
+    for (int64_t j = c0; j < c1; ++j) a[j] = 0;
+    for (int64_t b = r0; b < r1; ++b) {
+      const real* row = &m(b, 0);
+      for (int64_t j = c0; j < c1; ++j) a[j] += row[j];
+    }
+  }
+};
+
+inline void column_sums(const char* label, const Matrix& m, real scale, const Vector& out,
+                        const SlotView<double>& scratch) {
+  for_each_tile(label, m.extent(0), m.extent(1), ColumnSums{m, scratch});
   Kokkos::parallel_for(
-      label, column_block_policy(m.extent(1)), KOKKOS_LAMBDA(int64_t block) {
-        const auto cols = block_range(block, m.extent(1));
-        const int64_t n = cols.end - cols.begin;
-        double acc[kColumnBlock] = {};
-        for (int64_t b = 0; b < static_cast<int64_t>(m.extent(0)); ++b)
-          for (int64_t j = 0; j < n; ++j) acc[j] += m(b, cols.begin + j);
-        for (int64_t j = 0; j < n; ++j) out(cols.begin + j) = static_cast<real>(scale * acc[j]);
+      label, Kokkos::RangePolicy<ExecSpace>(0, out.extent(0)), KOKKOS_LAMBDA(int64_t j) {
+        double sum = 0;
+        for (int64_t s = 0; s < static_cast<int64_t>(scratch.extent(0)); ++s) sum += scratch(s, j);
+        out(j) = static_cast<real>(scale * sum);
       });
 }
 
@@ -42,10 +62,7 @@ inline void subtract_row(const char* label, const Matrix& x, const Vector& b, co
 inline void row_norms(const char* label, const Matrix& w, const Vector& n) {
   Kokkos::parallel_for(
       label, Kokkos::RangePolicy<ExecSpace>(0, w.extent(0)), KOKKOS_LAMBDA(int64_t i) {
-        double s = 0;
-        for (int64_t c = 0; c < static_cast<int64_t>(w.extent(1)); ++c)
-          s += double(w(i, c)) * w(i, c);
-        n(i) = static_cast<real>(kmath::sqrt(s));
+        n(i) = static_cast<real>(kmath::sqrt(dot_lanes(&w(i, 0), &w(i, 0), w.extent(1))));
       });
 }
 

@@ -57,9 +57,9 @@ void Model::allocate(int64_t batch) {
   buf_.f = Matrix(noinit("saescale::buffers::f"), batch, width_);
   buf_.g = Matrix(noinit("saescale::buffers::g"), batch, width_);
   buf_.e = Matrix(noinit("saescale::buffers::e"), batch, d_);
-  buf_.stats = {CountVector("saescale::stats::active", width_),
-                CountVector("saescale::stats::fired", width_),
-                AccVector("saescale::stats::f_sum", width_)};
+  buf_.stats = LatentStats::allocate(width_);
+  buf_.column_scratch =
+      SlotView<double>("saescale::buffers::column_scratch", accumulator_slots(), d_);
   buf_.global_batch = batch;
   variant_->allocate(batch, d_, width_);
 }
@@ -101,7 +101,8 @@ void Model::backward_encoder_gemm(Precision p) {
 
 void Model::bias_gradients(const Hyper& h) {
   kernels::column_sums("saescale::bias_gradients::b_dec", buf_.e,
-                       static_cast<real>(-2.0 / buf_.global_batch), params_.grad_vector("b_dec"));
+                       static_cast<real>(-2.0 / buf_.global_batch), params_.grad_vector("b_dec"),
+                       buf_.column_scratch);
   variant_->decoder_gradient_extra(params_, buf_, h);
 }
 

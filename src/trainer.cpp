@@ -83,7 +83,8 @@ Trainer::Trainer(const Config& cfg) : cfg_(cfg), precision_(parse_precision(cfg.
     model_->import_tensors(read_weights(cfg.init, &file_cfg), norm_scale_, cfg.init);
   }
   const int64_t P = model_->params().total();
-  adam_m_ = Vector("saescale::optimizer::m", cfg.optimizer == "adam" ? P : 0);
+  const bool first_moment = cfg.optimizer == "adam" && hyper_.adam_beta1 != 0;
+  adam_m_ = Vector("saescale::optimizer::m", first_moment ? P : 0);
   adam_v_ = Vector("saescale::optimizer::v", cfg.optimizer == "adam" ? P : 0);
   tokens_since_fired_ = CountVector("saescale::stats::tokens_since_fired", cfg.width);
   batch_host_.resize(cfg.batch_size * d);
@@ -172,8 +173,8 @@ void Trainer::step(int64_t step) {
   int64_t active = 0;
   timers_.run("statistics", [&] {
     auto& stats = m.buffers().stats;
-    kernels::update_tokens_since_fired(tokens_since_fired_, stats.fired, cfg_.batch_size);
-    auto counts = stats.active;
+    kernels::update_tokens_since_fired(tokens_since_fired_, stats.fired_total(), cfg_.batch_size);
+    auto counts = stats.active_total();
     Kokkos::parallel_reduce(
         "saescale::statistics::l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
         KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);

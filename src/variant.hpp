@@ -34,7 +34,8 @@ struct StepBuffers {
   Matrix g;     // [B, M] g_f on entry to backward, g_pi on exit
   Matrix e;     // [B, d] residual x - x_hat
   LatentStats stats;
-  int64_t global_batch = 0;  // B in the loss (the global batch under data parallelism)
+  SlotView<double> column_scratch;  // [slots, d] for bias-gradient column sums
+  int64_t global_batch = 0;         // B in the loss (the global batch under data parallelism)
 };
 
 struct Hyper {

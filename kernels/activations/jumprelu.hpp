@@ -4,83 +4,94 @@
 // produces gradients ONLY for t: the L0 term sends nothing to W_enc or b_enc.
 #pragma once
 #include "kernels/activations/latent_stats.hpp"
-#include "kernels/column_block.hpp"
 
 namespace saescale::kernels {
+
+// theta = exp(t), once per step rather than once per (token, latent).
+inline void thresholds(const Vector& log_threshold, const Vector& theta) {
+  Kokkos::parallel_for(
+      "saescale::activation::jumprelu_thresholds",
+      Kokkos::RangePolicy<ExecSpace>(0, theta.extent(0)),
+      KOKKOS_LAMBDA(int64_t i) { theta(i) = kmath::exp(log_threshold(i)); });
+}
 
 struct JumpReluForward {
   Matrix pi_raw;  // x W_enc, bias added here
   Vector b_enc;
-  Vector log_threshold;
+  Vector theta;
   Matrix f;
   LatentStats stats;
 
-  KOKKOS_INLINE_FUNCTION void operator()(int64_t block) const {
-    const auto cols = block_range(block, f.extent(1));
-    const int64_t n = cols.end - cols.begin, rows = f.extent(0);
-    int64_t active[kColumnBlock] = {}, fired[kColumnBlock] = {};
-    real theta[kColumnBlock];
-    for (int64_t j = 0; j < n; ++j) theta[j] = kmath::exp(log_threshold(cols.begin + j));
-    const real* bias = &b_enc(cols.begin);
-    for (int64_t b = 0; b < rows; ++b) {
-      const real* p = &pi_raw(b, cols.begin);
-      real* out = &f(b, cols.begin);
-      for (int64_t j = 0; j < n; ++j) {
-        const real pre = p[j] + bias[j];
-        const real v = pre > theta[j] ? pre : real(0);  // the step is applied to pi, not to f
-        out[j] = v;
-        active[j] += pre > theta[j];
-        fired[j] += v > kFireThreshold;
+  KOKKOS_INLINE_FUNCTION void tile(int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                   int64_t s) const {
+    int64_t* active = &stats.active(s, 0);
+    int64_t* fired = &stats.fired(s, 0);
+    const real* bias = b_enc.data();
+    const real* th = theta.data();
+    for (int64_t i = c0; i < c1; ++i) active[i] = fired[i] = 0, stats.f_sum(s, i) = 0;
+    for (int64_t b = r0; b < r1; ++b) {
+      const real* p = &pi_raw(b, 0);
+      real* out = &f(b, 0);
+      for (int64_t i = c0; i < c1; ++i) {
+        const real pre = p[i] + bias[i];
+        // Branch-free (bitwise &, selects) so the loop vectorises: whether an entry is active is
+        // data-dependent and unpredictable. The step is applied to pi, not to f.
+        const bool on = pre > th[i];
+        out[i] = on ? pre : real(0);
+        active[i] += on;
+        fired[i] += on & (pre > kFireThreshold);
       }
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      stats.active(cols.begin + j) = active[j];
-      stats.fired(cols.begin + j) = fired[j];
-      stats.f_sum(cols.begin + j) = 0;  // unused by JumpReLU
     }
   }
 };
 
-// In place over g: g_f in, g_pi = g_f * 1[pi > theta] out. Per latent:
-//   g_b_enc = sum_b g_pi
-//   g_t     = theta * sum_b K((pi - theta)/eps) * ( -(theta/eps) g_f - lambda/(B eps) )
+// In place over g: g_f in, g_pi = g_f * 1[pi > theta] out. Per latent (per slot):
+//   g_b_enc  = sum_b g_pi
+//   g_theta  = sum_b K((pi - theta)/eps) * ( -(theta/eps) g_f - lambda/(B eps) )
+// and `finish` applies the chain rule through theta = exp(t): g_t = theta * g_theta.
 struct JumpReluBackward {
   Matrix pi_raw;
   Vector b_enc;
-  Vector log_threshold;
+  Vector theta;
   real bandwidth;  // eps
   real l0_scale;   // lambda / B
   Matrix g;
-  Vector g_b_enc;
-  Vector g_log_threshold;
+  SlotView<double> g_b_enc, g_theta;
 
-  KOKKOS_INLINE_FUNCTION void operator()(int64_t block) const {
-    const auto cols = block_range(block, g.extent(1));
-    const int64_t n = cols.end - cols.begin, rows = g.extent(0);
-    double gb[kColumnBlock] = {}, gtheta[kColumnBlock] = {};
-    real theta[kColumnBlock];
-    for (int64_t j = 0; j < n; ++j) theta[j] = kmath::exp(log_threshold(cols.begin + j));
-    const real half_window = bandwidth / 2, inv_eps = 1 / bandwidth;
-    const real* bias = &b_enc(cols.begin);
-    for (int64_t b = 0; b < rows; ++b) {
-      const real* p = &pi_raw(b, cols.begin);
-      real* grow = &g(b, cols.begin);
-      for (int64_t j = 0; j < n; ++j) {
-        const real pre = p[j] + bias[j];
-        const real gf = grow[j];
-        const real gp = pre > theta[j] ? gf : real(0);
-        grow[j] = gp;
-        gb[j] += gp;
-        const real u = pre - theta[j];
-        const bool in_window = -half_window < u && u < half_window;  // strict rectangle
-        gtheta[j] += in_window ? -(theta[j] * inv_eps) * gf - l0_scale * inv_eps : real(0);
+  KOKKOS_INLINE_FUNCTION void tile(int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                   int64_t s) const {
+    double* gb = &g_b_enc(s, 0);
+    double* gt = &g_theta(s, 0);
+    const real* bias = b_enc.data();
+    const real* th = theta.data();
+    const real half_window = bandwidth / 2, inv_eps = 1 / bandwidth, l0_term = l0_scale * inv_eps;
+    for (int64_t i = c0; i < c1; ++i) gb[i] = gt[i] = 0;
+    for (int64_t b = r0; b < r1; ++b) {
+      const real* p = &pi_raw(b, 0);
+      real* grow = &g(b, 0);
+      for (int64_t i = c0; i < c1; ++i) {
+        const real pre = p[i] + bias[i], gf = grow[i], u = pre - th[i];
+        const real gp = u > 0 ? gf : real(0);
+        const bool in_window = (-half_window < u) & (u < half_window);  // strict rectangle
+        grow[i] = gp;
+        gb[i] += gp;
+        gt[i] += in_window ? -(th[i] * inv_eps) * gf - l0_term : real(0);
       }
     }
-    for (int64_t j = 0; j < n; ++j) {
-      g_b_enc(cols.begin + j) = static_cast<real>(gb[j]);
-      g_log_threshold(cols.begin + j) =
-          static_cast<real>(theta[j] * gtheta[j]);  // d/dt = theta d/dtheta
-    }
+  }
+
+  // Slot sums -> parameter gradients (float), with g_t = theta * g_theta.
+  static void finish(const SlotView<double>& gb, const SlotView<double>& gt, const Vector& theta,
+                     const Vector& g_b_enc, const Vector& g_log_threshold) {
+    Kokkos::parallel_for(
+        "saescale::variant_backward::jumprelu_finish",
+        Kokkos::RangePolicy<ExecSpace>(0, theta.extent(0)), KOKKOS_LAMBDA(int64_t i) {
+          double b = 0, t = 0;
+          for (int64_t s = 0; s < static_cast<int64_t>(gb.extent(0)); ++s)
+            b += gb(s, i), t += gt(s, i);
+          g_b_enc(i) = static_cast<real>(b);
+          g_log_threshold(i) = static_cast<real>(theta(i) * t);
+        });
   }
 };
 

@@ -28,7 +28,7 @@ Fidelity evaluate(Model& model, const Hyper& h, Precision p, const std::vector<f
   Kokkos::View<int64_t*, MemSpace> row_l0("saescale::eval::row_l0", B);
   CountVector ever_fired("saescale::eval::ever_fired", M);
   auto f = s.f;
-  auto fired = s.stats.fired;
+  auto fired = s.stats.fired_total();
 
   std::vector<double> mean(d, 0.0);
   for (int64_t r = 0; r < n; ++r)

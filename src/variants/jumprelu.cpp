@@ -39,13 +39,20 @@ class JumpRelu final : public Variant {
                   static_cast<real>(std::log(h.threshold_init)));
   }
 
+  void allocate(int64_t, int64_t, int64_t width) override {
+    theta_ = Vector("saescale::jumprelu::theta", width);
+    g_b_enc_ = SlotView<double>("saescale::jumprelu::g_b_enc_slots", accumulator_slots(), width);
+    g_theta_ = SlotView<double>("saescale::jumprelu::g_theta_slots", accumulator_slots(), width);
+  }
+
   double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    Kokkos::parallel_for(
-        "saescale::activation::jumprelu_forward", column_block_policy(s.f.extent(1)),
-        kernels::JumpReluForward{s.pi, p.vector("b_enc"), p.vector("log_threshold"), s.f, s.stats});
+    kernels::thresholds(p.vector("log_threshold"), theta_);
+    for_each_tile("saescale::activation::jumprelu_forward", s.f.extent(0), s.f.extent(1),
+                  kernels::JumpReluForward{s.pi, p.vector("b_enc"), theta_, s.f, s.stats});
+    s.stats.reduce();
     // penalty = (lambda / B) * number of (token, latent) pairs above threshold
     int64_t active = 0;
-    auto counts = s.stats.active;
+    auto counts = s.stats.active_total();
     Kokkos::parallel_reduce(
         "saescale::activation::jumprelu_l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
         KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);
@@ -53,12 +60,14 @@ class JumpRelu final : public Variant {
   }
 
   void backward(ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    Kokkos::parallel_for(
-        "saescale::variant_backward::jumprelu", column_block_policy(s.g.extent(1)),
-        kernels::JumpReluBackward{s.pi, p.vector("b_enc"), p.vector("log_threshold"),
-                                  static_cast<real>(h.bandwidth),
+    // theta_ still holds exp(t) from forward: parameters do not change in between.
+    for_each_tile(
+        "saescale::variant_backward::jumprelu", s.g.extent(0), s.g.extent(1),
+        kernels::JumpReluBackward{s.pi, p.vector("b_enc"), theta_, static_cast<real>(h.bandwidth),
                                   static_cast<real>(h.sparsity_coeff / s.global_batch), s.g,
-                                  p.grad_vector("b_enc"), p.grad_vector("log_threshold")});
+                                  g_b_enc_, g_theta_});
+    kernels::JumpReluBackward::finish(g_b_enc_, g_theta_, theta_, p.grad_vector("b_enc"),
+                                      p.grad_vector("log_threshold"));
   }
 
   // Files store `threshold` (SAELens / Gemma Scope); training keeps log_threshold.
@@ -83,6 +92,10 @@ class JumpRelu final : public Variant {
     }
     p.load(tensors, source);
   }
+
+ private:
+  Vector theta_;
+  SlotView<double> g_b_enc_, g_theta_;
 };
 
 }  // namespace

@@ -28,15 +28,17 @@ class Relu final : public Variant {
 
   void allocate(int64_t, int64_t, int64_t width) override {
     dec_norm_ = Vector("saescale::relu::decoder_norms", width);
+    g_b_enc_ = SlotView<double>("saescale::relu::g_b_enc_slots", accumulator_slots(), width);
   }
 
   double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    Kokkos::parallel_for("saescale::activation::relu_forward", column_block_policy(s.f.extent(1)),
-                         kernels::ReluForward{s.pi, p.vector("b_enc"), s.f, s.stats});
+    for_each_tile("saescale::activation::relu_forward", s.f.extent(0), s.f.extent(1),
+                  kernels::ReluForward{s.pi, p.vector("b_enc"), s.f, s.stats});
+    s.stats.reduce();
     kernels::row_norms("saescale::activation::relu_decoder_norms", p.matrix("W_dec"), dec_norm_);
     // penalty = (lambda / B) sum_i (sum_b f_bi) ||W_dec[i]||
     double weighted = 0;
-    auto f_sum = s.stats.f_sum;
+    auto f_sum = s.stats.f_sum_total();
     auto norm = dec_norm_;
     Kokkos::parallel_reduce(
         "saescale::activation::relu_penalty", Kokkos::RangePolicy<ExecSpace>(0, norm.extent(0)),
@@ -46,16 +48,17 @@ class Relu final : public Variant {
 
   void backward(ParamStore& p, StepBuffers& s, const Hyper& h) override {
     const real penalty_scale = static_cast<real>(h.sparsity_coeff / s.global_batch);
-    Kokkos::parallel_for("saescale::variant_backward::relu", column_block_policy(s.g.extent(1)),
-                         kernels::ReluBackward{s.pi, p.vector("b_enc"), dec_norm_, penalty_scale,
-                                               s.g, p.grad_vector("b_enc")});
+    for_each_tile(
+        "saescale::variant_backward::relu", s.g.extent(0), s.g.extent(1),
+        kernels::ReluBackward{s.pi, p.vector("b_enc"), dec_norm_, penalty_scale, s.g, g_b_enc_});
+    sum_slots("saescale::variant_backward::relu_b_enc", g_b_enc_, p.grad_vector("b_enc"));
   }
 
   // g_W_dec[i] += (lambda/B) (sum_b f_bi) W_dec[i] / ||W_dec[i]||
   void decoder_gradient_extra(ParamStore& p, const StepBuffers& s, const Hyper& h) override {
     auto w = p.matrix("W_dec");
     auto g = p.grad_matrix("W_dec");
-    auto f_sum = s.stats.f_sum;
+    auto f_sum = s.stats.f_sum_total();
     auto norm = dec_norm_;
     const double scale = h.sparsity_coeff / s.global_batch;
     Kokkos::parallel_for(
@@ -69,6 +72,7 @@ class Relu final : public Variant {
 
  private:
   Vector dec_norm_;
+  SlotView<double> g_b_enc_;
 };
 
 }  // namespace

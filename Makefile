@@ -1,0 +1,69 @@
+# saescale — local front end. Quick start on a fresh Debian machine:
+#   make demo    # installs what it needs, builds, trains ReLU and JumpReLU, prints a comparison
+#   make test    # installs what it needs, builds, runs ctest and pytest
+BUILD ?= build
+BUILD_TYPE ?= Release
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+VENV ?= .venv
+PYTHON ?= python3
+CMAKE_ARGS ?=
+
+DEBIAN_PACKAGES := build-essential cmake git libtrilinos-kokkos-dev libopenblas-dev \
+  libopenmpi-dev openmpi-bin libcli11-dev nlohmann-json3-dev libtomlplusplus-dev \
+  libgtest-dev libbenchmark-dev python3-venv python3-pip
+
+.PHONY: all deps deps-system deps-python build test test-cpp test-python demo format clean help
+
+all: build
+
+help:
+	@echo "make demo | test | build | deps | format | clean   (BUILD=$(BUILD), JOBS=$(JOBS))"
+
+# Debian packages (as root on Debian: installed; elsewhere: what is missing is listed).
+deps-system:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "deps: Debian packages present"; \
+	elif [ -f /etc/debian_version ] && [ "$$(id -u)" = 0 ]; then \
+	  echo "deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+	  echo "deps: missing packages:$$missing"; \
+	  echo "      install them (Debian/Ubuntu: sudo apt-get install$$missing) or the equivalents"; \
+	  [ -f /etc/debian_version ] && exit 1 || true; \
+	fi
+
+# Python venv for analysis/ (pinned requirements), rebuilt when the requirements change.
+$(VENV)/.stamp: analysis/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r analysis/requirements.txt
+	touch $@
+
+deps-python: $(VENV)/.stamp
+
+deps: deps-system deps-python
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS)
+
+build: deps-system $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+test-cpp: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+test-python: deps-python
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/python
+
+test: deps test-cpp test-python
+
+demo: deps build
+	PYTHON=$(VENV)/bin/python BUILD=$(BUILD) bash runs/demo.sh
+
+format:
+	find kernels src tests -name '*.[ch]pp' | xargs clang-format -i
+
+clean:
+	rm -rf $(BUILD) demo-output
