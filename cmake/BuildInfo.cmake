@@ -3,6 +3,10 @@
 set(SAESCALE_BUILD_INFO_CPP ${CMAKE_BINARY_DIR}/generated/build_info.cpp)
 string(TOUPPER "${CMAKE_BUILD_TYPE}" _bt)
 set(_flags "${CMAKE_CXX_FLAGS} ${CMAKE_CXX_FLAGS_${_bt}}")
+if(SAESCALE_NATIVE_APPLIED)
+  set(_flags "${_flags} -march=native")
+endif()
+set(_flags "${_flags} -fno-trapping-math")
 string(STRIP "${_flags}" _flags)
 add_custom_target(saescale_build_info
   COMMAND ${CMAKE_COMMAND}

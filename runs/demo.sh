@@ -9,9 +9,9 @@ SAESCALE="$BUILD/bin/saescale"
 mkdir -p "$OUT/results" "$OUT/weights"
 
 # d = 128, 1024 latents, 512 true features at L0 8; steps sized for a few minutes on 2 cores.
-COMMON=(--d-model 128 --width 1024 --batch-size 2048 --steps 600 --warmup-steps 20
+COMMON=(--d-model 128 --width 1024 --batch-size 2048 --steps 1500 --warmup-steps 20
         --data synthetic:features=512,l0=8,noise=0.02 --seed 1 --eval-tokens 16384
-        --lr 5e-3 --progress-every 100 --force)
+        --lr 5e-3 --progress-every 250 --force)
 "$SAESCALE" train --variant relu --sparsity-coeff 0.3 "${COMMON[@]}" \
   --save-weights "$OUT/weights/relu" --out "$OUT/results/relu.json"
 "$SAESCALE" train --variant jumprelu --sparsity-coeff 0.01 --threshold-init 0.1 --bandwidth 0.05 \

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from .results import load_results, to_frame
-from .table import format_table
+from .table import format_phases, format_table
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--relative-to", default="jumprelu", metavar="VARIANT",
                    help="variant whose median step time is the 1.00x reference (default: %(default)s)")
     t.add_argument("--markdown", action="store_true", help="print a markdown table instead of plain text")
+
+    ph = sub.add_parser("phases", help="print the per-phase time breakdown of each run",
+                        description="For each run: step median, GEMM floor and floor_ratio, then "
+                        "every timed phase (median, p10-p90, share of the step), slowest first.")
+    ph.add_argument("files", nargs="+", metavar="FILE", help=files_help)
 
     c = sub.add_parser(
         "check-learning", help="check fidelity thresholds; exit 1 if any run fails",
@@ -82,10 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.max_l0_ratio is not None and args.max_l0_ratio < 1:
             parser.error("--max-l0-ratio must be >= 1")
     try:
-        df = to_frame(load_results(args.files))
+        results = load_results(args.files)
+        df = to_frame(results)
     except (OSError, ValueError) as e:
         print(f"saescale_analysis: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+
+    if args.command == "phases":
+        print("\n\n".join(format_phases(r) for r in results))
+        return EXIT_OK
 
     if args.command == "table":
         print(format_table(df, relative_to=args.relative_to, markdown=args.markdown))

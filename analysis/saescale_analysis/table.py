@@ -73,3 +73,31 @@ def format_table(df: pd.DataFrame, relative_to: str = "jumprelu", markdown: bool
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def format_phases(result: dict) -> str:
+    """Per-phase breakdown of one run: median and p10-p90 in ms, share of the median step.
+
+    Phase medians need not add up exactly to the step median (each is a median of its own).
+    """
+    timing = result.get("timing", {})
+    step = timing.get("step_s", {}).get("median")
+    phases = timing.get("phases_s", {})
+    cfg = result.get("config", {})
+    head = (f"{cfg.get('variant', '?')}: d={cfg.get('d_model')} M={cfg.get('width')} "
+            f"B={cfg.get('batch_size')}  step median "
+            + (f"{step * 1e3:.2f} ms" if step else "-"))
+    floor, ratio = timing.get("gemm_floor_s"), timing.get("floor_ratio")
+    if floor is not None and ratio is not None:
+        head += f"  GEMM floor {floor * 1e3:.2f} ms  floor_ratio {ratio:.3f}"
+    lines = [head, f"  {'phase':<28} {'median ms':>10} {'p10-p90 ms':>17} {'% of step':>9}"]
+    ordered = sorted(phases.items(), key=lambda kv: -kv[1].get("median", 0.0))
+    for name, s in ordered:
+        med = s.get("median", 0.0)
+        share = f"{100 * med / step:8.1f}%" if step else "-"
+        spread = f"{s.get('p10', 0) * 1e3:.2f}-{s.get('p90', 0) * 1e3:.2f}"
+        lines.append(f"  {name:<28} {med * 1e3:>10.2f} {spread:>17} {share:>9}")
+    total = sum(s.get("median", 0.0) for s in phases.values())
+    if step:
+        lines.append(f"  {'sum of phase medians':<28} {total * 1e3:>10.2f} {'':>17} {100 * total / step:8.1f}%")
+    return "\n".join(lines)

@@ -307,3 +307,25 @@ def test_cli_check_learning(rng, tmp_path):
     # Only the checks that are asked for apply.
     proc = run_cli("check-learning", *paths, "--max-l0-ratio", str(ratio), "--true-l0", str(true_l0))
     assert proc.returncode == 1 and len(proc.stdout.strip().splitlines()) == 1
+
+
+def test_phases_breakdown_shares_and_order(rng, tmp_path):
+    from saescale_analysis.table import format_phases
+
+    result = make_result(rng, "jumprelu")
+    step = result["timing"]["step_s"]["median"]
+    text = format_phases(result)
+    lines = text.splitlines()
+    assert "floor_ratio" in lines[0]
+    rows = {ln.split()[0]: ln.split() for ln in lines[2:] if ln.split()[0] in result["timing"]["phases_s"]}
+    assert set(rows) == set(result["timing"]["phases_s"])
+    for name, cells in rows.items():
+        med = result["timing"]["phases_s"][name]["median"]
+        assert float(cells[1]) == pytest.approx(med * 1e3, abs=0.006)
+        assert float(cells[3].rstrip("%")) == pytest.approx(100 * med / step, abs=0.06)
+    # slowest first
+    order = [ln.split()[0] for ln in lines[2:-1]]
+    medians = [result["timing"]["phases_s"][n]["median"] for n in order]
+    assert medians == sorted(medians, reverse=True)
+    proc = run_cli("phases", write(tmp_path / "r.json", result))
+    assert proc.returncode == 0 and "sum of phase medians" in proc.stdout
