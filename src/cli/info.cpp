@@ -1,8 +1,8 @@
-#include <mpi.h>
 
 #include <cstdio>
 
 #include "cli/commands.hpp"
+#include "comm/mpi_check.hpp"
 #include "io/results.hpp"
 #include "kernels/gemm_cublas.hpp"
 #include "variant.hpp"
@@ -11,7 +11,7 @@ namespace saescale::cli {
 
 int info() {
   int ranks = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+  SAESCALE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &ranks));
   nlohmann::json out = run_context(ranks, ranks, 1);
   out["variants"] = variant_names();
   out["cublas"] = cublas::version();

@@ -1,6 +1,6 @@
-#include <mpi.h>
 
 #include "cli/commands.hpp"
+#include "comm/mpi_check.hpp"
 #include "error.hpp"
 #include "io/results.hpp"
 #include "trainer.hpp"
@@ -9,9 +9,13 @@ namespace saescale::cli {
 
 int train(const Config& cfg) {
   int ranks = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+  SAESCALE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &ranks));
   if (ranks != 1)
     throw Error("this build trains on one rank; run without mpirun (multi-rank is issue #4)");
+  if (cfg.lp != 1 || cfg.dp > 1)
+    throw Error(
+        "--dp/--lp process grids need multi-rank training, which this build does not have yet; "
+        "use --dp 1 --lp 1");
   check_output_path(cfg.out, cfg.force);
   Trainer trainer(cfg);
   nlohmann::json results = trainer.run();

@@ -1,7 +1,6 @@
 #include "io/results.hpp"
 
 #include <cblas.h>
-#include <mpi.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -10,6 +9,7 @@
 #include <filesystem>
 
 #include "build_info.hpp"
+#include "comm/mpi_check.hpp"
 #include "error.hpp"
 #include "io/atomic_write.hpp"
 #include "kernels/gemm.hpp"
@@ -35,7 +35,7 @@ nlohmann::json run_context(int ranks, int dp, int lp) {
   const auto& b = build_info();
   char mpi_version[MPI_MAX_LIBRARY_VERSION_STRING] = {};
   int len = 0;
-  MPI_Get_library_version(mpi_version, &len);
+  SAESCALE_MPI_CHECK(MPI_Get_library_version(mpi_version, &len));
   std::string mpi(mpi_version, len);
   if (auto nl = mpi.find('\n'); nl != std::string::npos) mpi.resize(nl);
   while (!mpi.empty() && (mpi.back() == ',' || mpi.back() == ' ' || mpi.back() == '\0'))

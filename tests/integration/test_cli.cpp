@@ -155,6 +155,7 @@ TEST_F(Cli, ImpossibleValues) {
   expect_error("train --d-model 8 --lr -1" + small_, "--lr");
   expect_error("train --d-model 8 --width 0 --steps 2", "width");
   expect_error("train --d-model 8 --precision bf16" + small_, "bf16");
+  expect_error("train --d-model 8 --lp 2" + small_, "--lp");
 }
 
 TEST_F(Cli, ExistingResultsNeedForce) {

@@ -55,7 +55,8 @@ Fixture make_problem(const std::string& variant, double lambda, double bandwidth
   fx.params["b_dec"] = draw(kD, 0.1);
   if (variant == "jumprelu") {
     // Thresholds next to one of each latent's positive pre-activations (inside the window), kept
-    // at least 1e-4 away from every pre-activation so finite differences never cross the jump.
+    // at least 1e-4 away from every pre-activation (finite differences never cross the jump) and
+    // from every window edge (float and double never disagree about who is inside).
     const Tensor pi = reference::preactivations(fx.problem, fx.params);
     std::uniform_real_distribution<double> offset(-0.4 * bandwidth, 0.4 * bandwidth);
     Tensor t(kM);
@@ -65,7 +66,9 @@ Fixture make_problem(const std::string& variant, double lambda, double bandwidth
         if (pi[b * kM + i] > 0.1 && pi[b * kM + i] < 0.7) theta = pi[b * kM + i] + offset(rng);
       for (int attempt = 0; attempt < 100; ++attempt) {
         double closest = 1;
-        for (int b = 0; b < kB; ++b) closest = std::min(closest, std::abs(pi[b * kM + i] - theta));
+        for (int b = 0; b < kB; ++b)
+          for (double edge : {0.0, -bandwidth / 2, bandwidth / 2})
+            closest = std::min(closest, std::abs(pi[b * kM + i] - theta - edge));
         if (closest > 1e-4) break;
         theta += 3e-4;
       }
