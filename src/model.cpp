@@ -58,6 +58,8 @@ void Model::allocate(int64_t batch) {
   buf_.g = Matrix(noinit("saescale::buffers::g"), batch, width_);
   buf_.e = Matrix(noinit("saescale::buffers::e"), batch, d_);
   buf_.stats = LatentStats::allocate(width_);
+  buf_.g_pi_sum = Vector("saescale::buffers::g_pi_sum", width_);
+  buf_.dead = CountVector("saescale::buffers::dead", width_);
   buf_.column_scratch =
       SlotView<double>("saescale::buffers::column_scratch", accumulator_slots(), d_);
   buf_.global_batch = batch;
@@ -76,6 +78,14 @@ double Model::activate(const Hyper& h) { return variant_->forward(params_, buf_,
 void Model::decode(Precision p) {
   kernels::subtract_row("saescale::decode::residual_init", buf_.x, params_.vector("b_dec"), buf_.e);
   gemm(Trans::N, Trans::N, -1, buf_.f, params_.matrix("W_dec"), 1, buf_.e, p);
+}
+
+double Model::auxiliary_forward(const Hyper& h, Precision p) {
+  return variant_->auxiliary_forward(params_, buf_, h, p);
+}
+
+void Model::auxiliary_backward(const Hyper& h, Precision p) {
+  variant_->auxiliary_backward(params_, buf_, h, p);
 }
 
 double Model::squared_error() const {
@@ -103,6 +113,9 @@ void Model::bias_gradients(const Hyper& h) {
   kernels::column_sums("saescale::bias_gradients::b_dec", buf_.e,
                        static_cast<real>(-2.0 / buf_.global_batch), params_.grad_vector("b_dec"),
                        buf_.column_scratch);
+  // x_in = x - b_dec: b_dec also reaches the loss through the encoder, g -= W_enc sum_b g_pi.
+  if (variant_->subtracts_decoder_bias())
+    gemv(Trans::N, -1, params_.matrix("W_enc"), buf_.g_pi_sum, 1, params_.grad_vector("b_dec"));
   variant_->decoder_gradient_extra(params_, buf_, h);
 }
 
@@ -111,6 +124,7 @@ LossParts Model::forward(const Hyper& h, Precision p) {
   encode(p);
   loss.penalty = activate(h);
   decode(p);
+  loss.auxiliary = auxiliary_forward(h, p);
   loss.mse = squared_error() / buf_.global_batch;
   return loss;
 }
@@ -119,6 +133,7 @@ LossParts Model::forward_backward(const Hyper& h, Precision p) {
   const LossParts loss = forward(h, p);
   backward_decoder_gemm(p);
   backward_activation_gemm(p);
+  auxiliary_backward(h, p);
   variant_backward(h);
   backward_encoder_gemm(p);
   bias_gradients(h);

@@ -11,9 +11,10 @@
 namespace saescale {
 
 struct LossParts {
-  double mse = 0;      // (1/B) sum ||e||^2
-  double penalty = 0;  // sparsity term
-  double total() const { return mse + penalty; }
+  double mse = 0;        // (1/B) sum ||e||^2
+  double penalty = 0;    // sparsity term
+  double auxiliary = 0;  // Gated's aux reconstruction, TopK's alpha * AuxK
+  double total() const { return mse + penalty + auxiliary; }
 };
 
 class Model {
@@ -34,15 +35,17 @@ class Model {
   void allocate(int64_t batch);
 
   // ---- the pieces of a step, in order ------------------------------------------------------
-  void encode(Precision p);                    // x_in = x [- b_dec];  pi = x_in W_enc
-  double activate(const Hyper& h);             // f, stats; returns the penalty term
-  void decode(Precision p);                    // e = x - (f W_dec + b_dec)
-  double squared_error() const;                // sum ||e||^2 over the local batch
+  void encode(Precision p);                               // x_in = x [- b_dec];  pi = x_in W_enc
+  double activate(const Hyper& h);                        // f, stats; returns the penalty term
+  void decode(Precision p);                               // e = x - (f W_dec + b_dec)
+  double auxiliary_forward(const Hyper& h, Precision p);  // the variant's auxiliary loss term
+  double squared_error() const;                           // sum ||e||^2 over the local batch
   void backward_decoder_gemm(Precision p);     // g_W_dec = f^T g_xhat,  g_xhat = -2 e / B
   void backward_activation_gemm(Precision p);  // g_f = g_xhat W_dec^T
-  void variant_backward(const Hyper& h);       // g_pi, per-latent gradients
-  void backward_encoder_gemm(Precision p);     // g_W_enc = x_in^T g_pi
-  void bias_gradients(const Hyper& h);         // g_b_dec (+ variant's extra decoder terms)
+  void auxiliary_backward(const Hyper& h, Precision p);
+  void variant_backward(const Hyper& h);    // g_pi, per-latent gradients
+  void backward_encoder_gemm(Precision p);  // g_W_enc = x_in^T g_pi
+  void bias_gradients(const Hyper& h);      // g_b_dec (also through x_in) + variant's decoder terms
 
   // Loss and raw gradients of the batch in buffers().x (no projection/clipping/optimiser).
   LossParts forward_backward(const Hyper& h, Precision p);

@@ -133,13 +133,18 @@ void Trainer::step(int64_t step) {
   timers_.run("encode_gemm", [&] { m.encode(p); });
   timers_.run("activation", [&] { loss.penalty = m.activate(h); });
   timers_.run("decode_gemm", [&] { m.decode(p); });
+  if (m.variant().has_auxiliary_loss())
+    timers_.run("auxiliary_forward", [&] { loss.auxiliary = m.auxiliary_forward(h, p); });
   timers_.run("loss", [&] { loss.mse = m.squared_error() / cfg_.batch_size; });
   if (!std::isfinite(loss.total()))
     throw Error("step " + std::to_string(step) + ": loss is not finite (mse " +
                 std::to_string(loss.mse) + ", sparsity term " + std::to_string(loss.penalty) +
+                ", auxiliary term " + std::to_string(loss.auxiliary) +
                 "): lower --lr or check the data");
   timers_.run("backward_decoder_gemm", [&] { m.backward_decoder_gemm(p); });
   timers_.run("backward_activation_gemm", [&] { m.backward_activation_gemm(p); });
+  if (m.variant().has_auxiliary_loss())
+    timers_.run("auxiliary_backward", [&] { m.auxiliary_backward(h, p); });
   timers_.run("variant_backward", [&] { m.variant_backward(h); });
   timers_.run("backward_encoder_gemm", [&] { m.backward_encoder_gemm(p); });
   timers_.run("bias_gradients", [&] { m.bias_gradients(h); });
@@ -277,7 +282,7 @@ nlohmann::json Trainer::run() {
   timing["phases_s"] = timers_.phases_json();
   const double median = timing["step_s"].value("median", 0.0);
   timing["tokens_per_s"] = median > 0 ? B / median : 0.0;
-  timing["flops_per_step"] = 5.0 * 2.0 * B * model_->d() * cfg_.width;  // five dense GEMMs
+  timing["flops_per_step"] = model_->variant().gemm_units() * 2.0 * B * model_->d() * cfg_.width;
   timing["warmup_steps"] = cfg_.warmup_steps;
   timing["total_train_s"] = train_seconds;
   timing["data_s"] = data_seconds_;

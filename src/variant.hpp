@@ -8,6 +8,7 @@
 
 #include "config.hpp"
 #include "kernels/activations/latent_stats.hpp"
+#include "kernels/gemm.hpp"
 #include "params.hpp"
 
 namespace saescale {
@@ -34,6 +35,8 @@ struct StepBuffers {
   Matrix g;     // [B, M] g_f on entry to backward, g_pi on exit
   Matrix e;     // [B, d] residual x - x_hat
   LatentStats stats;
+  Vector g_pi_sum;   // [M] sum_b g_pi, filled by variant_backward (b_dec's gradient through x_in)
+  CountVector dead;  // [M] 1 for latents currently dead (AuxK), maintained by the trainer
   SlotView<double> column_scratch;  // [slots, d] for bias-gradient column sums
   int64_t global_batch = 0;         // B in the loss (the global batch under data parallelism)
 };
@@ -65,10 +68,21 @@ class Variant {
   // Extra gradient terms of W_dec beyond f^T g_xhat (ReLU's norm-weighted penalty).
   virtual void decoder_gradient_extra(ParamStore&, const StepBuffers&, const Hyper&) {}
 
+  // Auxiliary losses (Gated's frozen-decoder reconstruction, TopK's AuxK): the forward runs after
+  // the main decode (s.e holds the residual) and returns its loss term; the backward runs after
+  // the main backward GEMMs and before `backward`, and may add to the W_dec gradient.
+  virtual bool has_auxiliary_loss() const { return false; }
+  virtual double auxiliary_forward(const ParamStore&, StepBuffers&, const Hyper&, Precision) {
+    return 0;
+  }
+  virtual void auxiliary_backward(ParamStore&, StepBuffers&, const Hyper&, Precision) {}
+
   // Files: tensors as SAELens stores them (JumpReLU: threshold = exp(log_threshold)), and back.
   virtual std::vector<io::NamedTensor> export_tensors(const ParamStore& p) const;
   virtual void import_tensors(ParamStore& p, std::vector<io::NamedTensor> tensors,
                               const std::string& source) const;
+  // Dense GEMMs per step in units of one encoder GEMM (2 B d M FLOPs): the FLOP model.
+  virtual double gemm_units() const { return 5; }
   // SAELens architecture name for cfg.json.
   virtual const char* architecture() const { return "standard"; }
 };

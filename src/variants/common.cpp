@@ -6,6 +6,7 @@ namespace saescale {
 
 std::unique_ptr<Variant> make_relu();
 std::unique_ptr<Variant> make_jumprelu();
+std::unique_ptr<Variant> make_gated();
 
 namespace {
 struct Entry {
@@ -15,6 +16,7 @@ struct Entry {
 const Entry kRegistry[] = {
     {"relu", make_relu},
     {"jumprelu", make_jumprelu},
+    {"gated", make_gated},
 };
 }  // namespace
 

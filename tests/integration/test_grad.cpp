@@ -33,6 +33,27 @@ struct Fixture {
 
 float round_f(double v) { return static_cast<float>(v); }
 
+// Smallest |pre-activation| at a ReLU kink over the batch.
+double min_kink_distance(const Fixture& fx) {
+  const auto& w = fx.params;
+  double closest = 1e9;
+  for (int b = 0; b < kB; ++b)
+    for (int i = 0; i < kM; ++i) {
+      double proj = 0;
+      for (int c = 0; c < kD; ++c) {
+        const double x = fx.problem.x[b * kD + c] - (w.count("b_gate") ? w.at("b_dec")[c] : 0.0);
+        proj += x * w.at("W_enc")[c * kM + i];
+      }
+      if (w.count("b_gate")) {
+        closest = std::min(closest, std::abs(proj + w.at("b_gate")[i]));
+        closest = std::min(closest, std::abs(std::exp(w.at("r_mag")[i]) * proj + w.at("b_mag")[i]));
+      } else {
+        closest = std::min(closest, std::abs(proj + w.at("b_enc")[i]));
+      }
+    }
+  return closest;
+}
+
 // Random problem whose values are exactly representable in float (what the files hold).
 Fixture make_problem(const std::string& variant, double lambda, double bandwidth, unsigned seed) {
   std::mt19937 rng(seed);
@@ -50,9 +71,25 @@ Fixture make_problem(const std::string& variant, double lambda, double bandwidth
   std::filesystem::create_directories(fx.dir);
   fx.problem = {kB, kD, kM, variant, lambda, bandwidth, draw(kB * kD, 1.0)};
   fx.params["W_enc"] = draw(kD * kM, 0.3);
-  fx.params["b_enc"] = draw(kM, 0.1);
   fx.params["W_dec"] = draw(kM * kD, 0.3);
   fx.params["b_dec"] = draw(kD, 0.1);
+  if (variant == "gated") {
+    fx.params["b_gate"] = draw(kM, 0.1);
+    fx.params["r_mag"] = draw(kM, 0.3);
+    fx.params["b_mag"] = draw(kM, 0.1);
+    fx.problem.frozen_W_dec = fx.params["W_dec"];
+    fx.problem.frozen_b_dec = fx.params["b_dec"];
+  } else {
+    fx.params["b_enc"] = draw(kM, 0.1);
+  }
+  // Keep every ReLU kink (pi = 0; Gated: pi_gate = 0 and pi_mag = 0) at least 1e-4 away, so float
+  // and double agree on every activation's side and finite differences never cross a kink.
+  for (int attempt = 0; attempt < 1000 && variant != "jumprelu"; ++attempt) {
+    if (min_kink_distance(fx) > 1e-4) break;
+    for (const char* bias : {"b_enc", "b_gate", "b_mag"})
+      if (fx.params.count(bias))
+        for (auto& v : fx.params[bias]) v = round_f(v + 1e-4 * normal(rng));
+  }
   if (variant == "jumprelu") {
     // Thresholds next to one of each latent's positive pre-activations (inside the window), kept
     // at least 1e-4 away from every pre-activation (finite differences never cross the jump) and
@@ -81,12 +118,24 @@ Fixture make_problem(const std::string& variant, double lambda, double bandwidth
 
 std::vector<float> to_float(const Tensor& t) { return std::vector<float>(t.begin(), t.end()); }
 
+// Parameter names in file order, per variant.
+std::vector<std::string> parameter_names(const std::string& variant) {
+  if (variant == "gated") return {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"};
+  return {"W_enc", "b_enc", "W_dec", "b_dec"};
+}
+
+std::vector<int64_t> shape_of(const std::string& name) {
+  if (name == "W_enc") return {kD, kM};
+  if (name == "W_dec") return {kM, kD};
+  if (name == "b_dec") return {kD};
+  return {kM};
+}
+
 std::map<std::string, std::vector<float>> run_grad(const Fixture& fx, double lambda) {
   const auto& p = fx.params;
-  std::vector<saescale::io::NamedTensor> weights = {{"W_enc", {kD, kM}, to_float(p.at("W_enc"))},
-                                                    {"b_enc", {kM}, to_float(p.at("b_enc"))},
-                                                    {"W_dec", {kM, kD}, to_float(p.at("W_dec"))},
-                                                    {"b_dec", {kD}, to_float(p.at("b_dec"))}};
+  std::vector<saescale::io::NamedTensor> weights;
+  for (const auto& name : parameter_names(fx.problem.variant))
+    weights.push_back({name, shape_of(name), to_float(p.at(name))});
   if (p.count("log_threshold")) {
     std::vector<float> theta;
     for (double t : p.at("log_threshold")) theta.push_back(round_f(std::exp(t)));
@@ -135,7 +184,7 @@ TEST_P(GradTest, MatchesFiniteDifferencesForEveryParameter) {
   ASSERT_EQ(grads.count("loss"), 1u);
   EXPECT_NEAR(grads["loss"][0], reference::loss(fx.problem, fx.params),
               1e-5 * reference::loss(fx.problem, fx.params));
-  for (const char* name : {"W_enc", "b_enc", "W_dec", "b_dec"}) {
+  for (const auto& name : parameter_names(variant)) {
     SCOPED_TRACE(variant + " " + name);
     expect_close(name, grads.at(name),
                  reference::finite_differences(fx.problem, fx.params, name, 1e-6));
@@ -149,7 +198,7 @@ TEST_P(GradTest, MatchesFiniteDifferencesForEveryParameter) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, GradTest, ::testing::Values("relu", "jumprelu"));
+INSTANTIATE_TEST_SUITE_P(Variants, GradTest, ::testing::Values("relu", "jumprelu", "gated"));
 
 // The L0 term of JumpReLU reaches only the thresholds: every other gradient is independent of
 // lambda.

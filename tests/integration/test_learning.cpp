@@ -66,7 +66,10 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"jumprelu",
                            "--steps 2000 --lr 5e-3 --sparsity-coeff 0.01 --threshold-init 0.1 "
                            "--bandwidth 0.05",
-                           0.08, 0.70, 2.0}),
+                           0.08, 0.70, 2.0},
+                      // Measured: FVU 0.055, L0 4.96, 77% recovered.
+                      Case{"gated", "--steps 2000 --lr 5e-3 --sparsity-coeff 0.3", 0.09, 0.70,
+                           2.0}),
     [](const auto& info) { return std::string(info.param.variant); });
 
 class PrintTable : public ::testing::Environment {

@@ -16,10 +16,45 @@ using Params = std::map<std::string, Tensor>;  // W_enc [d,M], b_enc [M], W_dec 
 
 struct Problem {
   int B, d, M;
-  std::string variant;  // "relu" or "jumprelu"
+  std::string variant;  // "relu", "jumprelu" or "gated"
   double lambda, bandwidth;
   Tensor x;  // [B, d]
+  // Gated's auxiliary reconstruction uses the decoder as a constant: finite differences perturb
+  // the parameters but not these copies (set them to the unperturbed W_dec and b_dec).
+  Tensor frozen_W_dec, frozen_b_dec;
 };
+
+inline double relu(double v) { return v > 0 ? v : 0; }
+
+// Gated SAE loss (sae-variants.md §2), written out directly.
+inline double gated_loss(const Problem& p, const Params& w) {
+  double total = 0;
+  for (int b = 0; b < p.B; ++b) {
+    std::vector<double> xt(p.d), xhat(w.at("b_dec")), aux(p.frozen_b_dec);
+    for (int c = 0; c < p.d; ++c) xt[c] = p.x[b * p.d + c] - w.at("b_dec")[c];
+    double l1 = 0;
+    for (int i = 0; i < p.M; ++i) {
+      double proj = 0;
+      for (int c = 0; c < p.d; ++c) proj += xt[c] * w.at("W_enc")[c * p.M + i];
+      const double pi_gate = proj + w.at("b_gate")[i];
+      const double pi_mag = std::exp(w.at("r_mag")[i]) * proj + w.at("b_mag")[i];
+      const double f = pi_gate > 0 ? relu(pi_mag) : 0;
+      l1 += relu(pi_gate);
+      for (int c = 0; c < p.d; ++c) {
+        xhat[c] += f * w.at("W_dec")[i * p.d + c];
+        aux[c] += relu(pi_gate) * p.frozen_W_dec[i * p.d + c];
+      }
+    }
+    double err = 0, aux_err = 0;
+    for (int c = 0; c < p.d; ++c) {
+      const double x = p.x[b * p.d + c];
+      err += (x - xhat[c]) * (x - xhat[c]);
+      aux_err += (x - aux[c]) * (x - aux[c]);
+    }
+    total += err + p.lambda * l1 + aux_err;
+  }
+  return total / p.B;
+}
 
 // pre-activations pi = x W_enc + b_enc, [B, M]
 inline Tensor preactivations(const Problem& p, const Params& w) {
@@ -45,8 +80,9 @@ inline double activation(const Problem& p, const Params& w, double pre, int i) {
   return pre > theta ? pre : 0;
 }
 
-// L = (1/B) sum_b [ ||x_b - x_hat_b||^2 + penalty_b ]
+// L = (1/B) sum_b [ ||x_b - x_hat_b||^2 + penalty_b ] (+ auxiliary terms)
 inline double loss(const Problem& p, const Params& w) {
+  if (p.variant == "gated") return gated_loss(p, w);
   const Tensor pi = preactivations(p, w);
   double total = 0;
   for (int b = 0; b < p.B; ++b) {

@@ -1,0 +1,205 @@
+#include "kernels/select/topk.hpp"
+
+#include "src/error.hpp"
+
+namespace saescale::kernels {
+
+TopkAlgo parse_topk_algo(const std::string& name) {
+  if (name == "radix") return TopkAlgo::radix;
+  if (name == "bisect") return TopkAlgo::bisect;
+  throw Error("unknown --topk-algo '" + name + "' (choose radix or bisect)");
+}
+
+const char* topk_algo_name(TopkAlgo a) { return a == TopkAlgo::radix ? "radix" : "bisect"; }
+
+namespace {
+
+using Team = Kokkos::TeamPolicy<ExecSpace>::member_type;
+using Histogram = Kokkos::View<int64_t*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+
+struct Threshold {
+  uint32_t key;        // the k-th largest key
+  int64_t take_equal;  // how many entries with exactly this key are selected (lowest index first)
+};
+
+struct RowTopK {
+  Matrix values, out;
+  CountVector eligible;
+  int64_t k;
+  TopkAlgo algo;
+
+  KOKKOS_INLINE_FUNCTION uint32_t key(int64_t b, int64_t i) const {
+    return eligible.extent(0) && !eligible(i) ? kExcluded : order_key(values(b, i));
+  }
+
+  KOKKOS_INLINE_FUNCTION int64_t count_at_least(const Team& team, int64_t b, uint32_t t) const {
+    int64_t c = 0;
+    Kokkos::parallel_reduce(
+        Kokkos::TeamThreadRange(team, values.extent(1)),
+        [&](int64_t i, int64_t& acc) {
+          const uint32_t kk = key(b, i);
+          acc += kk != kExcluded && kk >= t;
+        },
+        c);
+    return c;
+  }
+
+  KOKKOS_INLINE_FUNCTION Threshold radix(const Team& team, int64_t b) const {
+    Histogram hist(team.team_scratch(0), 256);
+    uint32_t prefix = 0, mask = 0;
+    int64_t remaining = k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      Kokkos::parallel_for(Kokkos::TeamThreadRange(team, 256), [&](int d) { hist(d) = 0; });
+      team.team_barrier();
+      Kokkos::parallel_for(Kokkos::TeamThreadRange(team, values.extent(1)), [&](int64_t i) {
+        const uint32_t kk = key(b, i);
+        if (kk != kExcluded && (kk & mask) == prefix)
+          Kokkos::atomic_add(&hist((kk >> shift) & 255u), int64_t(1));
+      });
+      team.team_barrier();
+      int64_t digit = 0, still = remaining;
+      Kokkos::single(
+          Kokkos::PerTeam(team),
+          [&](int64_t& d) {
+            int64_t above = 0;
+            for (d = 255; d > 0 && above + hist(d) < remaining; --d) above += hist(d);
+          },
+          digit);
+      Kokkos::single(
+          Kokkos::PerTeam(team),
+          [&](int64_t& r) {
+            int64_t above = 0;
+            for (int64_t d = 255; d > digit; --d) above += hist(d);
+            r = remaining - above;
+          },
+          still);
+      remaining = still;
+      prefix |= uint32_t(digit) << shift;
+      mask |= 255u << shift;
+      team.team_barrier();
+    }
+    return {prefix, remaining};
+  }
+
+  KOKKOS_INLINE_FUNCTION Threshold bisect(const Team& team, int64_t b) const {
+    uint32_t lo = 1, hi = 0xffffffffu;  // the largest t with count(key >= t) >= k
+    while (lo < hi) {
+      const uint32_t mid = lo + (hi - lo) / 2 + 1;
+      if (count_at_least(team, b, mid) >= k)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    const int64_t above = lo == 0xffffffffu ? 0 : count_at_least(team, b, lo + 1);
+    return {lo, k - above};
+  }
+
+  KOKKOS_INLINE_FUNCTION void operator()(const Team& team) const {
+    const int64_t b = team.league_rank();
+    const Threshold t = algo == TopkAlgo::radix ? radix(team, b) : bisect(team, b);
+    // Selected: key > T, and the first take_equal entries with key == T in index order.
+    Kokkos::parallel_scan(Kokkos::TeamThreadRange(team, values.extent(1)),
+                          [&](int64_t i, int64_t& equal_before, bool final) {
+                            const uint32_t kk = key(b, i);
+                            const bool equal = kk == t.key && kk != kExcluded;
+                            if (final) {
+                              const bool take =
+                                  (kk > t.key) || (equal && equal_before < t.take_equal);
+                              const real v = values(b, i);
+                              out(b, i) = take && v > 0 ? v : real(0);
+                            }
+                            equal_before += equal;
+                          });
+  }
+};
+
+}  // namespace
+
+void row_topk(const Matrix& values, int64_t k, TopkAlgo algo, const Matrix& out,
+              const CountVector& eligible) {
+  const int64_t rows = values.extent(0);
+  Kokkos::TeamPolicy<ExecSpace> policy(rows, Kokkos::AUTO);
+  policy.set_scratch_size(0, Kokkos::PerTeam(Histogram::shmem_size(256)));
+  Kokkos::parallel_for(algo == TopkAlgo::radix ? "saescale::select::row_topk_radix"
+                                               : "saescale::select::row_topk_bisect",
+                       policy, RowTopK{values, out, eligible, k, algo});
+}
+
+namespace {
+
+// Global counts over ReLU(values) for the batch-wide selection.
+int64_t count_batch_at_least(const Matrix& values, uint32_t t) {
+  int64_t c = 0;
+  Kokkos::parallel_reduce(
+      "saescale::select::batch_count", Kokkos::RangePolicy<ExecSpace>(0, values.size()),
+      KOKKOS_LAMBDA(int64_t j, int64_t & acc) {
+        const real v = values.data()[j];
+        acc += order_key(v > 0 ? v : real(0)) >= t;
+      },
+      c);
+  return c;
+}
+
+}  // namespace
+
+double batch_topk(const Matrix& values, int64_t k, TopkAlgo algo, const Matrix& out) {
+  const int64_t n = values.size();
+  Threshold t{0, 0};
+  if (algo == TopkAlgo::radix) {
+    Kokkos::View<int64_t[256], MemSpace> hist("saescale::select::batch_histogram");
+    auto hist_host = Kokkos::create_mirror_view(hist);
+    uint32_t prefix = 0, mask = 0;
+    int64_t remaining = k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      Kokkos::deep_copy(hist, 0);
+      Kokkos::parallel_for(
+          "saescale::select::batch_histogram", Kokkos::RangePolicy<ExecSpace>(0, n),
+          KOKKOS_LAMBDA(int64_t j) {
+            const real v = values.data()[j];
+            const uint32_t kk = order_key(v > 0 ? v : real(0));
+            if ((kk & mask) == prefix) Kokkos::atomic_add(&hist((kk >> shift) & 255u), int64_t(1));
+          });
+      Kokkos::deep_copy(hist_host, hist);
+      int64_t above = 0, d = 255;
+      for (; d > 0 && above + hist_host(d) < remaining; --d) above += hist_host(d);
+      remaining -= above;
+      prefix |= uint32_t(d) << shift;
+      mask |= 255u << shift;
+    }
+    t = {prefix, remaining};
+  } else {
+    uint32_t lo = 1, hi = 0xffffffffu;
+    while (lo < hi) {
+      const uint32_t mid = lo + (hi - lo) / 2 + 1;
+      if (count_batch_at_least(values, mid) >= k)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    t = {lo, k - (lo == 0xffffffffu ? 0 : count_batch_at_least(values, lo + 1))};
+  }
+  // Final pass in row-major order (ties: lower flat index), tracking the smallest selected
+  // positive value.
+  real smallest;
+  const Threshold th = t;
+  Kokkos::parallel_scan(
+      "saescale::select::batch_select", Kokkos::RangePolicy<ExecSpace>(0, n),
+      KOKKOS_LAMBDA(int64_t j, int64_t & equal_before, bool final) {
+        const real v = values.data()[j] > 0 ? values.data()[j] : real(0);
+        const uint32_t kk = order_key(v);
+        const bool equal = kk == th.key;
+        if (final)
+          out.data()[j] = (kk > th.key || (equal && equal_before < th.take_equal)) ? v : real(0);
+        equal_before += equal;
+      });
+  Kokkos::parallel_reduce(
+      "saescale::select::batch_min_selected", Kokkos::RangePolicy<ExecSpace>(0, n),
+      KOKKOS_LAMBDA(int64_t j, real & m) {
+        const real v = out.data()[j];
+        if (v > 0 && v < m) m = v;
+      },
+      Kokkos::Min<real>(smallest));  // identity: the largest float
+  return smallest == Kokkos::reduction_identity<real>::min() ? 0.0 : smallest;
+}
+
+}  // namespace saescale::kernels

@@ -1,0 +1,104 @@
+// Gated SAE (sae-variants.md §2): gate and magnitude paths sharing W_enc; L1 on ReLU(pi_gate); an
+// auxiliary reconstruction of x from ReLU(pi_gate) through the FROZEN decoder (a second decoder
+// GEMM forward and a second g W_dec^T backward; no gradient to W_dec or the decoder-side b_dec).
+#include "kernels/activations/gated.hpp"
+
+#include "kernels/reduce.hpp"
+#include "variant.hpp"
+
+namespace saescale {
+namespace {
+
+class Gated final : public Variant {
+ public:
+  const char* name() const override { return "gated"; }
+  const char* architecture() const override { return "gated"; }
+  VariantDefaults defaults() const override {
+    VariantDefaults d{};
+    d.lr = 5e-5;
+    d.adam_beta1 = 0.0;
+    d.adam_beta2 = 0.999;
+    d.adam_eps = 1e-8;
+    d.clip_norm = 0.0;
+    d.sparsity_coeff = 0.5;
+    d.lr_warmup_steps = 1000;
+    d.sparsity_warmup_steps = 2000;
+    return d;
+  }
+  bool subtracts_decoder_bias() const override { return true; }
+  bool has_auxiliary_loss() const override { return true; }
+  double gemm_units() const override { return 7; }
+
+  std::vector<ParamSpec> param_specs(int64_t d, int64_t width) const override {
+    return {{"W_enc", {d, width}}, {"b_gate", {width}},   {"r_mag", {width}},
+            {"b_mag", {width}},    {"W_dec", {width, d}}, {"b_dec", {d}}};
+  }
+
+  void allocate(int64_t batch, int64_t d, int64_t width) override {
+    const int64_t slots = accumulator_slots();
+    scale_ = Vector("saescale::gated::mag_scale", width);
+    aux_ = Matrix("saescale::gated::aux", batch, width);  // ReLU(pi_gate), then its gradient
+    e_aux_ = Matrix("saescale::gated::e_aux", batch, d);
+    g_b_gate_ = SlotView<double>("saescale::gated::g_b_gate", slots, width);
+    g_b_mag_ = SlotView<double>("saescale::gated::g_b_mag", slots, width);
+    g_r_mag_ = SlotView<double>("saescale::gated::g_r_mag", slots, width);
+    g_p_sum_ = SlotView<double>("saescale::gated::g_p_sum", slots, width);
+  }
+
+  double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
+    kernels::magnitude_scales(p.vector("r_mag"), scale_);
+    for_each_tile("saescale::activation::gated_forward", s.f.extent(0), s.f.extent(1),
+                  kernels::GatedForward{s.pi, p.vector("b_gate"), scale_, p.vector("b_mag"), s.f,
+                                        aux_, s.stats});
+    s.stats.reduce();
+    double gate_l1 = 0;
+    auto sums = s.stats.f_sum_total();
+    Kokkos::parallel_reduce(
+        "saescale::activation::gated_l1", Kokkos::RangePolicy<ExecSpace>(0, sums.extent(0)),
+        KOKKOS_LAMBDA(int64_t i, double& acc) { acc += sums(i); }, gate_l1);
+    return h.sparsity_coeff * gate_l1 / s.global_batch;
+  }
+
+  // e_aux = x - (ReLU(pi_gate) W_dec + b_dec), W_dec and b_dec used as constants.
+  double auxiliary_forward(const ParamStore& p, StepBuffers& s, const Hyper&,
+                           Precision prec) override {
+    kernels::subtract_row("saescale::auxiliary::gated_residual_init", s.x, p.vector("b_dec"),
+                          e_aux_);
+    gemm(Trans::N, Trans::N, -1, aux_, p.matrix("W_dec"), 1, e_aux_, prec);
+    return kernels::sum_squares("saescale::auxiliary::gated_loss", e_aux_) / s.global_batch;
+  }
+
+  // g_aux = (-2/B) e_aux W_dec^T into the same buffer (ReLU(pi_gate) is no longer needed).
+  void auxiliary_backward(ParamStore& p, StepBuffers& s, const Hyper&, Precision prec) override {
+    gemm(Trans::N, Trans::T, static_cast<real>(-2.0 / s.global_batch), e_aux_, p.matrix("W_dec"), 0,
+         aux_, prec);
+  }
+
+  void backward(ParamStore& p, StepBuffers& s, const Hyper& h) override {
+    for_each_tile("saescale::variant_backward::gated", s.g.extent(0), s.g.extent(1),
+                  kernels::GatedBackward{s.pi, p.vector("b_gate"), scale_, p.vector("b_mag"),
+                                         static_cast<real>(h.sparsity_coeff / s.global_batch), s.g,
+                                         aux_, g_b_gate_, g_b_mag_, g_r_mag_, g_p_sum_});
+    sum_slots("saescale::variant_backward::gated_b_gate", g_b_gate_, p.grad_vector("b_gate"));
+    sum_slots("saescale::variant_backward::gated_b_mag", g_b_mag_, p.grad_vector("b_mag"));
+    sum_slots("saescale::variant_backward::gated_g_p_sum", g_p_sum_, s.g_pi_sum);
+    sum_slots("saescale::variant_backward::gated_r_mag", g_r_mag_, p.grad_vector("r_mag"));
+    auto g_r = p.grad_vector("r_mag");
+    auto scale = scale_;
+    Kokkos::parallel_for(
+        "saescale::variant_backward::gated_r_mag_chain",
+        Kokkos::RangePolicy<ExecSpace>(0, g_r.extent(0)),
+        KOKKOS_LAMBDA(int64_t i) { g_r(i) *= scale(i); });  // d/dr = exp(r) d/d(exp r)
+  }
+
+ private:
+  Vector scale_;
+  Matrix aux_, e_aux_;
+  SlotView<double> g_b_gate_, g_b_mag_, g_r_mag_, g_p_sum_;
+};
+
+}  // namespace
+
+std::unique_ptr<Variant> make_gated() { return std::make_unique<Gated>(); }
+
+}  // namespace saescale
