@@ -95,13 +95,16 @@ inline void renormalize_rows(const Matrix& w) {
       });
 }
 
-// Dead-latent bookkeeping in tokens (not steps): a latent that fired resets to 0.
+// Dead-latent bookkeeping in tokens (not steps): a latent that fired resets to 0; it is dead once
+// `window` tokens have passed without it firing.
 inline void update_tokens_since_fired(const CountVector& since, const CountVector& fired,
-                                      int64_t tokens) {
+                                      int64_t tokens, int64_t window, const CountVector& dead) {
   Kokkos::parallel_for(
       "saescale::statistics::tokens_since_fired",
-      Kokkos::RangePolicy<ExecSpace>(0, since.extent(0)),
-      KOKKOS_LAMBDA(int64_t i) { since(i) = fired(i) > 0 ? 0 : since(i) + tokens; });
+      Kokkos::RangePolicy<ExecSpace>(0, since.extent(0)), KOKKOS_LAMBDA(int64_t i) {
+        since(i) = fired(i) > 0 ? 0 : since(i) + tokens;
+        dead(i) = since(i) >= window;
+      });
 }
 
 }  // namespace saescale::kernels

@@ -26,7 +26,15 @@ void add_model_options(CLI::App& app, Config& c) {
   app.add_option("--k", c.k, "active latents per token (topk, batchtopk)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--aux-k", c.aux_k, "AuxK latents (topk, batchtopk)")->capture_default_str();
+  app.add_option("--aux-k", c.aux_k, "AuxK latents (topk, batchtopk); 0 turns AuxK off")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--topk-algo", c.topk_algo, "exact top-k selection algorithm (topk, batchtopk)")
+      ->check(CLI::IsMember({"radix", "bisect"}))
+      ->capture_default_str();
+  app.add_option("--b-dec-init", c.b_dec_init, "b_dec initialisation for topk/batchtopk")
+      ->check(CLI::IsMember({"geometric-median", "mean", "zero"}))
+      ->capture_default_str();
   app.add_option("--bandwidth", c.bandwidth, "JumpReLU straight-through bandwidth eps [0.001]");
   app.add_option("--threshold-init", c.threshold_init, "JumpReLU initial threshold [0.001]");
   app.add_option("--normalize", c.normalize, "input normalisation scalar")
@@ -97,6 +105,7 @@ void add_train_options(CLI::App& app, Config& c) {
                  "true dictionary (.npy [F, d]) for MMCS when training on files");
   app.add_option("--save-weights", c.save_weights, "write weights (.safetensors + cfg.json)");
   app.add_flag("!--no-gemm-floor", c.gemm_floor, "skip timing the GEMMs alone (floor_ratio)");
+  app.add_option("--test-weaken-latents", c.test_weaken_latents)->group("");  // tests: AuxK revival
 }
 
 }  // namespace
@@ -108,6 +117,8 @@ nlohmann::json Config::to_json() const {
           {"sparsity_coeff", opt(sparsity_coeff)},
           {"k", k},
           {"aux_k", aux_k},
+          {"topk_algo", topk_algo},
+          {"b_dec_init", b_dec_init},
           {"bandwidth", opt(bandwidth)},
           {"threshold_init", opt(threshold_init)},
           {"optimizer", optimizer},
@@ -143,6 +154,8 @@ nlohmann::json Config::to_json() const {
 void add_options(CLI::App& app, Config& cfg, Subcommand which) {
   add_model_options(app, cfg);
   if (which == Subcommand::train) add_train_options(app, cfg);
+  if (which == Subcommand::grad)
+    app.add_option("--test-dead-latents", cfg.test_dead_latents)->delimiter(',')->group("");
   if (which == Subcommand::eval) {
     app.add_option("--eval-tokens", cfg.eval_tokens, "tokens to evaluate on")
         ->check(CLI::PositiveNumber)

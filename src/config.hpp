@@ -20,6 +20,8 @@ struct Config {
   std::optional<int64_t> lr_warmup_steps, sparsity_warmup_steps;
   int64_t k = 32;
   int64_t aux_k = 512;
+  std::string topk_algo = "radix";
+  std::string b_dec_init = "geometric-median";  // TopK/BatchTopK
   std::string optimizer = "adam";
   // run
   int64_t batch_size = 4096;
@@ -42,6 +44,9 @@ struct Config {
   int64_t progress_every = 0;  // 0: about 10 progress lines per run
   int64_t loss_curve_points = 50;
   bool gemm_floor = true;
+  // test-only (hidden options)
+  std::vector<int64_t> test_dead_latents;  // grad: the AuxK dead set
+  int64_t test_weaken_latents = 0;         // train: scale the first N encoder columns by 0.05
 
   nlohmann::json to_json() const;
 };

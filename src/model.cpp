@@ -169,16 +169,20 @@ void save_weights(const std::string& dir, const Model& model, double norm_scale,
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) throw Error(dir + ": cannot create the weights directory: " + ec.message());
+  // The layout the file has (BatchTopK exports a JumpReLU SAE) decides what cfg.json says.
+  const auto exported_ptr = make_variant(model.variant().exported_variant());
+  const Variant& exported = *exported_ptr;
   const nlohmann::json cfg = {
-      {"architecture", model.variant().architecture()},
+      {"architecture", exported.architecture()},
       {"d_in", model.d()},
       {"d_sae", model.width()},
       {"dtype", "float32"},
       {"device", "cpu"},
-      {"apply_b_dec_to_input", model.variant().subtracts_decoder_bias()},
+      {"apply_b_dec_to_input", exported.subtracts_decoder_bias()},
       {"normalize_activations", "none"},  // the scalar is folded into the weights
       {"saescale",
-       {{"variant", model.variant().name()},
+       {{"variant", exported.name()},
+        {"trained_as", model.variant().name()},
         {"norm_scale_folded", norm_scale},
         {"hyper_parameters", hyper}}}};
   io::write_safetensors(dir + "/sae_weights.safetensors", model.export_tensors(norm_scale),

@@ -44,6 +44,41 @@ Resolved resolve_hyper(const Config& c, const VariantDefaults& d) {
   return r;
 }
 
+// b_dec <- geometric median (Weiszfeld iterations) or mean of the first n rows (host, normalised).
+void initialize_b_dec(Model& model, const std::vector<float>& rows, int64_t n,
+                      const std::string& how) {
+  const int64_t d = model.d();
+  std::vector<double> y(d, 0.0);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < d; ++c) y[c] += rows[r * d + c] / double(n);
+  for (int iter = 0; how == "geometric-median" && iter < 100; ++iter) {
+    std::vector<double> num(d, 0.0);
+    double den = 0;
+    for (int64_t r = 0; r < n; ++r) {
+      double dist2 = 0;
+      for (int64_t c = 0; c < d; ++c) dist2 += (rows[r * d + c] - y[c]) * (rows[r * d + c] - y[c]);
+      const double w = 1 / std::max(std::sqrt(dist2), 1e-8);
+      for (int64_t c = 0; c < d; ++c) num[c] += w * rows[r * d + c];
+      den += w;
+    }
+    for (int64_t c = 0; c < d; ++c) y[c] = num[c] / den;
+  }
+  auto b_dec = Kokkos::create_mirror_view(Kokkos::HostSpace(), model.params().vector("b_dec"));
+  for (int64_t c = 0; c < d; ++c) b_dec(c) = static_cast<float>(y[c]);
+  Kokkos::deep_copy(model.params().vector("b_dec"), b_dec);
+}
+
+// Test hook: the first n latents' encoder columns scaled by 0.05, so they stop winning the
+// selection and die (the AuxK revival test starts from them).
+void weaken_latents(Model& model, int64_t n) {
+  auto w = model.params().matrix("W_enc");
+  Kokkos::parallel_for(
+      "saescale::init::weaken_latents", Kokkos::RangePolicy<ExecSpace>(0, w.extent(0)),
+      KOKKOS_LAMBDA(int64_t c) {
+        for (int64_t i = 0; i < n && i < static_cast<int64_t>(w.extent(1)); ++i) w(c, i) *= 0.05f;
+      });
+}
+
 double estimate_norm_scale(const std::string& mode, const std::vector<float>& rows, int64_t n,
                            int64_t d) {
   if (mode == "none") return 1;
@@ -76,8 +111,15 @@ Trainer::Trainer(const Config& cfg) : cfg_(cfg), precision_(parse_precision(cfg.
   data_->head(head.data(), n_norm);
   norm_scale_ = estimate_norm_scale(cfg.normalize, head, n_norm, d);
 
+  if ((cfg.variant == "topk" || cfg.variant == "batchtopk") && cfg.k > cfg.width)
+    throw Error("--k " + std::to_string(cfg.k) + " exceeds --width " + std::to_string(cfg.width));
   model_->allocate(cfg.batch_size);
   model_->initialize(hyper_at(0), cfg.seed);
+  if (model_->variant().b_dec_from_data() && cfg.b_dec_init != "zero") {
+    for (auto& v : head) v = static_cast<float>(v * norm_scale_);
+    initialize_b_dec(*model_, head, std::min<int64_t>(n_norm, 4096), cfg.b_dec_init);
+  }
+  if (cfg.test_weaken_latents > 0) weaken_latents(*model_, cfg.test_weaken_latents);
   if (!cfg.init.empty()) {
     nlohmann::json file_cfg;
     model_->import_tensors(read_weights(cfg.init, &file_cfg), norm_scale_, cfg.init);
@@ -99,8 +141,10 @@ Hyper Trainer::hyper_at(int64_t step) const {
   const double warm = hyper_.sparsity_warmup_steps > 0
                           ? std::min(1.0, double(step + 1) / hyper_.sparsity_warmup_steps)
                           : 1.0;
-  return {hyper_.sparsity_coeff * warm, hyper_.bandwidth, hyper_.threshold_init,
-          hyper_.decoder_init_norm,     cfg_.k,           cfg_.aux_k};
+  Hyper h{hyper_.sparsity_coeff * warm, hyper_.bandwidth, hyper_.threshold_init,
+          hyper_.decoder_init_norm,     cfg_.k,           std::min(cfg_.aux_k, cfg_.width)};
+  h.topk_algo = kernels::parse_topk_algo(cfg_.topk_algo);
+  return h;
 }
 
 double Trainer::lr_at(int64_t step) const {
@@ -178,13 +222,24 @@ void Trainer::step(int64_t step) {
   int64_t active = 0;
   timers_.run("statistics", [&] {
     auto& stats = m.buffers().stats;
-    kernels::update_tokens_since_fired(tokens_since_fired_, stats.fired_total(), cfg_.batch_size);
+    kernels::update_tokens_since_fired(tokens_since_fired_, stats.fired_total(), cfg_.batch_size,
+                                       cfg_.dead_window_tokens, m.buffers().dead);
+    m.variant().post_step(params, m.buffers());
     auto counts = stats.active_total();
     Kokkos::parallel_reduce(
         "saescale::statistics::l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
         KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);
   });
   log_.push_back({step, loss.total(), loss.mse, double(active) / cfg_.batch_size});
+}
+
+double Trainer::dead_fraction() const {
+  int64_t dead = 0;
+  auto flags = model_->buffers().dead;
+  Kokkos::parallel_reduce(
+      "saescale::statistics::dead_fraction", Kokkos::RangePolicy<ExecSpace>(0, flags.extent(0)),
+      KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += flags(i) != 0; }, dead);
+  return double(dead) / cfg_.width;
 }
 
 Fidelity Trainer::evaluate_now() {
@@ -259,22 +314,18 @@ nlohmann::json Trainer::run() {
     }
     if (cfg_.eval_every > 0 && (s + 1) % cfg_.eval_every == 0 && s + 1 < steps) {
       const Fidelity f = evaluate_now();
-      eval_curve_.push_back(
-          {{"step", s + 1}, {"fvu", f.fvu}, {"l0", f.l0}, {"mmcs", f.to_json()["mmcs"]}});
+      eval_curve_.push_back({{"step", s + 1},
+                             {"fvu", f.fvu},
+                             {"l0", f.l0},
+                             {"mmcs", f.to_json()["mmcs"]},
+                             {"dead_fraction", dead_fraction()}});
     }
   }
   const double train_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   Fidelity fid = evaluate_now();
-  int64_t dead = 0;
-  {
-    auto since = tokens_since_fired_;
-    const int64_t window = cfg_.dead_window_tokens;
-    Kokkos::parallel_reduce(
-        "saescale::statistics::dead", Kokkos::RangePolicy<ExecSpace>(0, since.extent(0)),
-        KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += since(i) >= window; }, dead);
-  }
+  const double dead = dead_fraction();
   const int64_t trained_tokens = steps * B;
 
   nlohmann::json timing;
@@ -298,7 +349,7 @@ nlohmann::json Trainer::run() {
   }
 
   nlohmann::json fidelity = fid.to_json();
-  fidelity["dead_fraction"] = double(dead) / cfg_.width;
+  fidelity["dead_fraction"] = dead;
   fidelity["dead_window_tokens"] = cfg_.dead_window_tokens;
   fidelity["trained_tokens"] = trained_tokens;
   fidelity["final_train_loss"] = log_.back().loss;
@@ -346,7 +397,7 @@ nlohmann::json Trainer::run() {
     save_weights(cfg_.save_weights, *model_, norm_scale_, config["resolved"]);
 
   std::printf("done: FVU %.4f  L0 %.2f  dead %.1f%%  step median %.2f ms  %.0f tok/s", fid.fvu,
-              fid.l0, 100.0 * dead / cfg_.width, median * 1e3, median > 0 ? B / median : 0.0);
+              fid.l0, 100.0 * dead, median * 1e3, median > 0 ? B / median : 0.0);
   if (fid.mmcs)
     std::printf("  MMCS %.3f  recovered %.1f%%", *fid.mmcs, 100 * *fid.recovered_fraction);
   if (timing["floor_ratio"].is_number())

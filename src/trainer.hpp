@@ -22,6 +22,11 @@ Resolved resolve_hyper(const Config& cfg, const VariantDefaults& defaults);
 double estimate_norm_scale(const std::string& mode, const std::vector<float>& rows, int64_t n,
                            int64_t d);
 
+// b_dec from data for TopK/BatchTopK: "geometric-median" (Weiszfeld) or "mean" of `n` rows.
+void initialize_b_dec(Model& model, const std::vector<float>& rows, int64_t n,
+                      const std::string& how);
+void weaken_latents(Model& model, int64_t n);
+
 class Trainer {
  public:
   explicit Trainer(const Config& cfg);
@@ -34,6 +39,7 @@ class Trainer {
   double lr_at(int64_t step) const;
   void load_batch();
   Fidelity evaluate_now();
+  double dead_fraction() const;
   double measure_gemm_floor(int reps);
   nlohmann::json memory_json() const;
 

@@ -9,6 +9,7 @@
 #include "config.hpp"
 #include "kernels/activations/latent_stats.hpp"
 #include "kernels/gemm.hpp"
+#include "kernels/select/topk.hpp"
 #include "params.hpp"
 
 namespace saescale {
@@ -45,6 +46,7 @@ struct Hyper {
   double sparsity_coeff;  // lambda after the warm-up schedule
   double bandwidth, threshold_init, decoder_init_norm;
   int64_t k, aux_k;
+  kernels::TopkAlgo topk_algo = kernels::TopkAlgo::radix;
 };
 
 class Variant {
@@ -81,6 +83,13 @@ class Variant {
   virtual std::vector<io::NamedTensor> export_tensors(const ParamStore& p) const;
   virtual void import_tensors(ParamStore& p, std::vector<io::NamedTensor> tensors,
                               const std::string& source) const;
+  // TopK/BatchTopK initialise b_dec from data (geometric median or mean of a sample).
+  virtual bool b_dec_from_data() const { return false; }
+  // Called once per training step after the optimiser (BatchTopK's running threshold).
+  virtual void post_step(ParamStore&, const StepBuffers&) {}
+  // The variant whose layout the exported weights have (BatchTopK: a JumpReLU SAE).
+  virtual const char* exported_variant() const { return name(); }
+
   // Dense GEMMs per step in units of one encoder GEMM (2 B d M FLOPs): the FLOP model.
   virtual double gemm_units() const { return 5; }
   // SAELens architecture name for cfg.json.

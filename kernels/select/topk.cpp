@@ -24,12 +24,16 @@ struct Threshold {
 
 struct RowTopK {
   Matrix values, out;
+  Vector bias;
   CountVector eligible;
   int64_t k;
   TopkAlgo algo;
 
+  KOKKOS_INLINE_FUNCTION real value(int64_t b, int64_t i) const {
+    return bias.extent(0) ? values(b, i) + bias(i) : values(b, i);
+  }
   KOKKOS_INLINE_FUNCTION uint32_t key(int64_t b, int64_t i) const {
-    return eligible.extent(0) && !eligible(i) ? kExcluded : order_key(values(b, i));
+    return eligible.extent(0) && !eligible(i) ? kExcluded : order_key(value(b, i));
   }
 
   KOKKOS_INLINE_FUNCTION int64_t count_at_least(const Team& team, int64_t b, uint32_t t) const {
@@ -105,7 +109,7 @@ struct RowTopK {
                             if (final) {
                               const bool take =
                                   (kk > t.key) || (equal && equal_before < t.take_equal);
-                              const real v = values(b, i);
+                              const real v = value(b, i);
                               out(b, i) = take && v > 0 ? v : real(0);
                             }
                             equal_before += equal;
@@ -115,35 +119,42 @@ struct RowTopK {
 
 }  // namespace
 
-void row_topk(const Matrix& values, int64_t k, TopkAlgo algo, const Matrix& out,
+void row_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo, const Matrix& out,
               const CountVector& eligible) {
   const int64_t rows = values.extent(0);
   Kokkos::TeamPolicy<ExecSpace> policy(rows, Kokkos::AUTO);
   policy.set_scratch_size(0, Kokkos::PerTeam(Histogram::shmem_size(256)));
   Kokkos::parallel_for(algo == TopkAlgo::radix ? "saescale::select::row_topk_radix"
                                                : "saescale::select::row_topk_bisect",
-                       policy, RowTopK{values, out, eligible, k, algo});
+                       policy, RowTopK{values, out, bias, eligible, k, algo});
 }
 
 namespace {
 
-// Global counts over ReLU(values) for the batch-wide selection.
-int64_t count_batch_at_least(const Matrix& values, uint32_t t) {
+// ReLU(values + bias) at flat index j, for the batch-wide selection.
+struct BatchValue {
+  Matrix values;
+  Vector bias;
+  KOKKOS_INLINE_FUNCTION real operator()(int64_t j) const {
+    const real v = values.data()[j] + (bias.extent(0) ? bias(j % values.extent(1)) : real(0));
+    return v > 0 ? v : real(0);
+  }
+};
+
+int64_t count_batch_at_least(const BatchValue& value, uint32_t t) {
   int64_t c = 0;
   Kokkos::parallel_reduce(
-      "saescale::select::batch_count", Kokkos::RangePolicy<ExecSpace>(0, values.size()),
-      KOKKOS_LAMBDA(int64_t j, int64_t & acc) {
-        const real v = values.data()[j];
-        acc += order_key(v > 0 ? v : real(0)) >= t;
-      },
-      c);
+      "saescale::select::batch_count", Kokkos::RangePolicy<ExecSpace>(0, value.values.size()),
+      KOKKOS_LAMBDA(int64_t j, int64_t & acc) { acc += order_key(value(j)) >= t; }, c);
   return c;
 }
 
 }  // namespace
 
-double batch_topk(const Matrix& values, int64_t k, TopkAlgo algo, const Matrix& out) {
+double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo,
+                  const Matrix& out) {
   const int64_t n = values.size();
+  const BatchValue value{values, bias};
   Threshold t{0, 0};
   if (algo == TopkAlgo::radix) {
     Kokkos::View<int64_t[256], MemSpace> hist("saescale::select::batch_histogram");
@@ -155,8 +166,7 @@ double batch_topk(const Matrix& values, int64_t k, TopkAlgo algo, const Matrix& 
       Kokkos::parallel_for(
           "saescale::select::batch_histogram", Kokkos::RangePolicy<ExecSpace>(0, n),
           KOKKOS_LAMBDA(int64_t j) {
-            const real v = values.data()[j];
-            const uint32_t kk = order_key(v > 0 ? v : real(0));
+            const uint32_t kk = order_key(value(j));
             if ((kk & mask) == prefix) Kokkos::atomic_add(&hist((kk >> shift) & 255u), int64_t(1));
           });
       Kokkos::deep_copy(hist_host, hist);
@@ -171,12 +181,12 @@ double batch_topk(const Matrix& values, int64_t k, TopkAlgo algo, const Matrix& 
     uint32_t lo = 1, hi = 0xffffffffu;
     while (lo < hi) {
       const uint32_t mid = lo + (hi - lo) / 2 + 1;
-      if (count_batch_at_least(values, mid) >= k)
+      if (count_batch_at_least(value, mid) >= k)
         lo = mid;
       else
         hi = mid - 1;
     }
-    t = {lo, k - (lo == 0xffffffffu ? 0 : count_batch_at_least(values, lo + 1))};
+    t = {lo, k - (lo == 0xffffffffu ? 0 : count_batch_at_least(value, lo + 1))};
   }
   // Final pass in row-major order (ties: lower flat index), tracking the smallest selected
   // positive value.
@@ -185,7 +195,7 @@ double batch_topk(const Matrix& values, int64_t k, TopkAlgo algo, const Matrix& 
   Kokkos::parallel_scan(
       "saescale::select::batch_select", Kokkos::RangePolicy<ExecSpace>(0, n),
       KOKKOS_LAMBDA(int64_t j, int64_t & equal_before, bool final) {
-        const real v = values.data()[j] > 0 ? values.data()[j] : real(0);
+        const real v = value(j);
         const uint32_t kk = order_key(v);
         const bool equal = kk == th.key;
         if (final)

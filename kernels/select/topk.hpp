@@ -29,14 +29,17 @@ KOKKOS_INLINE_FUNCTION uint32_t order_key(real v) {
 // real value's key (order_key of any float except the all-ones NaN pattern is >= 0x00800000).
 inline constexpr uint32_t kExcluded = 0;
 
-// Row-wise: out(b, :) = ReLU(values(b, :)) on the k largest entries of row b whose latent is
-// eligible (eligible(i) != 0; an empty view means all), 0 elsewhere. Requires k <= #eligible.
-void row_topk(const Matrix& values, int64_t k, TopkAlgo algo, const Matrix& out,
+// The values selected from are values(b, i) + bias(i) (the encoder bias; an empty view: none).
+//
+// Row-wise: out(b, :) = ReLU(v(b, :)) on the k largest entries of row b whose latent is eligible
+// (eligible(i) != 0; an empty view means all), 0 elsewhere. Requires k <= #eligible.
+void row_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo, const Matrix& out,
               const CountVector& eligible = {});
 
-// Batch-wide: out = ReLU(values) on the k largest entries of ReLU(values) over the whole matrix
-// (ties: lower row-major index), 0 elsewhere. Returns the smallest selected positive value (0 if
-// none), which BatchTopK's running inference threshold follows.
-double batch_topk(const Matrix& values, int64_t k, TopkAlgo algo, const Matrix& out);
+// Batch-wide: out = ReLU(v) on the k largest entries of ReLU(v) over the whole matrix (ties: lower
+// row-major index), 0 elsewhere. Returns the smallest selected positive value (0 if none), which
+// BatchTopK's running inference threshold follows.
+double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo,
+                  const Matrix& out);
 
 }  // namespace saescale::kernels

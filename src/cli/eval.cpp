@@ -40,8 +40,8 @@ int eval(const Config& cfg) {
 
   Model model(variant, d, width);
   const Resolved r = resolve_hyper(cfg, model.variant().defaults());
-  const Hyper h{r.sparsity_coeff,    r.bandwidth, r.threshold_init,
-                r.decoder_init_norm, cfg.k,       cfg.aux_k};
+  Hyper h{r.sparsity_coeff, r.bandwidth, r.threshold_init, r.decoder_init_norm, cfg.k, cfg.aux_k};
+  h.topk_algo = kernels::parse_topk_algo(cfg.topk_algo);
   model.allocate(std::min(cfg.batch_size, n));
   model.initialize(h, cfg.seed);
   model.import_tensors(std::move(weights), 1.0, cfg.init);

@@ -35,12 +35,22 @@ int grad(const Config& cfg) {
   data->read_rows(0, n, rows.data());
   const double s = estimate_norm_scale(cfg.normalize, rows, n, d);
   const Resolved r = resolve_hyper(cfg, model.variant().defaults());
-  const Hyper h{r.sparsity_coeff,    r.bandwidth, r.threshold_init,
-                r.decoder_init_norm, cfg.k,       cfg.aux_k};
+  Hyper h{r.sparsity_coeff, r.bandwidth, r.threshold_init, r.decoder_init_norm, cfg.k, cfg.aux_k};
+  h.topk_algo = kernels::parse_topk_algo(cfg.topk_algo);
 
   model.allocate(n);
   model.initialize(h, cfg.seed);
   if (!weights.empty()) model.import_tensors(std::move(weights), s, cfg.init);
+  // The AuxK dead set is empty in `grad` unless the test-only option names one.
+  if (!cfg.test_dead_latents.empty()) {
+    auto dead = Kokkos::create_mirror_view(Kokkos::HostSpace(), model.buffers().dead);
+    for (int64_t i : cfg.test_dead_latents) {
+      if (i < 0 || i >= width)
+        throw Error("--test-dead-latents: latent " + std::to_string(i) + " out of range");
+      dead(i) = 1;
+    }
+    Kokkos::deep_copy(model.buffers().dead, dead);
+  }
   auto x = Kokkos::create_mirror_view(Kokkos::HostSpace(), model.buffers().x);
   for (int64_t i = 0; i < n * d; ++i) x.data()[i] = static_cast<float>(rows[i] * s);
   Kokkos::deep_copy(model.buffers().x, x);

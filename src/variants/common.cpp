@@ -7,6 +7,8 @@ namespace saescale {
 std::unique_ptr<Variant> make_relu();
 std::unique_ptr<Variant> make_jumprelu();
 std::unique_ptr<Variant> make_gated();
+std::unique_ptr<Variant> make_topk();
+std::unique_ptr<Variant> make_batchtopk();
 
 namespace {
 struct Entry {
@@ -14,9 +16,8 @@ struct Entry {
   std::unique_ptr<Variant> (*make)();
 };
 const Entry kRegistry[] = {
-    {"relu", make_relu},
-    {"jumprelu", make_jumprelu},
-    {"gated", make_gated},
+    {"relu", make_relu}, {"jumprelu", make_jumprelu},   {"gated", make_gated},
+    {"topk", make_topk}, {"batchtopk", make_batchtopk},
 };
 }  // namespace
 

@@ -2,6 +2,7 @@
 // one clear line on stderr, a non-zero exit and no output file.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -113,6 +114,37 @@ TEST_F(Cli, GenDataTrainSaveEvalRoundTrip) {
   EXPECT_NEAR(ev["fidelity"]["l0"].get<double>(), res["fidelity"]["l0"].get<double>(), 1.0);
 }
 
+// BatchTopK is exported as a JumpReLU SAE (b_enc folded, one threshold for every latent) that
+// `eval` loads as jumprelu and that reconstructs like the trained model.
+TEST_F(Cli, BatchTopKExportsAJumpReluSae) {
+  const std::string data = " --d-model 32 --data synthetic:features=64,l0=3 --seed 2 ";
+  auto r = saescale(
+      "train --variant batchtopk --k 3 --width 128 --batch-size 512 --steps 300 --lr 5e-3"
+      " --eval-tokens 4096" +
+      data + "--save-weights " + dir_ + "/w --out " + dir_ + "/r.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::ifstream cfg_in(dir_ + "/w/cfg.json");
+  const auto cfg = nlohmann::json::parse(cfg_in);
+  EXPECT_EQ(cfg["architecture"], "jumprelu");
+  EXPECT_EQ(cfg["apply_b_dec_to_input"], false);
+  EXPECT_EQ(cfg["saescale"]["trained_as"], "batchtopk");
+  bool one_positive_threshold = false;
+  for (const auto& t : saescale::io::read_safetensors(dir_ + "/w/sae_weights.safetensors"))
+    if (t.name == "threshold")
+      one_positive_threshold = std::all_of(t.values.begin(), t.values.end(),
+                                           [&](float v) { return v > 0 && v == t.values[0]; });
+  EXPECT_TRUE(one_positive_threshold);
+  r = saescale("eval --init " + dir_ + "/w --eval-tokens 4096" + data + "--out " + dir_ +
+               "/e.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::ifstream rin(dir_ + "/r.json"), ein(dir_ + "/e.json");
+  const auto trained = nlohmann::json::parse(rin), evaluated = nlohmann::json::parse(ein);
+  EXPECT_EQ(evaluated["variant"], "jumprelu");
+  EXPECT_NEAR(evaluated["fidelity"]["fvu"].get<double>(), trained["fidelity"]["fvu"].get<double>(),
+              0.03);
+  EXPECT_NEAR(evaluated["fidelity"]["l0"].get<double>(), 3.0, 1.0);
+}
+
 TEST_F(Cli, TruncatedNpyIsOneLineError) {
   const std::string path = write_random_npy("x.npy", 100, 8);
   fs::resize_file(path, fs::file_size(path) - 10);
@@ -156,6 +188,7 @@ TEST_F(Cli, ImpossibleValues) {
   expect_error("train --d-model 8 --width 0 --steps 2", "width");
   expect_error("train --d-model 8 --precision bf16" + small_, "bf16");
   expect_error("train --d-model 8 --lp 2" + small_, "--lp");
+  expect_error("train --d-model 8 --variant topk --k 64" + small_, "--k");
 }
 
 TEST_F(Cli, ExistingResultsNeedForce) {

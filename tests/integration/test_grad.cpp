@@ -29,9 +29,66 @@ struct Fixture {
   std::string dir;
   Problem problem;
   Params params;
+  std::vector<int> dead;  // AuxK's dead set (empty: no AuxK)
 };
 
+constexpr int kTopK = 8, kAuxK = 6;
+
 float round_f(double v) { return static_cast<float>(v); }
+
+// Smallest gap between a selected and an unselected eligible value (per row, or over the batch of
+// ReLU(pi)): float and double select the same entries when it is not tiny.
+double selection_margin(const Tensor& pi, const std::vector<int>& mask, bool batch,
+                        const std::vector<int>& eligible) {
+  double margin = 1e9;
+  const int rows = batch ? 1 : kB, cols = batch ? kB * kM : kM;
+  for (int r = 0; r < rows; ++r) {
+    double lowest_in = 1e9, highest_out = -1e9;
+    for (int j = 0; j < cols; ++j) {
+      const int flat = r * cols + j;
+      if (!eligible.empty() && !eligible[flat % kM]) continue;
+      const double v = batch ? reference::relu(pi[flat]) : pi[flat];
+      if (mask[flat])
+        lowest_in = std::min(lowest_in, v);
+      else
+        highest_out = std::max(highest_out, v);
+    }
+    if (batch && lowest_in <= 0) continue;  // fewer positives than k*B: zeros tie harmlessly
+    margin = std::min(margin, lowest_in - highest_out);
+  }
+  return margin;
+}
+
+// Masks (and AuxK's frozen target) at the unperturbed point, redrawing b_enc until every decision
+// has a margin of 1e-4.
+void fix_selection(Fixture& fx, std::mt19937& rng) {
+  std::normal_distribution<double> normal(0, 1);
+  const bool batch = fx.problem.variant == "batchtopk";
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    const Tensor pi = reference::centred_preactivations(fx.problem, fx.params);
+    fx.problem.selected = reference::select_mask(pi, kB, kM, kTopK, batch);
+    double margin = selection_margin(pi, fx.problem.selected, batch, {});
+    if (!fx.dead.empty()) {
+      fx.problem.aux_selected = reference::select_mask(pi, kB, kM, kAuxK, false, fx.dead);
+      margin = std::min(margin, selection_margin(pi, fx.problem.aux_selected, false, fx.dead));
+    }
+    double kink = 1e9;
+    for (double v : pi) kink = std::min(kink, std::abs(v));
+    if (margin > 1e-4 && kink > 1e-4) break;
+    for (auto& v : fx.params["b_enc"]) v = round_f(v + 1e-3 * normal(rng));
+  }
+  if (fx.dead.empty()) return;
+  const Tensor pi = reference::centred_preactivations(fx.problem, fx.params);
+  const Tensor xhat =
+      reference::masked_decode(fx.problem, fx.params, pi, fx.problem.selected, true);
+  Tensor& e = fx.problem.aux_target;
+  e.resize(kB * kD);
+  std::vector<double> mean(kD, 0.0);
+  for (int j = 0; j < kB * kD; ++j) e[j] = fx.problem.x[j] - xhat[j], mean[j % kD] += e[j] / kB;
+  fx.problem.aux_denominator = 0;
+  for (int j = 0; j < kB * kD; ++j)
+    fx.problem.aux_denominator += (e[j] - mean[j % kD]) * (e[j] - mean[j % kD]);
+}
 
 // Smallest |pre-activation| at a ReLU kink over the batch.
 double min_kink_distance(const Fixture& fx) {
@@ -55,7 +112,9 @@ double min_kink_distance(const Fixture& fx) {
 }
 
 // Random problem whose values are exactly representable in float (what the files hold).
-Fixture make_problem(const std::string& variant, double lambda, double bandwidth, unsigned seed) {
+Fixture make_problem(std::string variant, double lambda, double bandwidth, unsigned seed) {
+  const bool auxk = variant == "topk+auxk";
+  if (auxk) variant = "topk";
   std::mt19937 rng(seed);
   std::normal_distribution<double> normal(0, 1);
   auto draw = [&](size_t n, double scale) {
@@ -81,6 +140,12 @@ Fixture make_problem(const std::string& variant, double lambda, double bandwidth
     fx.problem.frozen_b_dec = fx.params["b_dec"];
   } else {
     fx.params["b_enc"] = draw(kM, 0.1);
+  }
+  if (auxk)
+    for (int i = 0; i < kM; ++i) fx.dead.push_back(i % 3 == 0);
+  if (variant == "topk" || variant == "batchtopk") {
+    fix_selection(fx, rng);
+    return fx;
   }
   // Keep every ReLU kink (pi = 0; Gated: pi_gate = 0 and pi_mag = 0) at least 1e-4 away, so float
   // and double agree on every activation's side and finite differences never cross a kink.
@@ -147,10 +212,14 @@ std::map<std::string, std::vector<float>> run_grad(const Fixture& fx, double lam
   char args[512];
   std::snprintf(args, sizeof args,
                 " grad --variant %s --init %s/weights.safetensors --data %s/x.npy --out %s "
-                "--sparsity-coeff %.17g --bandwidth %.17g --force",
+                "--sparsity-coeff %.17g --bandwidth %.17g --k %d --aux-k %d --force",
                 fx.problem.variant.c_str(), fx.dir.c_str(), fx.dir.c_str(), out.c_str(), lambda,
-                fx.problem.bandwidth);
-  const auto r = ts::run(ts::saescale() + args, fx.dir);
+                fx.problem.bandwidth, kTopK, kAuxK);
+  std::string dead;
+  for (int i = 0; i < kM; ++i)
+    if (!fx.dead.empty() && fx.dead[i]) dead += (dead.empty() ? "" : ",") + std::to_string(i);
+  const auto r =
+      ts::run(ts::saescale() + args + (dead.empty() ? "" : " --test-dead-latents " + dead), fx.dir);
   EXPECT_EQ(r.code, 0) << r.err;
   std::map<std::string, std::vector<float>> grads;
   for (auto& t : saescale::io::read_safetensors(out)) grads[t.name] = t.values;
@@ -198,7 +267,13 @@ TEST_P(GradTest, MatchesFiniteDifferencesForEveryParameter) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, GradTest, ::testing::Values("relu", "jumprelu", "gated"));
+INSTANTIATE_TEST_SUITE_P(Variants, GradTest,
+                         ::testing::Values("relu", "jumprelu", "gated", "topk", "batchtopk",
+                                           "topk+auxk"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           return n == "topk+auxk" ? std::string("topk_auxk") : n;
+                         });
 
 // The L0 term of JumpReLU reaches only the thresholds: every other gradient is independent of
 // lambda.

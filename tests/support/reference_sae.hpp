@@ -3,6 +3,7 @@
 // kernels/). Tests compare the project's float kernels and `saescale grad` against it, and check it
 // against central finite differences of its own loss.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <string>
@@ -22,6 +23,11 @@ struct Problem {
   // Gated's auxiliary reconstruction uses the decoder as a constant: finite differences perturb
   // the parameters but not these copies (set them to the unperturbed W_dec and b_dec).
   Tensor frozen_W_dec, frozen_b_dec;
+  // TopK / BatchTopK: the selection masks (1 = selected, [B, M]) and AuxK's residual target and
+  // denominator are constants of the loss (the spec holds the mask fixed and detaches e_res).
+  std::vector<int> selected, aux_selected;
+  Tensor aux_target;  // e_res [B, d]
+  double aux_denominator = 0;
 };
 
 inline double relu(double v) { return v > 0 ? v : 0; }
@@ -80,9 +86,81 @@ inline double activation(const Problem& p, const Params& w, double pre, int i) {
   return pre > theta ? pre : 0;
 }
 
+// Pre-activations of the variants that subtract b_dec: pi = (x - b_dec) W_enc + b_enc, [B, M].
+inline Tensor centred_preactivations(const Problem& p, const Params& w) {
+  Tensor pi(p.B * p.M);
+  for (int b = 0; b < p.B; ++b)
+    for (int i = 0; i < p.M; ++i) {
+      double s = w.at("b_enc")[i];
+      for (int c = 0; c < p.d; ++c)
+        s += (p.x[b * p.d + c] - w.at("b_dec")[c]) * w.at("W_enc")[c * p.M + i];
+      pi[b * p.M + i] = s;
+    }
+  return pi;
+}
+
+// x_hat (or AuxK's z W_dec without b_dec) from ReLU(pi) on a mask.
+inline Tensor masked_decode(const Problem& p, const Params& w, const Tensor& pi,
+                            const std::vector<int>& mask, bool with_bias) {
+  Tensor out(p.B * p.d, 0.0);
+  for (int b = 0; b < p.B; ++b) {
+    for (int c = 0; c < p.d && with_bias; ++c) out[b * p.d + c] = w.at("b_dec")[c];
+    for (int i = 0; i < p.M; ++i) {
+      if (!mask[b * p.M + i]) continue;
+      const double f = relu(pi[b * p.M + i]);
+      for (int c = 0; c < p.d; ++c) out[b * p.d + c] += f * w.at("W_dec")[i * p.d + c];
+    }
+  }
+  return out;
+}
+
+// L = (1/B) sum_b ||x_b - x_hat_b||^2 + alpha sum_b ||z_b W_dec - e_res_b||^2 / denominator
+inline double selection_loss(const Problem& p, const Params& w) {
+  const Tensor pi = centred_preactivations(p, w);
+  const Tensor xhat = masked_decode(p, w, pi, p.selected, true);
+  double main = 0;
+  for (int j = 0; j < p.B * p.d; ++j) main += (p.x[j] - xhat[j]) * (p.x[j] - xhat[j]);
+  double aux = 0;
+  if (!p.aux_selected.empty()) {
+    const Tensor e_aux = masked_decode(p, w, pi, p.aux_selected, false);
+    for (int j = 0; j < p.B * p.d; ++j)
+      aux += (e_aux[j] - p.aux_target[j]) * (e_aux[j] - p.aux_target[j]);
+    aux /= p.aux_denominator;
+  }
+  return main / p.B + aux / 32;
+}
+
+// Selection masks by (value desc, index asc): per row (topk) or over the batch of ReLU(pi)
+// (batchtopk); AuxK: per row among `dead` latents.
+inline std::vector<int> select_mask(const Tensor& pi, int B, int M, int k, bool batch,
+                                    const std::vector<int>& dead = {}) {
+  std::vector<int> mask(B * M, 0);
+  auto take = [&](std::vector<int>& idx, const std::vector<double>& v, int count) {
+    std::partial_sort(idx.begin(), idx.begin() + count, idx.end(),
+                      [&](int a, int b) { return v[a] > v[b] || (v[a] == v[b] && a < b); });
+    return std::vector<int>(idx.begin(), idx.begin() + count);
+  };
+  if (batch) {
+    std::vector<double> v(pi.size());
+    std::vector<int> idx(pi.size());
+    for (size_t j = 0; j < pi.size(); ++j) v[j] = relu(pi[j]), idx[j] = static_cast<int>(j);
+    for (int j : take(idx, v, k * B)) mask[j] = 1;
+    return mask;
+  }
+  for (int b = 0; b < B; ++b) {
+    std::vector<double> v(pi.begin() + b * M, pi.begin() + (b + 1) * M);
+    std::vector<int> idx;
+    for (int i = 0; i < M; ++i)
+      if (dead.empty() || dead[i]) idx.push_back(i);
+    for (int i : take(idx, v, k)) mask[b * M + i] = 1;
+  }
+  return mask;
+}
+
 // L = (1/B) sum_b [ ||x_b - x_hat_b||^2 + penalty_b ] (+ auxiliary terms)
 inline double loss(const Problem& p, const Params& w) {
   if (p.variant == "gated") return gated_loss(p, w);
+  if (p.variant == "topk" || p.variant == "batchtopk") return selection_loss(p, w);
   const Tensor pi = preactivations(p, w);
   double total = 0;
   for (int b = 0; b < p.B; ++b) {

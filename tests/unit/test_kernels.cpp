@@ -271,14 +271,19 @@ TEST(Reduce, ColumnSumsSumSquaresResidualAndRowNorms) {
 
 TEST(Statistics, TokensSinceFiredCountsTokensAndResets) {
   const int64_t n = 10;
-  CountVector since("since", n), fired("fired", n);
+  CountVector since("since", n), fired("fired", n), dead("dead", n);
   auto f = Kokkos::create_mirror_view(fired);
   for (int64_t i = 0; i < n; ++i) f(i) = i % 3 == 0 ? 2 : 0;
   Kokkos::deep_copy(fired, f);
-  kernels::update_tokens_since_fired(since, fired, 512);
-  kernels::update_tokens_since_fired(since, fired, 512);
+  kernels::update_tokens_since_fired(since, fired, 512, 1000, dead);
+  EXPECT_EQ(host(dead)(1), 0);  // 512 tokens < window
+  kernels::update_tokens_since_fired(since, fired, 512, 1000, dead);
   auto s = host(since);
-  for (int64_t i = 0; i < n; ++i) EXPECT_EQ(s(i), i % 3 == 0 ? 0 : 1024);
+  auto dh = host(dead);
+  for (int64_t i = 0; i < n; ++i) {
+    EXPECT_EQ(s(i), i % 3 == 0 ? 0 : 1024);
+    EXPECT_EQ(dh(i), i % 3 == 0 ? 0 : 1);
+  }
 }
 
 }  // namespace

@@ -75,7 +75,7 @@ TEST_P(RowSelect, EqualsPartialSortOnRandomRows) {
     for (int64_t k : {int64_t(1), int64_t(7), int64_t(32), int64_t(299), cols}) {
       const auto v = draw(rows * cols, kind);
       Matrix out("out", rows, cols);
-      kernels::row_topk(to_device(v, rows, cols), k, GetParam(), out);
+      kernels::row_topk(to_device(v, rows, cols), {}, k, GetParam(), out);
       const auto got = to_host(out), want = reference_rows(v, rows, cols, k, {});
       ASSERT_EQ(got, want) << "kind " << int(kind) << " k " << k;
     }
@@ -96,7 +96,7 @@ TEST_P(RowSelect, RestrictedToEligibleLatents) {
     for (int64_t k : {int64_t(1), int64_t(16), n_eligible}) {
       const auto v = draw(rows * cols, kind);
       Matrix out("out", rows, cols);
-      kernels::row_topk(to_device(v, rows, cols), k, GetParam(), out, elig);
+      kernels::row_topk(to_device(v, rows, cols), {}, k, GetParam(), out, elig);
       ASSERT_EQ(to_host(out), reference_rows(v, rows, cols, k, eligible)) << "k " << k;
     }
 }
@@ -110,7 +110,7 @@ TEST_P(RowSelect, BatchWideSelectionEqualsPartialSort) {
       for (size_t j = 0; j < v.size(); ++j) relu[j] = std::max(v[j], 0.f);
       Matrix out("out", rows, cols);
       const double smallest =
-          kernels::batch_topk(to_device(v, rows, cols), k_per_row * rows, GetParam(), out);
+          kernels::batch_topk(to_device(v, rows, cols), {}, k_per_row * rows, GetParam(), out);
       const auto want = reference_rows(relu, 1, rows * cols, k_per_row * rows, {});
       const auto got = to_host(out);
       ASSERT_EQ(got, want) << "kind " << int(kind) << " k " << k_per_row;

@@ -1,0 +1,171 @@
+// TopK (sae-variants.md §3) and BatchTopK (§4): b_dec subtracted from the input, an exact selection
+// (row-wise, or over the whole batch), ReLU after selection, and AuxK on the dead latents:
+//   z     = ReLU(pi) on the k_aux' = min(k_aux, |D|) largest pi of each row among dead latents
+//   e_aux = z W_dec                        (no b_dec)
+//   L_aux = sum_b ||e_aux - e_res||^2 / sum_b ||e_res - mean_b(e_res)||^2,  e_res = x - sg(x_hat),
+//           denominator detached;  L = L_main + alpha L_aux,  alpha = 1/32.
+// The dense implementation computes e_aux and its two backward products as GEMMs (3 GEMM units
+// while any latent is dead), as common libraries do; the sparse path removes them.
+#include "kernels/activations/topk.hpp"
+
+#include <algorithm>
+
+#include "error.hpp"
+#include "kernels/reduce.hpp"
+#include "kernels/select/topk.hpp"
+#include "variant.hpp"
+
+namespace saescale {
+namespace {
+
+constexpr double kAuxAlpha = 1.0 / 32;
+
+class SelectionVariant : public Variant {
+ public:
+  VariantDefaults defaults() const override {
+    VariantDefaults d{};
+    d.lr = 1e-4;
+    d.adam_beta1 = 0.9;
+    d.adam_beta2 = 0.999;
+    d.adam_eps = 6.25e-10;
+    d.clip_norm = 0.0;
+    d.sparsity_coeff = 0.0;  // no sparsity penalty: k sets the sparsity
+    return d;
+  }
+  bool subtracts_decoder_bias() const override { return true; }
+  bool has_auxiliary_loss() const override { return true; }
+  bool b_dec_from_data() const override { return true; }
+
+  void allocate(int64_t batch, int64_t d, int64_t width) override {
+    z_ = Matrix("saescale::auxk::z", batch, width);
+    g_z_ = Matrix("saescale::auxk::g_z", batch, width);
+    e_aux_ = Matrix("saescale::auxk::e_aux", batch, d);
+    mean_ = Vector("saescale::auxk::residual_mean", d);
+    g_pi_slots_ = SlotView<double>("saescale::topk::g_pi_slots", accumulator_slots(), width);
+  }
+
+  double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
+    select(p, s, h);
+    for_each_tile("saescale::activation::topk_counts", s.f.extent(0), s.f.extent(1),
+                  kernels::CountActivations{s.f, s.stats});
+    s.stats.reduce();
+    return 0;
+  }
+
+  double auxiliary_forward(const ParamStore& p, StepBuffers& s, const Hyper& h,
+                           Precision prec) override {
+    auxk_on_ = false;
+    if (h.aux_k <= 0) return 0;
+    int64_t dead = 0;
+    auto flags = s.dead;
+    Kokkos::parallel_reduce(
+        "saescale::auxiliary::count_dead", Kokkos::RangePolicy<ExecSpace>(0, flags.extent(0)),
+        KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += flags(i) != 0; }, dead);
+    if (dead == 0) return 0;
+    kernels::row_topk(s.pi, p.vector("b_enc"), std::min<int64_t>(h.aux_k, dead), h.topk_algo, z_,
+                      s.dead);
+    gemm(Trans::N, Trans::N, 1, z_, p.matrix("W_dec"), 0, e_aux_, prec);
+    // Detached denominator: sum_b ||e_b - mean(e)||^2 = sum ||e||^2 - B ||mean(e)||^2.
+    const int64_t B = s.e.extent(0);
+    kernels::column_sums("saescale::auxiliary::residual_mean", s.e, static_cast<real>(1.0 / B),
+                         mean_, s.column_scratch);
+    denominator_ = kernels::sum_squares("saescale::auxiliary::residual_energy", s.e) -
+                   B * kernels::sum_squares("saescale::auxiliary::mean_energy", mean_);
+    if (!(denominator_ > 0)) return 0;
+    auto diff = e_aux_;
+    auto e = s.e;
+    Kokkos::parallel_for(
+        "saescale::auxiliary::auxk_difference", Kokkos::RangePolicy<ExecSpace>(0, diff.size()),
+        KOKKOS_LAMBDA(int64_t j) { diff.data()[j] -= e.data()[j]; });  // e_aux - e_res
+    auxk_on_ = true;
+    return kAuxAlpha * kernels::sum_squares("saescale::auxiliary::auxk_loss", diff) / denominator_;
+  }
+
+  void auxiliary_backward(ParamStore& p, StepBuffers&, const Hyper&, Precision prec) override {
+    if (!auxk_on_) return;
+    const real scale = static_cast<real>(2 * kAuxAlpha / denominator_);
+    gemm(Trans::T, Trans::N, scale, z_, e_aux_, 1, p.grad_matrix("W_dec"), prec);
+    gemm(Trans::N, Trans::T, scale, e_aux_, p.matrix("W_dec"), 0, g_z_, prec);
+  }
+
+  void backward(ParamStore& p, StepBuffers& s, const Hyper&) override {
+    for_each_tile("saescale::variant_backward::topk", s.g.extent(0), s.g.extent(1),
+                  kernels::TopkBackward{s.f, z_, g_z_, auxk_on_, s.g, g_pi_slots_});
+    sum_slots("saescale::variant_backward::topk_b_enc", g_pi_slots_, p.grad_vector("b_enc"));
+    Kokkos::deep_copy(s.g_pi_sum, p.grad_vector("b_enc"));  // the same sum reaches b_dec via x~
+  }
+
+ protected:
+  virtual void select(const ParamStore& p, StepBuffers& s, const Hyper& h) = 0;
+
+ private:
+  Matrix z_, g_z_, e_aux_;
+  Vector mean_;
+  SlotView<double> g_pi_slots_;
+  double denominator_ = 0;
+  bool auxk_on_ = false;
+};
+
+class TopK final : public SelectionVariant {
+ public:
+  const char* name() const override { return "topk"; }
+  const char* architecture() const override { return "topk"; }
+
+ protected:
+  void select(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
+    kernels::row_topk(s.pi, p.vector("b_enc"), h.k, h.topk_algo, s.f);
+  }
+};
+
+// BatchTopK: the k*B largest ReLU(pi) over the batch; a running threshold for inference
+// (theta <- 0.99 theta + 0.01 min selected positive activation, in double, started at the first
+// step's value); exported as a JumpReLU SAE with that threshold for every latent.
+class BatchTopK final : public SelectionVariant {
+ public:
+  const char* name() const override { return "batchtopk"; }
+  const char* architecture() const override { return "jumprelu"; }
+  const char* exported_variant() const override { return "jumprelu"; }
+
+  void post_step(ParamStore&, const StepBuffers&) override {
+    if (min_selected_ <= 0) return;
+    threshold_ = threshold_ > 0 ? 0.99 * threshold_ + 0.01 * min_selected_ : min_selected_;
+  }
+  double inference_threshold() const { return threshold_; }
+
+  // As JumpReLU: pi = x W_enc + (b_enc - b_dec W_enc) and threshold theta for every latent.
+  std::vector<io::NamedTensor> export_tensors(const ParamStore& p) const override {
+    auto t = p.to_tensors();  // W_enc, b_enc, W_dec, b_dec
+    const auto &w_enc = t[0].values, &b_dec = t[3].values;
+    const int64_t d = t[3].shape[0], M = t[1].shape[0];
+    for (int64_t c = 0; c < d; ++c)
+      for (int64_t i = 0; i < M; ++i) t[1].values[i] -= b_dec[c] * w_enc[c * M + i];
+    t.push_back({"threshold", {M}, std::vector<float>(M, static_cast<float>(threshold_))});
+    return t;
+  }
+  // Raw BatchTopK tensors load as usual; an exported (JumpReLU-form) file has folded b_enc.
+  void import_tensors(ParamStore& p, std::vector<io::NamedTensor> tensors,
+                      const std::string& source) const override {
+    for (const auto& t : tensors)
+      if (t.name == "threshold")
+        throw Error(
+            source +
+            ": BatchTopK weights are saved as a JumpReLU SAE; load them with --variant jumprelu");
+    p.load(tensors, source);
+  }
+
+ protected:
+  void select(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
+    min_selected_ =
+        kernels::batch_topk(s.pi, p.vector("b_enc"), h.k * s.f.extent(0), h.topk_algo, s.f);
+  }
+
+ private:
+  double min_selected_ = 0, threshold_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Variant> make_topk() { return std::make_unique<TopK>(); }
+std::unique_ptr<Variant> make_batchtopk() { return std::make_unique<BatchTopK>(); }
+
+}  // namespace saescale
