@@ -6,28 +6,6 @@
 
 namespace saescale::kernels {
 
-// Per-latent counts of an activation matrix produced elsewhere (by a selection kernel).
-struct CountActivations {
-  Matrix f;
-  LatentStats stats;
-
-  KOKKOS_INLINE_FUNCTION void tile(int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                                   int64_t s) const {
-    int64_t* active = &stats.active(s, 0);
-    int64_t* fired = &stats.fired(s, 0);
-    double* sum = &stats.f_sum(s, 0);
-    for (int64_t i = c0; i < c1; ++i) active[i] = fired[i] = 0, sum[i] = 0;
-    for (int64_t b = r0; b < r1; ++b) {
-      const real* row = &f(b, 0);
-      for (int64_t i = c0; i < c1; ++i) {
-        active[i] += row[i] != 0;
-        fired[i] += row[i] > kFireThreshold;
-        sum[i] += row[i];
-      }
-    }
-  }
-};
-
 // In place over g: g_pi = g_f 1[f > 0] (+ g_z 1[z > 0] when AuxK is on); per slot: sum_b g_pi.
 struct TopkBackward {
   Matrix f, z, g_z;  // z, g_z: AuxK activations and their gradient (ignored when !auxk)

@@ -22,10 +22,19 @@ struct Threshold {
   int64_t take_equal;  // how many entries with exactly this key are selected (lowest index first)
 };
 
+// Per-latent counts of the selected, positive entries (no-op when the views are empty).
+KOKKOS_INLINE_FUNCTION void count_selected(const CountVector& active, const CountVector& fired,
+                                           real fire_threshold, int64_t i, real v) {
+  if (!active.extent(0) || !(v > 0)) return;
+  Kokkos::atomic_add(&active(i), int64_t(1));
+  if (v > fire_threshold) Kokkos::atomic_add(&fired(i), int64_t(1));
+}
+
 struct RowTopK {
   Matrix values, out;
   Vector bias;
-  CountVector eligible;
+  CountVector eligible, active, fired;
+  real fire_threshold;
   int64_t k;
   TopkAlgo algo;
 
@@ -109,8 +118,9 @@ struct RowTopK {
                             if (final) {
                               const bool take =
                                   (kk > t.key) || (equal && equal_before < t.take_equal);
-                              const real v = value(b, i);
-                              out(b, i) = take && v > 0 ? v : real(0);
+                              const real v = value(b, i), o = take && v > 0 ? v : real(0);
+                              out(b, i) = o;
+                              count_selected(active, fired, fire_threshold, i, o);
                             }
                             equal_before += equal;
                           });
@@ -120,13 +130,14 @@ struct RowTopK {
 }  // namespace
 
 void row_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo, const Matrix& out,
-              const CountVector& eligible) {
+              const CountVector& eligible, const CountVector& active, const CountVector& fired,
+              real fire_threshold) {
   const int64_t rows = values.extent(0);
   Kokkos::TeamPolicy<ExecSpace> policy(rows, Kokkos::AUTO);
   policy.set_scratch_size(0, Kokkos::PerTeam(Histogram::shmem_size(256)));
   Kokkos::parallel_for(algo == TopkAlgo::radix ? "saescale::select::row_topk_radix"
                                                : "saescale::select::row_topk_bisect",
-                       policy, RowTopK{values, out, bias, eligible, k, algo});
+                       policy, RowTopK{values, out, bias, eligible, active, fired, fire_threshold, k, algo});
 }
 
 namespace {
@@ -152,7 +163,8 @@ int64_t count_batch_at_least(const BatchValue& value, uint32_t t) {
 }  // namespace
 
 double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo,
-                  const Matrix& out) {
+                  const Matrix& out, const CountVector& active, const CountVector& fired,
+                  real fire_threshold) {
   const int64_t n = values.size();
   const BatchValue value{values, bias};
   Threshold t{0, 0};
@@ -198,8 +210,11 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
         const real v = value(j);
         const uint32_t kk = order_key(v);
         const bool equal = kk == th.key;
-        if (final)
-          out.data()[j] = (kk > th.key || (equal && equal_before < th.take_equal)) ? v : real(0);
+        if (final) {
+          const real o = (kk > th.key || (equal && equal_before < th.take_equal)) ? v : real(0);
+          out.data()[j] = o;
+          count_selected(active, fired, fire_threshold, j % values.extent(1), o);
+        }
         equal_before += equal;
       });
   Kokkos::parallel_reduce(

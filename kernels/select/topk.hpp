@@ -33,13 +33,18 @@ inline constexpr uint32_t kExcluded = 0;
 //
 // Row-wise: out(b, :) = ReLU(v(b, :)) on the k largest entries of row b whose latent is eligible
 // (eligible(i) != 0; an empty view means all), 0 elsewhere. Requires k <= #eligible.
+//
+// When `active`/`fired` are given ([M], zeroed by the caller), the final pass also counts, per
+// latent, the tokens with out != 0 and out > kFire (atomics on the selected entries only).
 void row_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo, const Matrix& out,
-              const CountVector& eligible = {});
+              const CountVector& eligible = {}, const CountVector& active = {},
+              const CountVector& fired = {}, real fire_threshold = 0);
 
 // Batch-wide: out = ReLU(v) on the k largest entries of ReLU(v) over the whole matrix (ties: lower
 // row-major index), 0 elsewhere. Returns the smallest selected positive value (0 if none), which
 // BatchTopK's running inference threshold follows.
 double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo,
-                  const Matrix& out);
+                  const Matrix& out, const CountVector& active = {}, const CountVector& fired = {},
+                  real fire_threshold = 0);
 
 }  // namespace saescale::kernels

@@ -44,11 +44,12 @@ class SelectionVariant : public Variant {
     g_pi_slots_ = SlotView<double>("saescale::topk::g_pi_slots", accumulator_slots(), width);
   }
 
+  // The selection writes f and counts active/fired tokens per latent in the same pass (slot 0;
+  // the other slots stay zero).
   double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
+    Kokkos::deep_copy(s.stats.active_total(), 0);
+    Kokkos::deep_copy(s.stats.fired_total(), 0);
     select(p, s, h);
-    for_each_tile("saescale::activation::topk_counts", s.f.extent(0), s.f.extent(1),
-                  kernels::CountActivations{s.f, s.stats});
-    s.stats.reduce();
     return 0;
   }
 
@@ -113,7 +114,8 @@ class TopK final : public SelectionVariant {
 
  protected:
   void select(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    kernels::row_topk(s.pi, p.vector("b_enc"), h.k, h.topk_algo, s.f);
+    kernels::row_topk(s.pi, p.vector("b_enc"), h.k, h.topk_algo, s.f, {}, s.stats.active_total(),
+                      s.stats.fired_total(), kFireThreshold);
   }
 };
 
@@ -155,8 +157,9 @@ class BatchTopK final : public SelectionVariant {
 
  protected:
   void select(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    min_selected_ =
-        kernels::batch_topk(s.pi, p.vector("b_enc"), h.k * s.f.extent(0), h.topk_algo, s.f);
+    min_selected_ = kernels::batch_topk(s.pi, p.vector("b_enc"), h.k * s.f.extent(0), h.topk_algo,
+                                        s.f, s.stats.active_total(), s.stats.fired_total(),
+                                        kFireThreshold);
   }
 
  private:

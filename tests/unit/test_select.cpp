@@ -81,6 +81,40 @@ TEST_P(RowSelect, EqualsPartialSortOnRandomRows) {
     }
 }
 
+// With an encoder bias added on the fly, and the fused per-latent counts of selected entries.
+TEST_P(RowSelect, BiasAndCountsOfSelectedEntries) {
+  const int64_t rows = 400, cols = 300, k = 16;
+  const auto v = draw(rows * cols, Kind::continuous);
+  const auto b = draw(cols, Kind::continuous);
+  std::vector<float> shifted(v.size());
+  for (int64_t j = 0; j < rows * cols; ++j) shifted[j] = v[j] + b[j % cols];
+  Vector bias("bias", cols);
+  auto bh = Kokkos::create_mirror_view(bias);
+  std::copy(b.begin(), b.end(), bh.data());
+  Kokkos::deep_copy(bias, bh);
+  for (bool batch : {false, true}) {
+    Matrix out("out", rows, cols);
+    CountVector active("active", cols), fired("fired", cols);
+    if (batch)
+      kernels::batch_topk(to_device(v, rows, cols), bias, k * rows, GetParam(), out, active, fired, 0.5f);
+    else
+      kernels::row_topk(to_device(v, rows, cols), bias, k, GetParam(), out, {}, active, fired, 0.5f);
+    std::vector<float> relu(shifted.size());
+    for (size_t j = 0; j < shifted.size(); ++j) relu[j] = std::max(shifted[j], 0.f);
+    const auto want = batch ? reference_rows(relu, 1, rows * cols, k * rows, {})
+                            : reference_rows(shifted, rows, cols, k, {});
+    ASSERT_EQ(to_host(out), want) << (batch ? "batch" : "rows");
+    auto ah = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), active);
+    auto fh = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), fired);
+    for (int64_t i = 0; i < cols; ++i) {
+      int64_t a = 0, f = 0;
+      for (int64_t r = 0; r < rows; ++r) a += want[r * cols + i] > 0, f += want[r * cols + i] > 0.5f;
+      ASSERT_EQ(ah(i), a) << i;
+      ASSERT_EQ(fh(i), f) << i;
+    }
+  }
+}
+
 TEST_P(RowSelect, RestrictedToEligibleLatents) {
   const int64_t rows = 500, cols = 257;
   std::vector<int64_t> eligible(cols);
