@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: train ReLU and JumpReLU on the same synthetic activations (known ground-truth
+# `make demo`: train the five SAE variants on the same synthetic activations (known ground-truth
 # dictionary), write one results JSON per variant, and print a comparison table.
 set -euo pipefail
 BUILD=${BUILD:-build}
@@ -8,14 +8,20 @@ OUT=${DEMO_OUT:-demo-output}
 SAESCALE="$BUILD/bin/saescale"
 mkdir -p "$OUT/results" "$OUT/weights"
 
-# d = 128, 1024 latents, 512 true features at L0 8; steps sized for a few minutes on 2 cores.
-COMMON=(--d-model 128 --width 1024 --batch-size 2048 --steps 1500 --warmup-steps 20
+# d = 128, 1024 latents, 512 true features at L0 8; sized for a few minutes on 2 cores.
+COMMON=(--d-model 128 --width 1024 --batch-size 2048 --steps 1000 --warmup-steps 20
         --data synthetic:features=512,l0=8,noise=0.02 --seed 1 --eval-tokens 16384
         --lr 5e-3 --progress-every 250 --force)
-"$SAESCALE" train --variant relu --sparsity-coeff 0.3 "${COMMON[@]}" \
-  --save-weights "$OUT/weights/relu" --out "$OUT/results/relu.json"
-"$SAESCALE" train --variant jumprelu --sparsity-coeff 0.01 --threshold-init 0.1 --bandwidth 0.05 \
-  "${COMMON[@]}" --save-weights "$OUT/weights/jumprelu" --out "$OUT/results/jumprelu.json"
+train() {
+  local variant=$1; shift
+  "$SAESCALE" train --variant "$variant" "$@" "${COMMON[@]}" \
+    --save-weights "$OUT/weights/$variant" --out "$OUT/results/$variant.json"
+}
+train relu --sparsity-coeff 0.3
+train jumprelu --sparsity-coeff 0.01 --threshold-init 0.1 --bandwidth 0.05
+train gated --sparsity-coeff 0.3
+train topk --k 8
+train batchtopk --k 8
 
 echo
 echo "== comparison (same data, same machine, one run each; ratios relative to JumpReLU) =="

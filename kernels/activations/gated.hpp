@@ -14,6 +14,25 @@ inline void magnitude_scales(const Vector& r_mag, const Vector& scale) {
       KOKKOS_LAMBDA(int64_t i) { scale(i) = kmath::exp(r_mag(i)); });
 }
 
+// One row of the forward pass. A separate function with __restrict__ pointers: inlined into the
+// tile, GCC gave up vectorising this many streams ("complicated access pattern"); as is, it does.
+KOKKOS_FUNCTION inline void gated_forward_row(
+    const real* __restrict__ p, const real* __restrict__ b_gate, const real* __restrict__ scale,
+    const real* __restrict__ b_mag, real* __restrict__ f, real* __restrict__ gate,
+    int64_t* __restrict__ active, int64_t* __restrict__ fired, double* __restrict__ gate_sum,
+    int64_t c0, int64_t c1) {
+  for (int64_t i = c0; i < c1; ++i) {
+    const real pi_gate = p[i] + b_gate[i], pi_mag = scale[i] * p[i] + b_mag[i];
+    const real v = (pi_gate > 0) & (pi_mag > 0) ? pi_mag : real(0);
+    const real relu_gate = pi_gate > 0 ? pi_gate : real(0);
+    f[i] = v;
+    gate[i] = relu_gate;
+    active[i] += v != 0;
+    fired[i] += v > kFireThreshold;
+    gate_sum[i] += relu_gate;
+  }
+}
+
 // f and gate_act = ReLU(pi_gate); stats.f_sum holds sum_b ReLU(pi_gate) (the L1 term).
 struct GatedForward {
   Matrix p;  // x~ W_enc
@@ -23,28 +42,33 @@ struct GatedForward {
 
   KOKKOS_INLINE_FUNCTION void tile(int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                                    int64_t s) const {
-    int64_t* active = &stats.active(s, 0);
-    int64_t* fired = &stats.fired(s, 0);
-    double* gate_sum = &stats.f_sum(s, 0);
-    const real *bg = b_gate.data(), *sc = scale.data(), *bm = b_mag.data();
-    for (int64_t i = c0; i < c1; ++i) active[i] = fired[i] = 0, gate_sum[i] = 0;
-    for (int64_t b = r0; b < r1; ++b) {
-      const real* prow = &p(b, 0);
-      real* out = &f(b, 0);
-      real* gate = &gate_act(b, 0);
-      for (int64_t i = c0; i < c1; ++i) {
-        const real pi_gate = prow[i] + bg[i], pi_mag = sc[i] * prow[i] + bm[i];
-        const real v = (pi_gate > 0) & (pi_mag > 0) ? pi_mag : real(0);
-        const real relu_gate = pi_gate > 0 ? pi_gate : real(0);
-        out[i] = v;
-        gate[i] = relu_gate;
-        active[i] += v != 0;
-        fired[i] += v > kFireThreshold;
-        gate_sum[i] += relu_gate;
-      }
-    }
+    for (int64_t i = c0; i < c1; ++i)
+      stats.active(s, i) = stats.fired(s, i) = 0, stats.f_sum(s, i) = 0;
+    for (int64_t b = r0; b < r1; ++b)
+      gated_forward_row(&p(b, 0), b_gate.data(), scale.data(), b_mag.data(), &f(b, 0),
+                        &gate_act(b, 0), &stats.active(s, 0), &stats.fired(s, 0),
+                        &stats.f_sum(s, 0), c0, c1);
   }
 };
+
+// One row of the backward pass (see gated_forward_row for why a separate function).
+KOKKOS_FUNCTION inline void gated_backward_row(
+    const real* __restrict__ p, const real* __restrict__ b_gate, const real* __restrict__ scale,
+    const real* __restrict__ b_mag, real l1_scale, real* __restrict__ g,
+    const real* __restrict__ g_aux, double* __restrict__ g_b_gate, double* __restrict__ g_b_mag,
+    double* __restrict__ g_r_mag, double* __restrict__ g_p_sum, int64_t c0, int64_t c1) {
+  for (int64_t i = c0; i < c1; ++i) {
+    const real pi_gate = p[i] + b_gate[i], pi_mag = scale[i] * p[i] + b_mag[i];
+    const real g_mag = (pi_gate > 0) & (pi_mag > 0) ? g[i] : real(0);
+    const real g_gate = pi_gate > 0 ? g_aux[i] + l1_scale : real(0);
+    const real gp = scale[i] * g_mag + g_gate;
+    g[i] = gp;
+    g_b_gate[i] += g_gate;
+    g_b_mag[i] += g_mag;
+    g_r_mag[i] += g_mag * p[i];
+    g_p_sum[i] += gp;
+  }
+}
 
 // In place over g: g_f in, g_p = exp(r_mag) g_pi_mag + g_pi_gate out, with
 //   g_pi_mag  = g_f 1[pi_gate > 0] 1[pi_mag > 0]           (the gate passes no gradient)
@@ -60,26 +84,12 @@ struct GatedBackward {
 
   KOKKOS_INLINE_FUNCTION void tile(int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                                    int64_t s) const {
-    double *gbg = &g_b_gate(s, 0), *gbm = &g_b_mag(s, 0), *grm = &g_r_mag(s, 0);
-    double* gps = &g_p_sum(s, 0);
-    const real *bg = b_gate.data(), *sc = scale.data(), *bm = b_mag.data();
-    for (int64_t i = c0; i < c1; ++i) gbg[i] = gbm[i] = grm[i] = gps[i] = 0;
-    for (int64_t b = r0; b < r1; ++b) {
-      const real* prow = &p(b, 0);
-      const real* aux = &g_aux(b, 0);
-      real* grow = &g(b, 0);
-      for (int64_t i = c0; i < c1; ++i) {
-        const real pi_gate = prow[i] + bg[i], pi_mag = sc[i] * prow[i] + bm[i];
-        const real g_mag = (pi_gate > 0) & (pi_mag > 0) ? grow[i] : real(0);
-        const real g_gate = pi_gate > 0 ? aux[i] + l1_scale : real(0);
-        const real gp = sc[i] * g_mag + g_gate;
-        grow[i] = gp;
-        gbg[i] += g_gate;
-        gbm[i] += g_mag;
-        grm[i] += g_mag * prow[i];
-        gps[i] += gp;
-      }
-    }
+    for (int64_t i = c0; i < c1; ++i)
+      g_b_gate(s, i) = g_b_mag(s, i) = g_r_mag(s, i) = g_p_sum(s, i) = 0;
+    for (int64_t b = r0; b < r1; ++b)
+      gated_backward_row(&p(b, 0), b_gate.data(), scale.data(), b_mag.data(), l1_scale, &g(b, 0),
+                         &g_aux(b, 0), &g_b_gate(s, 0), &g_b_mag(s, 0), &g_r_mag(s, 0),
+                         &g_p_sum(s, 0), c0, c1);
   }
 };
 

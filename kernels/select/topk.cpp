@@ -1,5 +1,6 @@
 #include "kernels/select/topk.hpp"
 
+#include "kernels/tiling.hpp"
 #include "src/error.hpp"
 
 namespace saescale::kernels {
@@ -64,10 +65,16 @@ struct RowTopK {
     for (int shift = 24; shift >= 0; shift -= 8) {
       Kokkos::parallel_for(Kokkos::TeamThreadRange(team, 256), [&](int d) { hist(d) = 0; });
       team.team_barrier();
+      // A one-thread team (CPUs) counts without atomics: a locked add per element costs ~20x.
+      const bool alone = team.team_size() == 1;
       Kokkos::parallel_for(Kokkos::TeamThreadRange(team, values.extent(1)), [&](int64_t i) {
         const uint32_t kk = key(b, i);
-        if (kk != kExcluded && (kk & mask) == prefix)
-          Kokkos::atomic_add(&hist((kk >> shift) & 255u), int64_t(1));
+        if (kk == kExcluded || (kk & mask) != prefix) return;
+        int64_t& bin = hist((kk >> shift) & 255u);
+        if (alone)
+          ++bin;
+        else
+          Kokkos::atomic_add(&bin, int64_t(1));
       });
       team.team_barrier();
       int64_t digit = 0, still = remaining;
@@ -135,9 +142,10 @@ void row_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo
   const int64_t rows = values.extent(0);
   Kokkos::TeamPolicy<ExecSpace> policy(rows, Kokkos::AUTO);
   policy.set_scratch_size(0, Kokkos::PerTeam(Histogram::shmem_size(256)));
-  Kokkos::parallel_for(algo == TopkAlgo::radix ? "saescale::select::row_topk_radix"
-                                               : "saescale::select::row_topk_bisect",
-                       policy, RowTopK{values, out, bias, eligible, active, fired, fire_threshold, k, algo});
+  Kokkos::parallel_for(
+      algo == TopkAlgo::radix ? "saescale::select::row_topk_radix"
+                              : "saescale::select::row_topk_bisect",
+      policy, RowTopK{values, out, bias, eligible, active, fired, fire_threshold, k, algo});
 }
 
 namespace {
@@ -169,21 +177,44 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
   const BatchValue value{values, bias};
   Threshold t{0, 0};
   if (algo == TopkAlgo::radix) {
-    Kokkos::View<int64_t[256], MemSpace> hist("saescale::select::batch_histogram");
+    // Private 256-bin histograms per slot (one per thread on CPUs, summed on the host); on GPUs one
+    // shared histogram updated atomically.
+    const int64_t slots = kColumnTiles ? 1 : accumulator_slots();
+    const int64_t chunk = (n + slots - 1) / slots;
+    Kokkos::View<int64_t**, Kokkos::LayoutRight, MemSpace> hist("saescale::select::batch_histogram",
+                                                                slots, 256);
     auto hist_host = Kokkos::create_mirror_view(hist);
     uint32_t prefix = 0, mask = 0;
     int64_t remaining = k;
     for (int shift = 24; shift >= 0; shift -= 8) {
       Kokkos::deep_copy(hist, 0);
-      Kokkos::parallel_for(
-          "saescale::select::batch_histogram", Kokkos::RangePolicy<ExecSpace>(0, n),
-          KOKKOS_LAMBDA(int64_t j) {
-            const uint32_t kk = order_key(value(j));
-            if ((kk & mask) == prefix) Kokkos::atomic_add(&hist((kk >> shift) & 255u), int64_t(1));
-          });
+      if constexpr (kColumnTiles) {
+        Kokkos::parallel_for(
+            "saescale::select::batch_histogram", Kokkos::RangePolicy<ExecSpace>(0, n),
+            KOKKOS_LAMBDA(int64_t j) {
+              const uint32_t kk = order_key(value(j));
+              if ((kk & mask) == prefix)
+                Kokkos::atomic_add(&hist(0, (kk >> shift) & 255u), int64_t(1));
+            });
+      } else {
+        Kokkos::parallel_for(
+            "saescale::select::batch_histogram", Kokkos::RangePolicy<ExecSpace>(0, slots),
+            KOKKOS_LAMBDA(int64_t sl) {
+              const int64_t end = (sl + 1) * chunk < n ? (sl + 1) * chunk : n;
+              for (int64_t j = sl * chunk; j < end; ++j) {
+                const uint32_t kk = order_key(value(j));
+                if ((kk & mask) == prefix) ++hist(sl, (kk >> shift) & 255u);
+              }
+            });
+      }
       Kokkos::deep_copy(hist_host, hist);
+      auto bin = [&](int64_t d) {
+        int64_t c = 0;
+        for (int64_t sl = 0; sl < slots; ++sl) c += hist_host(sl, d);
+        return c;
+      };
       int64_t above = 0, d = 255;
-      for (; d > 0 && above + hist_host(d) < remaining; --d) above += hist_host(d);
+      for (; d > 0 && above + bin(d) < remaining; --d) above += bin(d);
       remaining -= above;
       prefix |= uint32_t(d) << shift;
       mask |= 255u << shift;

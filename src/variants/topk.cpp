@@ -157,9 +157,9 @@ class BatchTopK final : public SelectionVariant {
 
  protected:
   void select(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    min_selected_ = kernels::batch_topk(s.pi, p.vector("b_enc"), h.k * s.f.extent(0), h.topk_algo,
-                                        s.f, s.stats.active_total(), s.stats.fired_total(),
-                                        kFireThreshold);
+    min_selected_ =
+        kernels::batch_topk(s.pi, p.vector("b_enc"), h.k * s.f.extent(0), h.topk_algo, s.f,
+                            s.stats.active_total(), s.stats.fired_total(), kFireThreshold);
   }
 
  private:

@@ -96,9 +96,11 @@ TEST_P(RowSelect, BiasAndCountsOfSelectedEntries) {
     Matrix out("out", rows, cols);
     CountVector active("active", cols), fired("fired", cols);
     if (batch)
-      kernels::batch_topk(to_device(v, rows, cols), bias, k * rows, GetParam(), out, active, fired, 0.5f);
+      kernels::batch_topk(to_device(v, rows, cols), bias, k * rows, GetParam(), out, active, fired,
+                          0.5f);
     else
-      kernels::row_topk(to_device(v, rows, cols), bias, k, GetParam(), out, {}, active, fired, 0.5f);
+      kernels::row_topk(to_device(v, rows, cols), bias, k, GetParam(), out, {}, active, fired,
+                        0.5f);
     std::vector<float> relu(shifted.size());
     for (size_t j = 0; j < shifted.size(); ++j) relu[j] = std::max(shifted[j], 0.f);
     const auto want = batch ? reference_rows(relu, 1, rows * cols, k * rows, {})
@@ -108,7 +110,8 @@ TEST_P(RowSelect, BiasAndCountsOfSelectedEntries) {
     auto fh = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), fired);
     for (int64_t i = 0; i < cols; ++i) {
       int64_t a = 0, f = 0;
-      for (int64_t r = 0; r < rows; ++r) a += want[r * cols + i] > 0, f += want[r * cols + i] > 0.5f;
+      for (int64_t r = 0; r < rows; ++r)
+        a += want[r * cols + i] > 0, f += want[r * cols + i] > 0.5f;
       ASSERT_EQ(ah(i), a) << i;
       ASSERT_EQ(fh(i), f) << i;
     }
