@@ -21,6 +21,7 @@ using Histogram = Kokkos::View<int64_t*, ExecSpace::scratch_memory_space, Kokkos
 struct Threshold {
   uint32_t key;        // the k-th largest key
   int64_t take_equal;  // how many entries with exactly this key are selected (lowest index first)
+  int64_t equal;       // how many entries have exactly this key
 };
 
 // Per-latent counts of the selected, positive entries (no-op when the views are empty).
@@ -61,7 +62,7 @@ struct RowTopK {
   KOKKOS_INLINE_FUNCTION Threshold radix(const Team& team, int64_t b) const {
     Histogram hist(team.team_scratch(0), 256);
     uint32_t prefix = 0, mask = 0;
-    int64_t remaining = k;
+    int64_t remaining = k, equal = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
       Kokkos::parallel_for(Kokkos::TeamThreadRange(team, 256), [&](int d) { hist(d) = 0; });
       team.team_barrier();
@@ -96,27 +97,39 @@ struct RowTopK {
       remaining = still;
       prefix |= uint32_t(digit) << shift;
       mask |= 255u << shift;
+      equal = hist(digit);
       team.team_barrier();
     }
-    return {prefix, remaining};
+    return {prefix, remaining, equal};
   }
 
   KOKKOS_INLINE_FUNCTION Threshold bisect(const Team& team, int64_t b) const {
     uint32_t lo = 1, hi = 0xffffffffu;  // the largest t with count(key >= t) >= k
+    int64_t at_lo = count_at_least(team, b, lo);
     while (lo < hi) {
       const uint32_t mid = lo + (hi - lo) / 2 + 1;
-      if (count_at_least(team, b, mid) >= k)
-        lo = mid;
+      const int64_t c = count_at_least(team, b, mid);
+      if (c >= k)
+        lo = mid, at_lo = c;
       else
         hi = mid - 1;
     }
     const int64_t above = lo == 0xffffffffu ? 0 : count_at_least(team, b, lo + 1);
-    return {lo, k - above};
+    return {lo, k - above, at_lo - above};
   }
 
   KOKKOS_INLINE_FUNCTION void operator()(const Team& team) const {
     const int64_t b = team.league_rank();
     const Threshold t = algo == TopkAlgo::radix ? radix(team, b) : bisect(team, b);
+    if (t.take_equal == t.equal) {  // no tie to break (the usual case): one plain pass
+      Kokkos::parallel_for(Kokkos::TeamThreadRange(team, values.extent(1)), [&](int64_t i) {
+        const uint32_t kk = key(b, i);
+        const real v = value(b, i), o = kk >= t.key && kk != kExcluded && v > 0 ? v : real(0);
+        out(b, i) = o;
+        count_selected(active, fired, fire_threshold, i, o);
+      });
+      return;
+    }
     // Selected: key > T, and the first take_equal entries with key == T in index order.
     Kokkos::parallel_scan(Kokkos::TeamThreadRange(team, values.extent(1)),
                           [&](int64_t i, int64_t& equal_before, bool final) {
@@ -175,7 +188,7 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
                   real fire_threshold) {
   const int64_t n = values.size();
   const BatchValue value{values, bias};
-  Threshold t{0, 0};
+  Threshold t{0, 0, 0};
   if (algo == TopkAlgo::radix) {
     // Private 256-bin histograms per slot (one per thread on CPUs, summed on the host); on GPUs one
     // shared histogram updated atomically.
@@ -185,7 +198,7 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
                                                                 slots, 256);
     auto hist_host = Kokkos::create_mirror_view(hist);
     uint32_t prefix = 0, mask = 0;
-    int64_t remaining = k;
+    int64_t remaining = k, equal = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
       Kokkos::deep_copy(hist, 0);
       if constexpr (kColumnTiles) {
@@ -218,36 +231,50 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
       remaining -= above;
       prefix |= uint32_t(d) << shift;
       mask |= 255u << shift;
+      equal = bin(d);
     }
-    t = {prefix, remaining};
+    t = {prefix, remaining, equal};
   } else {
     uint32_t lo = 1, hi = 0xffffffffu;
+    int64_t at_lo = n;  // every key is >= 1
     while (lo < hi) {
       const uint32_t mid = lo + (hi - lo) / 2 + 1;
-      if (count_batch_at_least(value, mid) >= k)
-        lo = mid;
+      const int64_t c = count_batch_at_least(value, mid);
+      if (c >= k)
+        lo = mid, at_lo = c;
       else
         hi = mid - 1;
     }
-    t = {lo, k - (lo == 0xffffffffu ? 0 : count_batch_at_least(value, lo + 1))};
+    const int64_t above = lo == 0xffffffffu ? 0 : count_batch_at_least(value, lo + 1);
+    t = {lo, k - above, at_lo - above};
   }
   // Final pass in row-major order (ties: lower flat index), tracking the smallest selected
   // positive value.
   real smallest;
   const Threshold th = t;
-  Kokkos::parallel_scan(
-      "saescale::select::batch_select", Kokkos::RangePolicy<ExecSpace>(0, n),
-      KOKKOS_LAMBDA(int64_t j, int64_t & equal_before, bool final) {
-        const real v = value(j);
-        const uint32_t kk = order_key(v);
-        const bool equal = kk == th.key;
-        if (final) {
-          const real o = (kk > th.key || (equal && equal_before < th.take_equal)) ? v : real(0);
+  if (th.take_equal == th.equal) {  // no tie to break (the usual case): one plain pass
+    Kokkos::parallel_for(
+        "saescale::select::batch_select", Kokkos::RangePolicy<ExecSpace>(0, n),
+        KOKKOS_LAMBDA(int64_t j) {
+          const real v = value(j), o = order_key(v) >= th.key ? v : real(0);
           out.data()[j] = o;
           count_selected(active, fired, fire_threshold, j % values.extent(1), o);
-        }
-        equal_before += equal;
-      });
+        });
+  } else {
+    Kokkos::parallel_scan(
+        "saescale::select::batch_select", Kokkos::RangePolicy<ExecSpace>(0, n),
+        KOKKOS_LAMBDA(int64_t j, int64_t & equal_before, bool final) {
+          const real v = value(j);
+          const uint32_t kk = order_key(v);
+          const bool equal = kk == th.key;
+          if (final) {
+            const real o = (kk > th.key || (equal && equal_before < th.take_equal)) ? v : real(0);
+            out.data()[j] = o;
+            count_selected(active, fired, fire_threshold, j % values.extent(1), o);
+          }
+          equal_before += equal;
+        });
+  }
   Kokkos::parallel_reduce(
       "saescale::select::batch_min_selected", Kokkos::RangePolicy<ExecSpace>(0, n),
       KOKKOS_LAMBDA(int64_t j, real & m) {

@@ -18,11 +18,12 @@ enum class TopkAlgo { radix, bisect };
 TopkAlgo parse_topk_algo(const std::string& name);
 const char* topk_algo_name(TopkAlgo a);
 
-// Larger float -> larger key; -0 < +0 (irrelevant after ReLU).
+// Larger float -> larger key; -0 < +0 (irrelevant after ReLU). Branch-free: negative values flip
+// all bits, others only the sign bit (a branch on the sign mispredicts half the time).
 KOKKOS_INLINE_FUNCTION uint32_t order_key(real v) {
   uint32_t u;
   memcpy(&u, &v, sizeof u);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return u ^ (uint32_t(-int32_t(u >> 31)) | 0x80000000u);
 }
 
 // Keys of entries that may not be selected (AuxK: latents that are not dead) are 0, below every
