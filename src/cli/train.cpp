@@ -11,7 +11,8 @@ int train(const Config& cfg) {
   int ranks = 1;
   SAESCALE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &ranks));
   if (ranks != 1)
-    throw Error("this build trains on one rank; run without mpirun (multi-rank is issue #4)");
+    throw Error(
+        "multi-rank training is not implemented yet: run saescale train on one rank (no mpirun)");
   if (cfg.lp != 1 || cfg.dp > 1)
     throw Error(
         "--dp/--lp process grids need multi-rank training, which this build does not have yet; "
