@@ -15,7 +15,6 @@ using real = float;
 
 using Vector = Kokkos::View<real*, Kokkos::LayoutRight, MemSpace>;
 using Matrix = Kokkos::View<real**, Kokkos::LayoutRight, MemSpace>;
-using HostVector = Vector::HostMirror;
 using HostMatrix = Matrix::HostMirror;
 using CountVector = Kokkos::View<int64_t*, Kokkos::LayoutRight, MemSpace>;
 

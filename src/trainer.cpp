@@ -96,7 +96,10 @@ double estimate_norm_scale(const std::string& mode, const std::vector<float>& ro
   throw Error("unknown --normalize '" + mode + "'");
 }
 
-Trainer::Trainer(const Config& cfg) : cfg_(cfg), precision_(parse_precision(cfg.precision)) {
+Trainer::Trainer(const Config& cfg)
+    : cfg_(cfg),
+      precision_(parse_precision(cfg.precision)),
+      topk_algo_(kernels::parse_topk_algo(cfg.topk_algo)) {
   check_precision_supported(precision_);
   data_ = open_data_source(
       {cfg.data, cfg.d_model, cfg.seed, cfg.shuffle_buffer, cfg.eval_tokens, cfg.ground_truth});
@@ -143,7 +146,7 @@ Hyper Trainer::hyper_at(int64_t step) const {
                           : 1.0;
   Hyper h{hyper_.sparsity_coeff * warm, hyper_.bandwidth, hyper_.threshold_init,
           hyper_.decoder_init_norm,     cfg_.k,           std::min(cfg_.aux_k, cfg_.width)};
-  h.topk_algo = kernels::parse_topk_algo(cfg_.topk_algo);
+  h.topk_algo = topk_algo_;
   return h;
 }
 

@@ -46,6 +46,7 @@ class Trainer {
   Config cfg_;
   Resolved hyper_;
   Precision precision_;
+  kernels::TopkAlgo topk_algo_;
   std::unique_ptr<DataSource> data_;
   std::unique_ptr<Model> model_;
   double norm_scale_ = 1;

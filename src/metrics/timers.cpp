@@ -42,9 +42,4 @@ nlohmann::json PhaseTimers::phases_json() const {
   return out;
 }
 
-double PhaseTimers::phase_median(const std::string& phase) const {
-  auto it = phases_.find(phase);
-  return it == phases_.end() ? 0 : summarize(it->second)["median"].get<double>();
-}
-
 }  // namespace saescale

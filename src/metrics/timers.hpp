@@ -38,7 +38,6 @@ class PhaseTimers {
   const std::vector<double>& step_times() const { return steps_; }
   nlohmann::json phases_json() const;
   nlohmann::json steps_json() const { return summarize(steps_); }
-  double phase_median(const std::string& phase) const;
 
  private:
   using Clock = std::chrono::steady_clock;
