@@ -87,8 +87,17 @@ void add_train_options(CLI::App& app, Config& c) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--dp", c.dp, "data-parallel ranks (default: all ranks)");
-  app.add_option("--lp", c.lp, "latent-parallel ranks")
+  app.add_option("--lp", c.lp, "latent-parallel ranks (each holds width / lp latents)")
       ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--comm", c.comm,
+                 "collectives on device buffers: NCCL (GPU builds) or MPI; auto picks NCCL "
+                 "for device memory")
+      ->check(CLI::IsMember({"auto", "mpi", "nccl"}))
+      ->capture_default_str();
+  app.add_option("--batch-scope", c.batch_scope,
+                 "BatchTopK selects over the global batch (all ranks) or each rank's rows")
+      ->check(CLI::IsMember({"global", "local"}))
       ->capture_default_str();
   app.add_option("--eval-every", c.eval_every, "evaluate every N steps (0: at the end only)")
       ->check(CLI::NonNegativeNumber)
@@ -106,6 +115,9 @@ void add_train_options(CLI::App& app, Config& c) {
   app.add_option("--save-weights", c.save_weights, "write weights (.safetensors + cfg.json)");
   app.add_flag("!--no-gemm-floor", c.gemm_floor, "skip timing the GEMMs alone (floor_ratio)");
   app.add_option("--test-weaken-latents", c.test_weaken_latents)->group("");  // tests: AuxK revival
+  // tests: an error on one rank at one step must abort every rank, not hang them
+  app.add_option("--test-fail-step", c.test_fail_step)->group("");
+  app.add_option("--test-fail-rank", c.test_fail_rank)->group("");
 }
 
 }  // namespace
@@ -141,6 +153,8 @@ nlohmann::json Config::to_json() const {
           {"precision", precision},
           {"dp", dp},
           {"lp", lp},
+          {"comm", comm},
+          {"batch_scope", batch_scope},
           {"data", data},
           {"shuffle_buffer", shuffle_buffer},
           {"init", init},

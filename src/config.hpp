@@ -32,7 +32,9 @@ struct Config {
   int64_t norm_tokens = 65536;
   int64_t dead_window_tokens = 10'000'000;
   std::string precision = "fp32";
-  int64_t dp = 0, lp = 1;  // dp 0: number of ranks / lp
+  int64_t dp = 0, lp = 1;              // dp 0: number of ranks / lp
+  std::string comm = "auto";           // collectives on device buffers: auto, mpi, nccl
+  std::string batch_scope = "global";  // BatchTopK: global batch or each rank's rows
   // data and files
   std::string data = "synthetic";
   int64_t shuffle_buffer = 65536;
@@ -47,6 +49,7 @@ struct Config {
   // test-only (hidden options)
   std::vector<int64_t> test_dead_latents;  // grad: the AuxK dead set
   int64_t test_weaken_latents = 0;         // train: scale the first N encoder columns by 0.05
+  int64_t test_fail_step = -1, test_fail_rank = 0;  // train: throw at this step on this rank
 
   nlohmann::json to_json() const;
 };

@@ -7,12 +7,35 @@
 #include <string>
 #include <vector>
 
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <cuda_runtime.h>
+#endif
+
 #include "cli/commands.hpp"
+#include "comm/grid.hpp"
+#include "comm/mpi_check.hpp"
 #include "config.hpp"
 #include "error.hpp"
 #include "kernels/gemm.hpp"
 
 namespace {
+
+// local rank % visible GPUs in GPU builds (ranks of one node share its GPUs round-robin); -1 else.
+int device_for_this_rank() {
+#if defined(KOKKOS_ENABLE_CUDA)
+  MPI_Comm node;
+  int local_rank = 0, devices = 0;
+  SAESCALE_MPI_CHECK(
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  SAESCALE_MPI_CHECK(MPI_Comm_rank(node, &local_rank));
+  SAESCALE_MPI_CHECK(MPI_Comm_free(&node));
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
+    throw saescale::Error("no CUDA device visible to this rank (check CUDA_VISIBLE_DEVICES)");
+  return local_rank % devices;
+#else
+  return -1;
+#endif
+}
 
 int run(int argc, char** argv) {
   using namespace saescale;
@@ -44,6 +67,26 @@ int run(int argc, char** argv) {
   if (const int code = parse_command_line(app, static_cast<int>(ours.size()), ours.data());
       code >= 0)
     return code;
+  int ranks = 1;
+  SAESCALE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &ranks));
+  for (auto* sub : {grad, eval, gen_data})
+    if (sub->parsed() && ranks > 1)
+      throw Error("saescale " + sub->get_name() +
+                  " runs on one rank (start it without mpirun/srun)");
+  // One GPU per rank, by local rank, unless the user chose one for Kokkos.
+  bool device_chosen = false;
+  for (auto* a : kokkos_args)
+    device_chosen |= std::string(a).rfind("--kokkos-device-id", 0) == 0 ||
+                     std::string(a).rfind("--kokkos-map-device-id-by", 0) == 0;
+  std::string device_arg;
+  if (const int device = device_for_this_rank(); device >= 0) {
+    comm::set_device_id(device);
+    if (!device_chosen) {
+      device_arg = "--kokkos-device-id=" + std::to_string(device);
+      kokkos_args.push_back(device_arg.data());
+      kokkos_argc = static_cast<int>(kokkos_args.size());
+    }
+  }
   Kokkos::ScopeGuard kokkos(kokkos_argc, kokkos_args.data());
   struct GemmCleanup {  // cuBLAS handles go before Kokkos finalises
     ~GemmCleanup() { gemm_finalize(); }
@@ -63,13 +106,17 @@ int main(int argc, char** argv) {
     return 1;
   }
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);  // errors reach SAESCALE_MPI_CHECK
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  // Errors that reach here are the same on every rank (options, the agreed setup of
+  // cli/train.cpp): rank 0 reports them once. Failures during training abort all ranks there.
   int code = 1;
   try {
     code = run(argc, argv);
   } catch (const saescale::Error& e) {
-    std::fprintf(stderr, "saescale: error: %s\n", e.what());
+    if (rank == 0) std::fprintf(stderr, "saescale: error: %s\n", e.what());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "saescale: internal error: %s\n", e.what());
+    if (rank == 0) std::fprintf(stderr, "saescale: internal error: %s\n", e.what());
   }
   MPI_Finalize();
   return code;

@@ -11,13 +11,28 @@
 
 namespace saescale {
 
-Model::Model(const std::string& variant, int64_t d, int64_t width)
-    : variant_(make_variant(variant)),
-      d_(d),
-      width_(width),
-      params_(variant_->param_specs(d, width)) {
+namespace {
+int64_t shard_width(int64_t d, int64_t width, int lp) {
   if (d <= 0) throw Error("--d-model must be positive");
   if (width <= 0) throw Error("--width must be positive");
+  if (width % lp != 0)
+    throw Error("--width " + std::to_string(width) + " is not divisible by --lp " +
+                std::to_string(lp) + ": every latent shard must have the same size");
+  if (width >= (int64_t(1) << 32)) throw Error("--width must be below 2^32");
+  return width / lp;
+}
+}  // namespace
+
+Model::Model(const std::string& variant, int64_t d, int64_t width, comm::Communicator* comm)
+    : variant_(make_variant(variant)),
+      own_comm_(comm ? nullptr : std::make_unique<comm::Communicator>()),
+      d_(d),
+      global_width_(width),
+      width_(shard_width(d, width, (comm ? comm : own_comm_.get())->size(comm::Group::lp))),
+      params_(variant_->param_specs(d, width_)) {
+  buf_.comm = comm ? comm : own_comm_.get();
+  buf_.global_width = global_width_;
+  buf_.latent_offset = width_ * buf_.comm->rank(comm::Group::lp);
 }
 
 void Model::initialize(const Hyper& h, uint64_t seed) {
@@ -28,7 +43,7 @@ void Model::initialize(const Hyper& h, uint64_t seed) {
   HostMatrix w_dec("saescale::init::W_dec", width_, d_);
   const double bound = std::sqrt(6.0 / d_);
   for (int64_t i = 0; i < width_; ++i) {
-    Rng rng(seed, 0xdec, i);
+    Rng rng(seed, 0xdec, buf_.latent_offset + i);
     double norm2 = 0;
     for (int64_t c = 0; c < d_; ++c) {
       w_dec(i, c) = static_cast<float>(bound * (2 * rng.uniform() - 1));
@@ -45,7 +60,7 @@ void Model::initialize(const Hyper& h, uint64_t seed) {
   variant_->initialize(params_, h);
 }
 
-void Model::allocate(int64_t batch) {
+void Model::allocate(int64_t batch, int64_t global_batch, int64_t row_offset) {
   auto noinit = [](const char* label) {
     return Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label));
   };
@@ -62,7 +77,8 @@ void Model::allocate(int64_t batch) {
   buf_.dead = CountVector("saescale::buffers::dead", width_);
   buf_.column_scratch =
       SlotView<double>("saescale::buffers::column_scratch", accumulator_slots(), d_);
-  buf_.global_batch = batch;
+  buf_.global_batch = global_batch > 0 ? global_batch : batch;
+  buf_.row_offset = row_offset;
   variant_->allocate(batch, d_, width_);
 }
 
@@ -75,10 +91,7 @@ void Model::encode(Precision p) {
 
 double Model::activate(const Hyper& h) { return variant_->forward(params_, buf_, h); }
 
-void Model::decode(Precision p) {
-  kernels::subtract_row("saescale::decode::residual_init", buf_.x, params_.vector("b_dec"), buf_.e);
-  gemm(Trans::N, Trans::N, -1, buf_.f, params_.matrix("W_dec"), 1, buf_.e, p);
-}
+void Model::decode(Precision p) { residual(buf_, buf_.f, params_, buf_.e, p, "decode"); }
 
 double Model::auxiliary_forward(const Hyper& h, Precision p) {
   return variant_->auxiliary_forward(params_, buf_, h, p);
@@ -93,9 +106,13 @@ double Model::squared_error() const {
 }
 
 // g_xhat = -2 e / B is never materialised: its scale rides in the GEMMs' alpha.
-void Model::backward_decoder_gemm(Precision p) {
+// The variant's extra decoder terms (ReLU's norm-weighted penalty) are added here too, so that
+// W_dec's gradient is final (but for AuxK) early in the backward pass: its data-parallel
+// all-reduce can start while the encoder side is still being computed.
+void Model::backward_decoder_gemm(const Hyper& h, Precision p) {
   gemm(Trans::T, Trans::N, static_cast<real>(-2.0 / buf_.global_batch), buf_.f, buf_.e, 0,
        params_.grad_matrix("W_dec"), p);
+  variant_->decoder_gradient_extra(params_, buf_, h);
 }
 
 void Model::backward_activation_gemm(Precision p) {
@@ -109,14 +126,18 @@ void Model::backward_encoder_gemm(Precision p) {
   gemm(Trans::T, Trans::N, 1, buf_.x_in, buf_.g, 0, params_.grad_matrix("W_enc"), p);
 }
 
-void Model::bias_gradients(const Hyper& h) {
+void Model::bias_gradients() {
+  // The residual is replicated over the latent shards: only the lp leader adds its term.
+  const auto g_b_dec = params_.grad_vector("b_dec");
   kernels::column_sums("saescale::bias_gradients::b_dec", buf_.e,
-                       static_cast<real>(-2.0 / buf_.global_batch), params_.grad_vector("b_dec"),
-                       buf_.column_scratch);
-  // x_in = x - b_dec: b_dec also reaches the loss through the encoder, g -= W_enc sum_b g_pi.
-  if (variant_->subtracts_decoder_bias())
-    gemv(Trans::N, -1, params_.matrix("W_enc"), buf_.g_pi_sum, 1, params_.grad_vector("b_dec"));
-  variant_->decoder_gradient_extra(params_, buf_, h);
+                       static_cast<real>(buf_.lp_leader() ? -2.0 / buf_.global_batch : 0.0),
+                       g_b_dec, buf_.column_scratch);
+  // x_in = x - b_dec: b_dec also reaches the loss through the encoder, g -= W_enc sum_b g_pi
+  // (each shard's W_enc columns give part of it).
+  if (variant_->subtracts_decoder_bias()) {
+    gemv(Trans::N, -1, params_.matrix("W_enc"), buf_.g_pi_sum, 1, g_b_dec);
+    buf_.comm->allreduce_sum("bias_gradient", comm::Group::lp, g_b_dec);
+  }
 }
 
 LossParts Model::forward(const Hyper& h, Precision p) {
@@ -131,13 +152,20 @@ LossParts Model::forward(const Hyper& h, Precision p) {
 
 LossParts Model::forward_backward(const Hyper& h, Precision p) {
   const LossParts loss = forward(h, p);
-  backward_decoder_gemm(p);
+  backward_decoder_gemm(h, p);
   backward_activation_gemm(p);
   auxiliary_backward(h, p);
   variant_backward(h);
   backward_encoder_gemm(p);
-  bias_gradients(h);
+  bias_gradients();
   return loss;
+}
+
+LossParts Model::reduce_loss(const LossParts& local, const char* phase) const {
+  const double once = buf_.lp_leader() ? 1.0 : 0.0;
+  double parts[3] = {once * local.mse, local.penalty, once * local.auxiliary};
+  buf_.comm->allreduce_host_sum(phase, comm::Group::world, parts, 3);
+  return {parts[0], parts[1], parts[2]};
 }
 
 namespace {
@@ -152,8 +180,39 @@ void fold(std::vector<io::NamedTensor>& tensors, double s) {
 }
 }  // namespace
 
+std::vector<io::NamedTensor> Model::gather_tensors(bool gradients) const {
+  auto local = params_.to_tensors(gradients);
+  auto& c = *buf_.comm;
+  const int lp = c.size(comm::Group::lp);
+  if (lp == 1) return local;
+  const bool root = c.rank(comm::Group::lp) == 0;
+  const auto& specs = params_.specs();
+  for (size_t t = 0; t < local.size(); ++t) {
+    const int axis = specs[t].latent_axis;
+    if (axis < 0) continue;  // replicated: every shard holds all of it
+    const int64_t n = static_cast<int64_t>(local[t].values.size());
+    std::vector<float> blocks(root ? n * lp : 0);
+    c.gather_host_to_root("weights", comm::Group::lp, local[t].values.data(), n, blocks.data());
+    if (!root) continue;
+    auto shape = local[t].shape;
+    shape[axis] *= lp;
+    std::vector<float> whole(blocks.size());
+    if (axis == 0) {
+      whole = std::move(blocks);  // row blocks, in shard order
+    } else {                      // [rows, cols/lp] blocks side by side: interleave per row
+      const int64_t rows = shape[0], cols = shape[1], part = cols / lp;
+      for (int r = 0; r < lp; ++r)
+        for (int64_t i = 0; i < rows; ++i)
+          std::copy_n(blocks.data() + r * n + i * part, part, whole.data() + i * cols + r * part);
+    }
+    local[t].shape = shape;
+    local[t].values = std::move(whole);
+  }
+  return local;
+}
+
 std::vector<io::NamedTensor> Model::export_tensors(double norm_scale) const {
-  auto tensors = variant_->export_tensors(params_);
+  auto tensors = variant_->export_tensors(gather_tensors(false));
   fold(tensors, norm_scale);
   return tensors;
 }
@@ -161,11 +220,44 @@ std::vector<io::NamedTensor> Model::export_tensors(double norm_scale) const {
 void Model::import_tensors(std::vector<io::NamedTensor> tensors, double norm_scale,
                            const std::string& source) {
   fold(tensors, 1 / norm_scale);
-  variant_->import_tensors(params_, std::move(tensors), source);
+  tensors = variant_->import_tensors(std::move(tensors), source);
+  // Check against the whole SAE's shapes, then keep this rank's shard of each tensor.
+  const auto whole_specs = variant_->param_specs(d_, global_width_);
+  std::vector<io::NamedTensor> shard;
+  for (const auto& spec : whole_specs) {
+    const io::NamedTensor* found = nullptr;
+    for (const auto& t : tensors)
+      if (t.name == spec.name) found = &t;
+    if (!found) throw Error(source + ": missing tensor '" + spec.name + "'");
+    if (found->shape != spec.shape)
+      throw Error(source + ": tensor '" + spec.name + "' has shape " +
+                  io::shape_string(found->shape) + " but this run needs " +
+                  io::shape_string(spec.shape) + " (check --d-model/--width)");
+    io::NamedTensor t{spec.name, spec.shape, {}};
+    if (spec.latent_axis < 0) {
+      t.values = found->values;
+    } else {
+      t.shape[spec.latent_axis] = width_;
+      const int64_t rows = spec.shape[0], cols = spec.shape.size() > 1 ? spec.shape[1] : 1;
+      const int64_t off = buf_.latent_offset;
+      if (spec.latent_axis == 0) {
+        t.values.assign(found->values.begin() + off * cols,
+                        found->values.begin() + (off + width_) * cols);
+      } else {
+        for (int64_t i = 0; i < rows; ++i)
+          t.values.insert(t.values.end(), found->values.begin() + i * cols + off,
+                          found->values.begin() + i * cols + off + width_);
+      }
+    }
+    shard.push_back(std::move(t));
+  }
+  params_.load(shard, source);
 }
 
 void save_weights(const std::string& dir, const Model& model, double norm_scale,
                   const nlohmann::json& hyper) {
+  auto tensors = model.export_tensors(norm_scale);  // gathers the latent shards on lp rank 0
+  if (model.comm().rank(comm::Group::lp) != 0) return;
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) throw Error(dir + ": cannot create the weights directory: " + ec.message());
@@ -175,7 +267,7 @@ void save_weights(const std::string& dir, const Model& model, double norm_scale,
   const nlohmann::json cfg = {
       {"architecture", exported.architecture()},
       {"d_in", model.d()},
-      {"d_sae", model.width()},
+      {"d_sae", model.global_width()},
       {"dtype", "float32"},
       {"device", "cpu"},
       {"apply_b_dec_to_input", exported.subtracts_decoder_bias()},
@@ -185,8 +277,7 @@ void save_weights(const std::string& dir, const Model& model, double norm_scale,
         {"trained_as", model.variant().name()},
         {"norm_scale_folded", norm_scale},
         {"hyper_parameters", hyper}}}};
-  io::write_safetensors(dir + "/sae_weights.safetensors", model.export_tensors(norm_scale),
-                        {{"format", "pt"}});
+  io::write_safetensors(dir + "/sae_weights.safetensors", tensors, {{"format", "pt"}});
   io::write_text_atomic(dir + "/cfg.json", cfg.dump(2) + "\n");
 }
 

@@ -19,7 +19,9 @@ struct LossParts {
 
 class Model {
  public:
-  Model(const std::string& variant, int64_t d, int64_t width);
+  // `width` is the global number of latents; under latent parallelism (comm's lp group) this rank
+  // holds width / lp of them. No communicator: one process.
+  Model(const std::string& variant, int64_t d, int64_t width, comm::Communicator* comm = nullptr);
 
   Variant& variant() { return *variant_; }
   const Variant& variant() const { return *variant_; }
@@ -27,43 +29,59 @@ class Model {
   const ParamStore& params() const { return params_; }
   StepBuffers& buffers() { return buf_; }
   int64_t d() const { return d_; }
-  int64_t width() const { return width_; }
-  int64_t batch() const { return static_cast<int64_t>(buf_.x.extent(0)); }
+  int64_t width() const { return width_; }                // latents on this rank
+  int64_t global_width() const { return global_width_; }  // latents of the whole SAE
+  int64_t latent_offset() const { return buf_.latent_offset; }
+  int64_t batch() const { return static_cast<int64_t>(buf_.x.extent(0)); }  // rows on this rank
+  comm::Communicator& comm() const { return *buf_.comm; }
 
-  // Decoder rows: random directions at `decoder_init_norm`; W_enc = W_dec^T; biases zero.
+  // Decoder rows: random directions at `decoder_init_norm` (drawn per global latent, so any grid
+  // starts from the same SAE); W_enc = W_dec^T; biases zero.
   void initialize(const Hyper& h, uint64_t seed);
-  void allocate(int64_t batch);
+  // Buffers for `batch` rows on this rank, which are rows [row_offset, +batch) of global_batch.
+  void allocate(int64_t batch, int64_t global_batch = 0, int64_t row_offset = 0);
 
   // ---- the pieces of a step, in order ------------------------------------------------------
-  void encode(Precision p);                               // x_in = x [- b_dec];  pi = x_in W_enc
-  double activate(const Hyper& h);                        // f, stats; returns the penalty term
-  void decode(Precision p);                               // e = x - (f W_dec + b_dec)
-  double auxiliary_forward(const Hyper& h, Precision p);  // the variant's auxiliary loss term
-  double squared_error() const;                           // sum ||e||^2 over the local batch
-  void backward_decoder_gemm(Precision p);     // g_W_dec = f^T g_xhat,  g_xhat = -2 e / B
-  void backward_activation_gemm(Precision p);  // g_f = g_xhat W_dec^T
+  void encode(Precision p);                                 // x_in = x [- b_dec];  pi = x_in W_enc
+  double activate(const Hyper& h);                          // f, stats; returns the penalty term
+  void decode(Precision p);                                 // e = x - (f W_dec + b_dec)
+  double auxiliary_forward(const Hyper& h, Precision p);    // the variant's auxiliary loss term
+  double squared_error() const;                             // sum ||e||^2 over the local batch
+  void backward_decoder_gemm(const Hyper& h, Precision p);  // g_W_dec = f^T g_xhat (+ variant's)
+  void backward_activation_gemm(Precision p);               // g_f = g_xhat W_dec^T
   void auxiliary_backward(const Hyper& h, Precision p);
   void variant_backward(const Hyper& h);    // g_pi, per-latent gradients
   void backward_encoder_gemm(Precision p);  // g_W_enc = x_in^T g_pi
-  void bias_gradients(const Hyper& h);      // g_b_dec (also through x_in) + variant's decoder terms
+  void bias_gradients();                    // g_b_dec (also through x_in)
 
   // Loss and raw gradients of the batch in buffers().x (no projection/clipping/optimiser).
+  // Loss parts are this rank's (sum them with reduce_loss); gradients are complete over the latent
+  // shards but not yet summed over data-parallel ranks.
   LossParts forward_backward(const Hyper& h, Precision p);
   LossParts forward(const Hyper& h, Precision p);
+  // The global loss from every rank's parts (collective over all ranks): the MSE and auxiliary
+  // terms are replicated over lp and counted once, the penalty is summed over every shard.
+  LossParts reduce_loss(const LossParts& local, const char* phase) const;
 
-  // Files: SAELens tensors with the normalisation scalar folded in (sae-variants.md §0).
+  // Files: SAELens tensors with the normalisation scalar folded in (sae-variants.md §0). Under
+  // latent parallelism export gathers the shards (collective over lp; complete on lp rank 0) and
+  // import takes this rank's shard of whole tensors.
   std::vector<io::NamedTensor> export_tensors(double norm_scale) const;
   void import_tensors(std::vector<io::NamedTensor> tensors, double norm_scale,
                       const std::string& source);
+  // Whole tensors (values or gradients) from the shards, in file order (collective over lp).
+  std::vector<io::NamedTensor> gather_tensors(bool gradients) const;
 
  private:
   std::unique_ptr<Variant> variant_;
-  int64_t d_, width_;
+  std::unique_ptr<comm::Communicator> own_comm_;
+  int64_t d_, global_width_, width_;
   ParamStore params_;
   StepBuffers buf_;
 };
 
-// Weights directory: DIR/sae_weights.safetensors + DIR/cfg.json (what SAELens loads).
+// Weights directory: DIR/sae_weights.safetensors + DIR/cfg.json (what SAELens loads). Collective
+// over the latent shards (lp); their rank 0 writes.
 void save_weights(const std::string& dir, const Model& model, double norm_scale,
                   const nlohmann::json& hyper);
 // Accepts a directory as above or a .safetensors path (cfg.json beside it is optional).

@@ -41,6 +41,17 @@ const ParamSpec& ParamStore::spec(const std::string& name, size_t* offset) const
   throw Error("internal error: no parameter named '" + name + "'");
 }
 
+int64_t ParamStore::offset(const std::string& name) const {
+  size_t off;
+  spec(name, &off);
+  return static_cast<int64_t>(off);
+}
+
+int64_t ParamStore::numel(const std::string& name) const {
+  size_t off;
+  return spec(name, &off).numel();
+}
+
 Matrix ParamStore::as_matrix(const Vector& flat, const std::string& name) const {
   size_t off;
   const auto& s = spec(name, &off);
@@ -77,13 +88,9 @@ void ParamStore::load(const std::vector<io::NamedTensor>& tensors, const std::st
       if (t.name == s.name) found = &t;
     if (!found) throw Error(source + ": missing tensor '" + s.name + "'");
     if (found->shape != s.shape) {
-      auto fmt = [](const std::vector<int64_t>& v) {
-        std::string r = "[";
-        for (size_t i = 0; i < v.size(); ++i) r += (i ? ", " : "") + std::to_string(v[i]);
-        return r + "]";
-      };
-      throw Error(source + ": tensor '" + s.name + "' has shape " + fmt(found->shape) +
-                  " but this run needs " + fmt(s.shape) + " (check --d-model/--width)");
+      throw Error(source + ": tensor '" + s.name + "' has shape " + io::shape_string(found->shape) +
+                  " but this run needs " + io::shape_string(s.shape) +
+                  " (check --d-model/--width)");
     }
     std::copy(found->values.begin(), found->values.end(), host.data() + off);
     off += s.numel();

@@ -13,6 +13,7 @@ namespace saescale {
 struct ParamSpec {
   std::string name;
   std::vector<int64_t> shape;  // [rows, cols] or [n]
+  int latent_axis = -1;        // the axis split over latent-parallel ranks (-1: replicated)
   int64_t numel() const;
 };
 
@@ -29,6 +30,9 @@ class ParamStore {
   const Vector& grads() const { return grads_; }
   const std::vector<ParamSpec>& specs() const { return specs_; }
   bool has(const std::string& name) const;
+  // Where a tensor sits in the flat buffer: [offset, offset + numel).
+  int64_t offset(const std::string& name) const;
+  int64_t numel(const std::string& name) const;
   int64_t total() const { return static_cast<int64_t>(values_.extent(0)); }
 
   // Host copies in file order (values or gradients), and loading values back.

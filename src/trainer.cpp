@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "comm/mpi_check.hpp"
 #include "error.hpp"
 #include "kernels/optim.hpp"
 #include "kernels/reduce.hpp"
@@ -96,27 +97,35 @@ double estimate_norm_scale(const std::string& mode, const std::vector<float>& ro
   throw Error("unknown --normalize '" + mode + "'");
 }
 
-Trainer::Trainer(const Config& cfg)
+Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
     : cfg_(cfg),
+      comm_(comm),
       precision_(parse_precision(cfg.precision)),
       topk_algo_(kernels::parse_topk_algo(cfg.topk_algo)) {
   check_precision_supported(precision_);
+  const int dp = comm.size(comm::Group::dp);
+  if (cfg.batch_size <= 0) throw Error("--batch-size must be positive");
+  if (cfg.batch_size % dp != 0)
+    throw Error("--batch-size " + std::to_string(cfg.batch_size) + " is not divisible by --dp " +
+                std::to_string(dp) + ": every data-parallel rank takes the same number of rows");
+  local_batch_ = cfg.batch_size / dp;
   data_ = open_data_source(
       {cfg.data, cfg.d_model, cfg.seed, cfg.shuffle_buffer, cfg.eval_tokens, cfg.ground_truth});
   const int64_t d = data_->dim();
   if (cfg.width <= 0) throw Error("--width is required and must be positive");
-  model_ = std::make_unique<Model>(cfg.variant, d, cfg.width);
+  if ((cfg.variant == "topk" || cfg.variant == "batchtopk") && cfg.k > cfg.width)
+    throw Error("--k " + std::to_string(cfg.k) + " exceeds --width " + std::to_string(cfg.width));
+  model_ = std::make_unique<Model>(cfg.variant, d, cfg.width, &comm);
   hyper_ = resolve_hyper(cfg, model_->variant().defaults());
 
+  // Every rank reads the same head rows, so all agree on the scalar and on b_dec's start.
   const int64_t n_norm =
       data_->total_rows() < 0 ? cfg.norm_tokens : std::min(cfg.norm_tokens, data_->total_rows());
   std::vector<float> head(n_norm * d);
   data_->head(head.data(), n_norm);
   norm_scale_ = estimate_norm_scale(cfg.normalize, head, n_norm, d);
 
-  if ((cfg.variant == "topk" || cfg.variant == "batchtopk") && cfg.k > cfg.width)
-    throw Error("--k " + std::to_string(cfg.k) + " exceeds --width " + std::to_string(cfg.width));
-  model_->allocate(cfg.batch_size);
+  model_->allocate(local_batch_, cfg.batch_size, comm.rank(comm::Group::dp) * local_batch_);
   model_->initialize(hyper_at(0), cfg.seed);
   if (model_->variant().b_dec_from_data() && cfg.b_dec_init != "zero") {
     for (auto& v : head) v = static_cast<float>(v * norm_scale_);
@@ -131,8 +140,8 @@ Trainer::Trainer(const Config& cfg)
   const bool first_moment = cfg.optimizer == "adam" && hyper_.adam_beta1 != 0;
   adam_m_ = Vector("saescale::optimizer::m", first_moment ? P : 0);
   adam_v_ = Vector("saescale::optimizer::v", cfg.optimizer == "adam" ? P : 0);
-  tokens_since_fired_ = CountVector("saescale::stats::tokens_since_fired", cfg.width);
-  batch_host_.resize(cfg.batch_size * d);
+  tokens_since_fired_ = CountVector("saescale::stats::tokens_since_fired", model_->width());
+  batch_host_.resize(local_batch_ * d);
 
   eval_rows_.resize(cfg.eval_tokens * d);
   eval_n_ = data_->eval_set(eval_rows_.data(), cfg.eval_tokens);
@@ -147,6 +156,7 @@ Hyper Trainer::hyper_at(int64_t step) const {
   Hyper h{hyper_.sparsity_coeff * warm, hyper_.bandwidth, hyper_.threshold_init,
           hyper_.decoder_init_norm,     cfg_.k,           std::min(cfg_.aux_k, cfg_.width)};
   h.topk_algo = topk_algo_;
+  h.batch_scope_global = cfg_.batch_scope == "global";
   return h;
 }
 
@@ -161,7 +171,8 @@ double Trainer::lr_at(int64_t step) const {
 
 void Trainer::load_batch() {
   const auto t0 = std::chrono::steady_clock::now();
-  data_->next_batch(batch_host_.data(), cfg_.batch_size);
+  data_->next_batch(batch_host_.data(), cfg_.batch_size, model_->buffers().row_offset,
+                    local_batch_);
   const auto& x = model_->buffers().x;
   auto x_host = Kokkos::create_mirror_view(Kokkos::HostSpace(), x);
   const float s = static_cast<float>(norm_scale_);
@@ -170,31 +181,57 @@ void Trainer::load_batch() {
   data_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// One training step, in the order of the algorithm (architecture.md §2).
+// The data-parallel gradient all-reduce over the one flat gradient buffer, in buckets: W_dec's
+// rows are final once the decoder side of the backward pass is done (decoder GEMM, the variant's
+// decoder terms, AuxK), so their sum starts while the encoder side is computed; the rest follows.
+void Trainer::start_gradient_buckets(bool decoder) {
+  const ParamStore& params = model_->params();
+  real* g = params.grads().data();
+  const int64_t dec = params.offset("W_dec"), dec_n = params.numel("W_dec");
+  timers_.run("comm_gradients", [&] {
+    if (decoder) {
+      comm_.start_bucket("gradients", comm::Group::dp, g + dec, dec_n);
+    } else {
+      comm_.start_bucket("gradients", comm::Group::dp, g, dec);
+      comm_.start_bucket("gradients", comm::Group::dp, g + dec + dec_n,
+                         params.total() - dec - dec_n);
+    }
+  });
+}
+
+// One training step, in the order of the algorithm (architecture.md §2). Collectives run inside
+// the model and variant pieces and are timed as their own phases (comm_*).
 void Trainer::step(int64_t step) {
   Model& m = *model_;
   const Hyper h = hyper_at(step);
   const Precision p = precision_;
-  LossParts loss;
+  const int64_t B = cfg_.batch_size;  // global
+  LossParts local;
+  if (step == cfg_.test_fail_step && comm_.rank(comm::Group::world) == cfg_.test_fail_rank)
+    throw Error("test fault injected at step " + std::to_string(step));
 
   timers_.run("encode_gemm", [&] { m.encode(p); });
-  timers_.run("activation", [&] { loss.penalty = m.activate(h); });
+  timers_.run("activation", [&] { local.penalty = m.activate(h); });
   timers_.run("decode_gemm", [&] { m.decode(p); });
   if (m.variant().has_auxiliary_loss())
-    timers_.run("auxiliary_forward", [&] { loss.auxiliary = m.auxiliary_forward(h, p); });
-  timers_.run("loss", [&] { loss.mse = m.squared_error() / cfg_.batch_size; });
+    timers_.run("auxiliary_forward", [&] { local.auxiliary = m.auxiliary_forward(h, p); });
+  timers_.run("loss", [&] { local.mse = m.squared_error() / B; });
+  const LossParts loss = m.reduce_loss(local, "loss");
   if (!std::isfinite(loss.total()))
     throw Error("step " + std::to_string(step) + ": loss is not finite (mse " +
                 std::to_string(loss.mse) + ", sparsity term " + std::to_string(loss.penalty) +
                 ", auxiliary term " + std::to_string(loss.auxiliary) +
                 "): lower --lr or check the data");
-  timers_.run("backward_decoder_gemm", [&] { m.backward_decoder_gemm(p); });
+  timers_.run("backward_decoder_gemm", [&] { m.backward_decoder_gemm(h, p); });
   timers_.run("backward_activation_gemm", [&] { m.backward_activation_gemm(p); });
   if (m.variant().has_auxiliary_loss())
     timers_.run("auxiliary_backward", [&] { m.auxiliary_backward(h, p); });
+  start_gradient_buckets(true);
   timers_.run("variant_backward", [&] { m.variant_backward(h); });
   timers_.run("backward_encoder_gemm", [&] { m.backward_encoder_gemm(p); });
-  timers_.run("bias_gradients", [&] { m.bias_gradients(h); });
+  timers_.run("bias_gradients", [&] { m.bias_gradients(); });
+  start_gradient_buckets(false);
+  comm_.wait_buckets("gradients");
 
   ParamStore& params = m.params();
   if (m.variant().unit_norm_decoder())
@@ -203,8 +240,12 @@ void Trainer::step(int64_t step) {
     });
   if (hyper_.clip_norm > 0)
     timers_.run("clip", [&] {
-      const double norm =
-          std::sqrt(kernels::sum_squares("saescale::clip::grad_norm", params.grads()));
+      // The global norm: latent shards hold disjoint parameters; b_dec (replicated) counts once.
+      double sq = kernels::sum_squares("saescale::clip::grad_norm", params.grads());
+      if (!m.buffers().lp_leader())
+        sq -= kernels::sum_squares("saescale::clip::b_dec_norm", params.grad_vector("b_dec"));
+      comm_.allreduce_host_sum("clip", comm::Group::lp, &sq, 1);
+      const double norm = std::sqrt(sq);
       if (norm > hyper_.clip_norm)
         kernels::scale("saescale::clip::scale", params.grads(),
                        static_cast<real>(hyper_.clip_norm / norm));
@@ -225,15 +266,17 @@ void Trainer::step(int64_t step) {
   int64_t active = 0;
   timers_.run("statistics", [&] {
     auto& stats = m.buffers().stats;
-    kernels::update_tokens_since_fired(tokens_since_fired_, stats.fired_total(), cfg_.batch_size,
+    comm_.allreduce_sum("statistics", comm::Group::dp, stats.fired_total());
+    kernels::update_tokens_since_fired(tokens_since_fired_, stats.fired_total(), B,
                                        cfg_.dead_window_tokens, m.buffers().dead);
     m.variant().post_step(params, m.buffers());
     auto counts = stats.active_total();
     Kokkos::parallel_reduce(
         "saescale::statistics::l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
         KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);
+    comm_.allreduce_host_sum("statistics", comm::Group::world, &active, 1);
   });
-  log_.push_back({step, loss.total(), loss.mse, double(active) / cfg_.batch_size});
+  log_.push_back({step, loss.total(), loss.mse, double(active) / B});
 }
 
 double Trainer::dead_fraction() const {
@@ -242,6 +285,7 @@ double Trainer::dead_fraction() const {
   Kokkos::parallel_reduce(
       "saescale::statistics::dead_fraction", Kokkos::RangePolicy<ExecSpace>(0, flags.extent(0)),
       KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += flags(i) != 0; }, dead);
+  comm_.allreduce_host_sum("statistics", comm::Group::lp, &dead, 1);
   return double(dead) / cfg_.width;
 }
 
@@ -252,64 +296,103 @@ Fidelity Trainer::evaluate_now() {
 }
 
 double Trainer::measure_gemm_floor(int reps) {
-  // The step's five GEMMs, same shapes, buffers and precision, with nothing in between.
+  // The step's five GEMMs on this rank's shapes, same buffers and precision, nothing in between;
+  // the floor is the slowest rank's (the step waits for it).
   Model& m = *model_;
+  auto& s = m.buffers();
   std::vector<double> times;
   for (int r = 0; r < reps + 1; ++r) {
     ExecSpace().fence();
     const auto t0 = std::chrono::steady_clock::now();
-    gemm(Trans::N, Trans::N, 1, m.buffers().x_in, m.params().matrix("W_enc"), 0, m.buffers().pi,
-         precision_);
-    m.decode(precision_);
-    m.backward_decoder_gemm(precision_);
-    m.backward_activation_gemm(precision_);
-    m.backward_encoder_gemm(precision_);
+    gemm(Trans::N, Trans::N, 1, s.x_in, m.params().matrix("W_enc"), 0, s.pi, precision_);
+    gemm(Trans::N, Trans::N, -1, s.f, m.params().matrix("W_dec"), 1, s.e, precision_);
+    gemm(Trans::T, Trans::N, 1, s.f, s.e, 0, m.params().grad_matrix("W_dec"), precision_);
+    gemm(Trans::N, Trans::T, 1, s.e, m.params().matrix("W_dec"), 0, s.g, precision_);
+    gemm(Trans::T, Trans::N, 1, s.x_in, s.g, 0, m.params().grad_matrix("W_enc"), precision_);
     ExecSpace().fence();
     if (r > 0)
       times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  return summarize(times)["median"].get<double>();
+  double floor = summarize(times)["median"].get<double>();
+  if (comm_.grid().uses_mpi())
+    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &floor, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+  return floor;
 }
 
 nlohmann::json Trainer::memory_json() const {
-  const int64_t P = model_->params().total(), B = cfg_.batch_size, d = model_->d(),
+  // Per rank (this rank's shard and rows); the peak host RSS is the largest over ranks.
+  const int64_t P = model_->params().total(), B = local_batch_, d = model_->d(),
                 M = model_->width();
   const int64_t f = sizeof(real);
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
+  int64_t rss = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  if (comm_.grid().uses_mpi())
+    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &rss, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD));
   const int64_t activations =
       (3 * B * M + (model_->variant().subtracts_decoder_bias() ? 3 : 2) * B * d) * f;
+  const int lp = comm_.size(comm::Group::lp);
+  const bool selects = cfg_.variant == "topk" || cfg_.variant == "batchtopk";
+  const int64_t candidates =
+      lp > 1 && selects ? (1 + lp) * B * std::max(cfg_.k, cfg_.aux_k) * 8 : 0;
   return {{"peak_device_bytes", nullptr},
           {"device_memory_space", MemSpace::name()},
-          {"peak_host_rss_bytes", static_cast<int64_t>(usage.ru_maxrss) * 1024},
+          {"peak_host_rss_bytes", rss},
+          {"per_rank", true},
           {"breakdown",
            {{"parameters", P * f},
             {"gradients", P * f},
             {"optimizer_state", static_cast<int64_t>(adam_m_.size() + adam_v_.size()) * f},
             {"activations", activations},
-            {"communication_buffers", 0}}}};
+            {"communication_buffers", candidates}}}};
+}
+
+// Bytes per step and phase (this rank; ring volumes: see comm/communicator.hpp) and the bus
+// bandwidth the phase achieved (sent bytes / the phase's median time, as nccl-tests reports it).
+nlohmann::json Trainer::communication_json(const nlohmann::json& phases) const {
+  nlohmann::json out = nlohmann::json::object();
+  const double steps = std::max<int64_t>(1, counted_steps_);
+  for (const auto& [phase, v] : comm_.volume()) {
+    const double sent = v.sent_bytes / steps;
+    nlohmann::json entry = {{"calls_per_step", v.calls / steps},
+                            {"payload_bytes_per_step", v.payload_bytes / steps},
+                            {"sent_bytes_per_step", sent},
+                            {"bus_bandwidth_GBps", nullptr}};
+    if (phases.contains(phase) && phases[phase].value("median", 0.0) > 0)
+      entry["bus_bandwidth_GBps"] = sent / phases[phase]["median"].get<double>() / 1e9;
+    out[phase] = entry;
+  }
+  return out;
 }
 
 nlohmann::json Trainer::run() {
   const int64_t steps = cfg_.steps, B = cfg_.batch_size;
   const int64_t every =
       cfg_.progress_every > 0 ? cfg_.progress_every : std::max<int64_t>(1, steps / 10);
-  std::printf(
-      "saescale train: %s, d=%lld, M=%lld, B=%lld, %lld steps (%lld warm-up), data %s, "
-      "normalisation %s (s=%.4g), gemm %s/%s\n",
-      cfg_.variant.c_str(), (long long)model_->d(), (long long)cfg_.width, (long long)B,
-      (long long)steps, (long long)cfg_.warmup_steps,
-      data_->describe()["spec"].get<std::string>().c_str(), cfg_.normalize.c_str(), norm_scale_,
-      gemm_backend_name(), precision_name(precision_));
-  std::fflush(stdout);
+  if (root()) {
+    std::printf(
+        "saescale train: %s, d=%lld, M=%lld, B=%lld, %lld steps (%lld warm-up), data %s, "
+        "normalisation %s (s=%.4g), gemm %s/%s, ranks %d (dp %d x lp %d, comm %s)\n",
+        cfg_.variant.c_str(), (long long)model_->d(), (long long)cfg_.width, (long long)B,
+        (long long)steps, (long long)cfg_.warmup_steps,
+        data_->describe()["spec"].get<std::string>().c_str(), cfg_.normalize.c_str(), norm_scale_,
+        gemm_backend_name(), precision_name(precision_), comm_.size(comm::Group::world),
+        comm_.size(comm::Group::dp), comm_.size(comm::Group::lp),
+        comm::backend_name(comm_.backend()));
+    std::fflush(stdout);
+  }
 
   const auto start = std::chrono::steady_clock::now();
+  comm_.reset_volume();
   for (int64_t s = 0; s < steps; ++s) {
     load_batch();
+    comm_.set_timers(&timers_);  // collectives are timed and counted inside steps only
     timers_.begin_step();
     step(s);
     const double t = timers_.end_step(s >= cfg_.warmup_steps);
-    if ((s + 1) % every == 0 || s + 1 == steps) {
+    comm_.set_timers(nullptr);
+    ++counted_steps_;
+    if (root() && ((s + 1) % every == 0 || s + 1 == steps)) {
       const auto& l = log_.back();
       std::printf("  step %6lld/%lld  loss %.5f  mse %.5f  L0 %7.2f  step %8.2f ms  %10.0f tok/s\n",
                   (long long)s + 1, (long long)steps, l.loss, l.mse, l.l0, t * 1e3, B / t);
@@ -317,11 +400,12 @@ nlohmann::json Trainer::run() {
     }
     if (cfg_.eval_every > 0 && (s + 1) % cfg_.eval_every == 0 && s + 1 < steps) {
       const Fidelity f = evaluate_now();
+      const double dead = dead_fraction();
       eval_curve_.push_back({{"step", s + 1},
                              {"fvu", f.fvu},
                              {"l0", f.l0},
                              {"mmcs", f.to_json()["mmcs"]},
-                             {"dead_fraction", dead_fraction()}});
+                             {"dead_fraction", dead}});
     }
   }
   const double train_seconds =
@@ -330,6 +414,7 @@ nlohmann::json Trainer::run() {
   Fidelity fid = evaluate_now();
   const double dead = dead_fraction();
   const int64_t trained_tokens = steps * B;
+  timers_.reduce_across_ranks(comm_.grid().uses_mpi() ? MPI_COMM_WORLD : MPI_COMM_NULL);
 
   nlohmann::json timing;
   timing["step_s"] = timers_.steps_json();
@@ -341,6 +426,7 @@ nlohmann::json Trainer::run() {
   timing["total_train_s"] = train_seconds;
   timing["data_s"] = data_seconds_;
   timing["fenced"] = true;
+  timing["communication"] = communication_json(timing["phases_s"]);
   if (cfg_.gemm_floor && median > 0) {
     const int reps = static_cast<int>(std::clamp<int64_t>(steps - cfg_.warmup_steps, 3, 20));
     const double floor = measure_gemm_floor(reps);
@@ -390,27 +476,31 @@ nlohmann::json Trainer::run() {
                           {"run_type", "iteration"},
                           {"repetitions", times.size()},
                           {"repetition_index", i},
-                          {"threads", 1},
+                          {"threads", comm_.size(comm::Group::world)},
                           {"iterations", 1},
                           {"real_time", times[i] * 1e3},
                           {"cpu_time", times[i] * 1e3},
                           {"time_unit", "ms"}});
 
-  if (!cfg_.save_weights.empty())
+  // The first replica's shards are gathered (over lp) and world rank 0 writes.
+  if (!cfg_.save_weights.empty() && comm_.rank(comm::Group::dp) == 0)
     save_weights(cfg_.save_weights, *model_, norm_scale_, config["resolved"]);
+  const nlohmann::json memory = memory_json();
 
-  std::printf("done: FVU %.4f  L0 %.2f  dead %.1f%%  step median %.2f ms  %.0f tok/s", fid.fvu,
-              fid.l0, 100.0 * dead, median * 1e3, median > 0 ? B / median : 0.0);
-  if (fid.mmcs)
-    std::printf("  MMCS %.3f  recovered %.1f%%", *fid.mmcs, 100 * *fid.recovered_fraction);
-  if (timing["floor_ratio"].is_number())
-    std::printf("  floor_ratio %.3f", timing["floor_ratio"].get<double>());
-  std::printf("\n");
+  if (root()) {
+    std::printf("done: FVU %.4f  L0 %.2f  dead %.1f%%  step median %.2f ms  %.0f tok/s", fid.fvu,
+                fid.l0, 100.0 * dead, median * 1e3, median > 0 ? B / median : 0.0);
+    if (fid.mmcs)
+      std::printf("  MMCS %.3f  recovered %.1f%%", *fid.mmcs, 100 * *fid.recovered_fraction);
+    if (timing["floor_ratio"].is_number())
+      std::printf("  floor_ratio %.3f", timing["floor_ratio"].get<double>());
+    std::printf("\n");
+  }
   return {{"schema", "saescale.result/1"},
           {"status", "ok"},
           {"config", config},
           {"timing", timing},
-          {"memory", memory_json()},
+          {"memory", memory},
           {"fidelity", fidelity},
           {"benchmarks", benchmarks}};
 }

@@ -29,7 +29,9 @@ void weaken_latents(Model& model, int64_t n);
 
 class Trainer {
  public:
-  explicit Trainer(const Config& cfg);
+  // Collective-free setup (every rank builds its shard; nothing is exchanged), so that a failure
+  // on some ranks can be agreed on before any collective (cli/train.cpp).
+  Trainer(const Config& cfg, comm::Communicator& comm);
   // Trains, evaluates, times the GEMM floor; returns the results JSON (without `context`).
   nlohmann::json run();
 
@@ -42,8 +44,15 @@ class Trainer {
   double dead_fraction() const;
   double measure_gemm_floor(int reps);
   nlohmann::json memory_json() const;
+  nlohmann::json communication_json(const nlohmann::json& phases) const;
+  // Data-parallel gradient all-reduce, in buckets of the flat gradient buffer.
+  void start_gradient_buckets(bool decoder);
+  bool root() const { return comm_.rank(comm::Group::world) == 0; }
 
   Config cfg_;
+  comm::Communicator& comm_;
+  int64_t local_batch_ = 0;    // rows on this rank: batch_size / dp
+  int64_t counted_steps_ = 0;  // steps whose communication volume was counted
   Resolved hyper_;
   Precision precision_;
   kernels::TopkAlgo topk_algo_;

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/communicator.hpp"
 #include "config.hpp"
 #include "kernels/activations/latent_stats.hpp"
 #include "kernels/gemm.hpp"
@@ -39,14 +40,29 @@ struct StepBuffers {
   Vector g_pi_sum;   // [M] sum_b g_pi, filled by variant_backward (b_dec's gradient through x_in)
   CountVector dead;  // [M] 1 for latents currently dead (AuxK), maintained by the trainer
   SlotView<double> column_scratch;  // [slots, d] for bias-gradient column sums
-  int64_t global_batch = 0;         // B in the loss (the global batch under data parallelism)
+
+  // This rank's piece of the global problem (architecture.md §2): rows [row_offset, +B) of the
+  // global batch and latents [latent_offset, +M) of global_width. One process: the whole problem.
+  int64_t global_batch = 0;  // B in the loss (the global batch under data parallelism)
+  int64_t row_offset = 0;
+  int64_t global_width = 0;
+  int64_t latent_offset = 0;
+  comm::Communicator* comm = nullptr;  // never null once allocated
+  bool lp_leader() const { return comm->rank(comm::Group::lp) == 0; }
 };
+
+// out = x - (f W_dec + b_dec). Under latent parallelism each shard holds part of f W_dec: the lp
+// leader starts from x - b_dec, the others from 0, and the shards' partial residuals are summed
+// (`phase` names the all-reduce).
+void residual(const StepBuffers& s, const Matrix& f, const ParamStore& p, const Matrix& out,
+              Precision prec, const char* phase);
 
 struct Hyper {
   double sparsity_coeff;  // lambda after the warm-up schedule
   double bandwidth, threshold_init, decoder_init_norm;
   int64_t k, aux_k;
   kernels::TopkAlgo topk_algo = kernels::TopkAlgo::radix;
+  bool batch_scope_global = true;  // BatchTopK selects over the global batch (else per rank)
 };
 
 class Variant {
@@ -79,10 +95,15 @@ class Variant {
   }
   virtual void auxiliary_backward(ParamStore&, StepBuffers&, const Hyper&, Precision) {}
 
-  // Files: tensors as SAELens stores them (JumpReLU: threshold = exp(log_threshold)), and back.
-  virtual std::vector<io::NamedTensor> export_tensors(const ParamStore& p) const;
-  virtual void import_tensors(ParamStore& p, std::vector<io::NamedTensor> tensors,
-                              const std::string& source) const;
+  // Files: whole tensors in training form -> as SAELens stores them (JumpReLU: threshold =
+  // exp(log_threshold)), and back.
+  virtual std::vector<io::NamedTensor> export_tensors(std::vector<io::NamedTensor> whole) const {
+    return whole;
+  }
+  virtual std::vector<io::NamedTensor> import_tensors(std::vector<io::NamedTensor> tensors,
+                                                      const std::string& /*source*/) const {
+    return tensors;
+  }
   // TopK/BatchTopK initialise b_dec from data (geometric median or mean of a sample).
   virtual bool b_dec_from_data() const { return false; }
   // Called once per training step after the optimiser (BatchTopK's running threshold).

@@ -192,9 +192,12 @@ int64_t count_batch_at_least(const BatchValue& value, uint32_t t) {
 
 double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo,
                   const Matrix& out, const CountVector& active, const CountVector& fired,
-                  real fire_threshold) {
+                  real fire_threshold, const SelectionGroup* group) {
   const int64_t n = values.size();
   const BatchValue value{values, bias};
+  const auto global_sum = [&](int64_t* counts, int len) {
+    if (group) group->sum(counts, len);
+  };
   Threshold t{0, 0, 0};
   if (algo == TopkAlgo::radix) {
     // Private 256-bin histograms per slot (one per thread on CPUs, summed on the host); on GPUs one
@@ -230,31 +233,36 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
             });
       }
       Kokkos::deep_copy(hist_host, hist);
-      auto bin = [&](int64_t d) {
-        int64_t c = 0;
-        for (int64_t sl = 0; sl < slots; ++sl) c += hist_host(sl, d);
-        return c;
-      };
+      int64_t bin[256] = {};
+      for (int64_t sl = 0; sl < slots; ++sl)
+        for (int d = 0; d < 256; ++d) bin[d] += hist_host(sl, d);
+      global_sum(bin, 256);
       int64_t above = 0, d = 255;
-      for (; d > 0 && above + bin(d) < remaining; --d) above += bin(d);
+      for (; d > 0 && above + bin[d] < remaining; --d) above += bin[d];
       remaining -= above;
       prefix |= uint32_t(d) << shift;
       mask |= 255u << shift;
-      equal = bin(d);
+      equal = bin[d];
     }
     t = {prefix, remaining, equal};
   } else {
+    const auto count = [&](uint32_t key) {
+      int64_t c = count_batch_at_least(value, key);
+      global_sum(&c, 1);
+      return c;
+    };
     uint32_t lo = 1, hi = 0xffffffffu;
     int64_t at_lo = n;  // every key is >= 1
+    global_sum(&at_lo, 1);
     while (lo < hi) {
       const uint32_t mid = lo + (hi - lo) / 2 + 1;
-      const int64_t c = count_batch_at_least(value, mid);
+      const int64_t c = count(mid);
       if (c >= k)
         lo = mid, at_lo = c;
       else
         hi = mid - 1;
     }
-    const int64_t above = lo == 0xffffffffu ? 0 : count_batch_at_least(value, lo + 1);
+    const int64_t above = lo == 0xffffffffu ? 0 : count(lo + 1);
     t = {lo, k - above, at_lo - above};
   }
   // Final pass in row-major order (ties: lower flat index), tracking the smallest selected
@@ -273,18 +281,38 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
           }
         });
   } else {
-    Kokkos::parallel_scan(
-        "saescale::select::batch_select", Kokkos::RangePolicy<ExecSpace>(0, n),
-        KOKKOS_LAMBDA(int64_t j, int64_t & equal_before, bool final) {
-          const real v = value(j / values.extent(1), j % values.extent(1));  // tie path: rare
-          const uint32_t kk = order_key(v);
-          const bool equal = kk == th.key;
-          if (final) {
-            const real o = (kk > th.key || (equal && equal_before < th.take_equal)) ? v : real(0);
-            out.data()[j] = o;
-            count_selected(active, fired, fire_threshold, j % values.extent(1), o);
+    // Ties at the threshold go to the lower row-major index: count them per row, find how many
+    // come before each row (across the group: in the global order), then take them row by row.
+    const int64_t rows = value.rows(), cols = value.cols();
+    CountVector row_ties("saescale::select::batch_row_ties", rows);
+    Kokkos::parallel_for(
+        "saescale::select::batch_row_ties", Kokkos::RangePolicy<ExecSpace>(0, rows),
+        KOKKOS_LAMBDA(int64_t b) {
+          int64_t c = 0;
+          for (int64_t i = 0; i < cols; ++i) c += order_key(value(b, i)) == th.key;
+          row_ties(b) = c;
+        });
+    auto ties_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), row_ties);
+    std::vector<int64_t> ties(ties_host.data(), ties_host.data() + rows), before(rows, 0);
+    if (group) {
+      before = group->tie_offsets(ties);
+    } else {
+      for (int64_t b = 1; b < rows; ++b) before[b] = before[b - 1] + ties[b - 1];
+    }
+    for (int64_t b = 0; b < rows; ++b) ties_host(b) = before[b];
+    Kokkos::deep_copy(row_ties, ties_host);  // now: ties before each row
+    Kokkos::parallel_for(
+        "saescale::select::batch_select_ties", Kokkos::RangePolicy<ExecSpace>(0, rows),
+        KOKKOS_LAMBDA(int64_t b) {
+          int64_t equal_before = row_ties(b);
+          for (int64_t i = 0; i < cols; ++i) {
+            const real v = value(b, i);
+            const uint32_t kk = order_key(v);
+            const bool take = kk > th.key || (kk == th.key && equal_before++ < th.take_equal);
+            const real o = take ? v : real(0);
+            out(b, i) = o;
+            count_selected(active, fired, fire_threshold, i, o);
           }
-          equal_before += equal;
         });
   }
   Kokkos::parallel_reduce(
@@ -295,6 +323,74 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
       },
       Kokkos::Min<real>(smallest));  // identity: the largest float
   return smallest == Kokkos::reduction_identity<real>::min() ? 0.0 : smallest;
+}
+
+void row_candidates(const Matrix& selected, int64_t k, int64_t latent_offset,
+                    const KeyVector& cand) {
+  const int64_t rows = selected.extent(0), cols = selected.extent(1);
+  Kokkos::parallel_for(
+      "saescale::select::row_candidates", Kokkos::TeamPolicy<ExecSpace>(rows, Kokkos::AUTO),
+      KOKKOS_LAMBDA(const Team& team) {
+        const int64_t b = team.league_rank();
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, k),
+                             [&](int64_t j) { cand(b * k + j) = 0; });
+        team.team_barrier();
+        // Position of each non-zero among the row's non-zeros (at most k of them).
+        Kokkos::parallel_scan(Kokkos::TeamThreadRange(team, cols),
+                              [&](int64_t i, int64_t& before, bool final) {
+                                const real v = selected(b, i);
+                                if (final && v != 0 && before < k)
+                                  cand(b * k + before) = entry_key(v, latent_offset + i);
+                                before += v != 0;
+                              });
+      });
+}
+
+void row_kth_key(const KeyVector& keys, int64_t parts, int64_t rows, int64_t k,
+                 const KeyVector& kth) {
+  // Per row, an MSB-first radix select over 8 bytes of the (unique) keys of parts x k candidates.
+  Kokkos::parallel_for(
+      "saescale::select::row_kth_key", Kokkos::RangePolicy<ExecSpace>(0, rows),
+      KOKKOS_LAMBDA(int64_t b) {
+        uint64_t prefix = 0, mask = 0;
+        int64_t remaining = k;
+        for (int shift = 56; shift >= 0; shift -= 8) {
+          int32_t hist[256] = {};
+          for (int64_t p = 0; p < parts; ++p)
+            for (int64_t j = 0; j < k; ++j) {
+              const uint64_t key = keys((p * rows + b) * k + j);
+              if (key != 0 && (key & mask) == prefix) ++hist[(key >> shift) & 255u];
+            }
+          int64_t above = 0, d = 255;
+          for (; d > 0 && above + hist[d] < remaining; --d) above += hist[d];
+          if (above + hist[d] < remaining) {  // fewer than k candidates: keep every one
+            prefix = 0;
+            break;
+          }
+          remaining -= above;
+          prefix |= uint64_t(d) << shift;
+          mask |= uint64_t(255) << shift;
+        }
+        kth(b) = prefix;
+      });
+}
+
+void keep_selected(const Matrix& selected, int64_t latent_offset, const KeyVector& kth,
+                   const CountVector& active, const CountVector& fired, real fire_threshold) {
+  const int64_t cols = selected.extent(1);
+  Kokkos::parallel_for(
+      "saescale::select::keep_selected", Kokkos::RangePolicy<ExecSpace>(0, selected.extent(0)),
+      KOKKOS_LAMBDA(int64_t b) {
+        const uint64_t t = kth(b);
+        for (int64_t i = 0; i < cols; ++i) {
+          const real v = selected(b, i);
+          if (v == 0) continue;
+          if (entry_key(v, latent_offset + i) < t)
+            selected(b, i) = 0;
+          else
+            count_selected(active, fired, fire_threshold, i, v);
+        }
+      });
 }
 
 }  // namespace saescale::kernels

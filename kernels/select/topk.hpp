@@ -8,7 +8,9 @@
 // rows with fewer than k positive values have L0 < k).
 #pragma once
 #include <cstring>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "kernels/types.hpp"
 
@@ -41,11 +43,48 @@ void row_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo
               const CountVector& eligible = {}, const CountVector& active = {},
               const CountVector& fired = {}, real fire_threshold = 0);
 
+// Ranks whose matrices are blocks of one global matrix (data-parallel rows x latent-parallel
+// columns) select together: `sum` adds histogram counts over them in place; `tie_offsets` gets
+// this rank's count of entries equal to the threshold per local row and returns, per local row,
+// how many such entries come before it in the global row-major order. Kernels stay free of MPI:
+// the caller supplies these (src/variants/topk.cpp).
+struct SelectionGroup {
+  std::function<void(int64_t* counts, int n)> sum;
+  std::function<std::vector<int64_t>(const std::vector<int64_t>& row_ties)> tie_offsets;
+};
+
 // Batch-wide: out = ReLU(v) on the k largest entries of ReLU(v) over the whole matrix (ties: lower
-// row-major index), 0 elsewhere. Returns the smallest selected positive value (0 if none), which
-// BatchTopK's running inference threshold follows.
+// row-major index), 0 elsewhere; with a group, over the group's global matrix (k is global).
+// Returns the smallest selected positive value of this block (0 if none), which BatchTopK's running
+// inference threshold follows.
 double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo,
                   const Matrix& out, const CountVector& active = {}, const CountVector& fired = {},
-                  real fire_threshold = 0);
+                  real fire_threshold = 0, const SelectionGroup* group = nullptr);
+
+// ---- Row-wise top-k over latent shards (latent parallelism) -------------------------------------
+// Every shard selects its local top-k (row_topk); the positive survivors are the only candidates
+// (a value in the global top-k is in its shard's top-k, and ReLU after selection drops the rest).
+// Candidates carry a 64-bit key: the value's order key, then the complement of the GLOBAL latent
+// index, so keys are unique and ordered as the one-rank selection orders entries (lower index
+// first among equal values). After an all-gather of the keys, every shard finds the same k-th key
+// per row and keeps its entries at or above it: exactly the one-rank selection.
+using KeyVector = Kokkos::View<uint64_t*, Kokkos::LayoutRight, MemSpace>;
+
+KOKKOS_INLINE_FUNCTION uint64_t entry_key(real v, int64_t global_index) {
+  return (uint64_t(order_key(v)) << 32) | uint64_t(0xffffffffu - uint32_t(global_index));
+}
+
+// cand[b * k + j]: keys of the non-zero entries of row b of `selected` (at most k), 0-padded.
+void row_candidates(const Matrix& selected, int64_t k, int64_t latent_offset,
+                    const KeyVector& cand);
+// keys = [parts][rows][k]: per row, the k-th largest key over all parts (0 when fewer than k are
+// non-zero, i.e. every candidate is kept).
+void row_kth_key(const KeyVector& keys, int64_t parts, int64_t rows, int64_t k,
+                 const KeyVector& kth);
+// Zeroes the entries of `selected` whose key is below their row's k-th key; counts the kept
+// entries per latent as row_topk does.
+void keep_selected(const Matrix& selected, int64_t latent_offset, const KeyVector& kth,
+                   const CountVector& active = {}, const CountVector& fired = {},
+                   real fire_threshold = 0);
 
 }  // namespace saescale::kernels

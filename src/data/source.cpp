@@ -20,9 +20,9 @@ class SyntheticSource final : public DataSource {
  public:
   explicit SyntheticSource(const SyntheticSpec& spec) : gen_(spec) {}
   int64_t dim() const override { return gen_.spec().d; }
-  void next_batch(float* out, int64_t rows) override {
-    gen_.generate(cursor_, rows, out);
-    cursor_ += rows;
+  void next_batch(float* out, int64_t global_rows, int64_t first, int64_t rows) override {
+    gen_.generate(cursor_ + first, rows, out);
+    cursor_ += global_rows;
   }
   void head(float* out, int64_t rows) override { gen_.generate(0, rows, out); }
   int64_t eval_set(float* out, int64_t rows) override {
@@ -64,17 +64,19 @@ class FileSource final : public DataSource {
     if (train_rows_ < 1) throw Error(o.spec + ": no rows to train on");
     rng_ = Rng(o.seed, 0x5eed);
     buffer_rows_ = std::min<int64_t>(o.shuffle_buffer, train_rows_);
-    buffer_.resize(buffer_rows_ * d_);
-    for (int64_t r = 0; r < buffer_rows_; ++r) read_row(next_sequential(), buffer_.data() + r * d_);
+    buffer_.resize(buffer_rows_);
+    for (auto& row : buffer_) row = next_sequential();
     if (!o.ground_truth.empty()) load_ground_truth(o.ground_truth);
   }
 
   int64_t dim() const override { return d_; }
-  void next_batch(float* out, int64_t rows) override {
-    for (int64_t r = 0; r < rows; ++r) {
-      float* slot = buffer_.data() + rng_.below(buffer_rows_) * d_;
-      std::memcpy(out + r * d_, slot, d_ * sizeof(float));
-      read_row(next_sequential(), slot);
+  // The shuffle buffer holds row indices: every rank draws the whole global batch's indices (cheap)
+  // and reads only the rows of its slice from the mapped files.
+  void next_batch(float* out, int64_t global_rows, int64_t first, int64_t rows) override {
+    for (int64_t r = 0; r < global_rows; ++r) {
+      int64_t& slot = buffer_[rng_.below(buffer_rows_)];
+      if (r >= first && r < first + rows) read_row(slot, out + (r - first) * d_);
+      slot = next_sequential();
     }
   }
   void head(float* out, int64_t rows) override {
@@ -153,7 +155,8 @@ class FileSource final : public DataSource {
   std::string spec_;
   std::vector<Shard> shards_;
   std::vector<int64_t> starts_;
-  std::vector<float> buffer_, truth_;
+  std::vector<int64_t> buffer_;  // shuffle buffer of row indices
+  std::vector<float> truth_;
   int64_t d_ = 0, total_ = 0, train_rows_ = 0, eval_rows_ = 0, buffer_rows_ = 0, cursor_ = 0;
   Rng rng_{0};
 };

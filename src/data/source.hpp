@@ -1,6 +1,7 @@
 // Where activations come from: the synthetic generator or memory-mapped .npy/.safetensors files.
-// Training rows are streamed (files: shuffled through a seeded buffer); a held-out evaluation set
-// is kept apart (synthetic: a disjoint token range; files: the last rows, never trained on).
+// Training rows are streamed (files: shuffled through a seeded buffer of row indices); a held-out
+// evaluation set is kept apart (synthetic: a disjoint token range; files: the last rows, never
+// trained on).
 #pragma once
 #include <memory>
 #include <string>
@@ -14,8 +15,10 @@ class DataSource {
  public:
   virtual ~DataSource() = default;
   virtual int64_t dim() const = 0;
-  // The next `rows` training rows, row-major [rows, d].
-  virtual void next_batch(float* out, int64_t rows) = 0;
+  // The next global batch of `global_rows` training rows; writes its rows [first, first + rows),
+  // row-major, to `out`. Every data-parallel rank walks the same stream and reads only its own
+  // slice, so the global batch is the same for any number of ranks.
+  virtual void next_batch(float* out, int64_t global_rows, int64_t first, int64_t rows) = 0;
   // The first `rows` training rows in order (to estimate the normalisation scalar).
   virtual void head(float* out, int64_t rows) = 0;
   // The held-out evaluation rows (at most `rows`); returns how many were written.

@@ -237,4 +237,10 @@ void write_safetensors_raw(const std::string& path, const std::string& name, DTy
   write_raw(path, {{name, dtype, shape, bytes, nbytes}}, {});
 }
 
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string r = "[";
+  for (size_t i = 0; i < shape.size(); ++i) r += (i ? ", " : "") + std::to_string(shape[i]);
+  return r + "]";
+}
+
 }  // namespace saescale::io

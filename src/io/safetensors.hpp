@@ -35,6 +35,9 @@ struct NamedTensor {
   std::vector<float> values;
 };
 
+// "[2, 3]" for error messages.
+std::string shape_string(const std::vector<int64_t>& shape);
+
 // Writes F32 tensors, packed in the order given, atomically. The JSON header is padded with
 // spaces so the data section starts 8-byte aligned.
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,

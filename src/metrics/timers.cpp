@@ -1,6 +1,9 @@
 #include "metrics/timers.hpp"
 
 #include <algorithm>
+#include <functional>
+
+#include "comm/mpi_check.hpp"
 
 namespace saescale {
 
@@ -20,6 +23,7 @@ nlohmann::json summarize(std::vector<double> v) {
 void PhaseTimers::begin_step() {
   if (fence_) ExecSpace().fence();
   current_.clear();
+  nested_.clear();
   step_start_ = Clock::now();
 }
 
@@ -28,16 +32,53 @@ double PhaseTimers::end_step(bool timed) {
   const double total = std::chrono::duration<double>(Clock::now() - step_start_).count();
   if (timed) {
     steps_.push_back(total);
-    for (const auto& [phase, t] : current_) phases_[phase].push_back(t);
+    for (const auto& phase : order_) {  // aligned with steps_: 0 where a phase did not run
+      auto& v = phases_[phase];
+      v.resize(steps_.size() - 1, 0.0);
+      auto it = current_.find(phase);
+      v.push_back(it == current_.end() ? 0.0 : it->second);
+    }
   }
   return total;
+}
+
+void PhaseTimers::reduce_across_ranks(MPI_Comm comm) {
+  if (comm == MPI_COMM_NULL) return;
+  // Every rank runs the same phases in the same order; check before reducing aligned arrays.
+  std::string names;
+  for (const auto& phase : order_) names += phase + ";";
+  const uint64_t hash = std::hash<std::string>{}(names) ^ steps_.size();
+  uint64_t lo = hash, hi = hash;
+  SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UINT64_T, MPI_MIN, comm));
+  SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UINT64_T, MPI_MAX, comm));
+  if (lo != hi) throw Error("internal error: ranks timed different phases or step counts");
+  int ranks = 1;
+  SAESCALE_MPI_CHECK(MPI_Comm_size(comm, &ranks));
+  const int n = static_cast<int>(steps_.size());
+  SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, steps_.data(), n, MPI_DOUBLE, MPI_MAX, comm));
+  for (const auto& phase : order_) {
+    auto& v = phases_[phase];
+    v.resize(n, 0.0);
+    auto& lo_v = phases_min_[phase] = v;
+    auto& mean_v = phases_mean_[phase] = v;
+    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, lo_v.data(), n, MPI_DOUBLE, MPI_MIN, comm));
+    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, mean_v.data(), n, MPI_DOUBLE, MPI_SUM, comm));
+    for (auto& t : mean_v) t /= ranks;
+    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v.data(), n, MPI_DOUBLE, MPI_MAX, comm));
+  }
 }
 
 nlohmann::json PhaseTimers::phases_json() const {
   nlohmann::json out = nlohmann::json::object();
   for (const auto& phase : order_) {
     auto it = phases_.find(phase);
-    if (it != phases_.end()) out[phase] = summarize(it->second);
+    if (it == phases_.end()) continue;
+    out[phase] = summarize(it->second);
+    auto lo = phases_min_.find(phase), mean = phases_mean_.find(phase);
+    if (lo != phases_min_.end())
+      out[phase]["ranks"] = {{"min", summarize(lo->second)["median"]},
+                             {"mean", summarize(mean->second)["median"]},
+                             {"max", out[phase]["median"]}};
   }
   return out;
 }

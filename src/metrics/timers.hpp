@@ -2,6 +2,8 @@
 // time is the phase's own work, not queued launches) unless fencing is turned off, in which case
 // only the step total is meaningful.
 #pragma once
+#include <mpi.h>
+
 #include <chrono>
 #include <map>
 #include <set>
@@ -21,19 +23,31 @@ class PhaseTimers {
  public:
   explicit PhaseTimers(bool fence = true) : fence_(fence) {}
 
+  // Times `work` as `phase`. Phases may nest (a collective inside the selection): a nested phase's
+  // time is booked to it alone, so the phases of a step add up to the step.
   template <class Work>
-  void run(const char* phase, Work&& work) {
+  void run(const std::string& phase, Work&& work) {
     if (fence_) ExecSpace().fence();
     const auto t0 = Clock::now();
+    nested_.push_back(0.0);
     work();
     if (fence_) ExecSpace().fence();
-    current_[phase] += std::chrono::duration<double>(Clock::now() - t0).count();
+    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double inner = nested_.back();
+    nested_.pop_back();
+    if (!nested_.empty()) nested_.back() += elapsed;
+    current_[phase] += elapsed - inner;
     if (!seen_.count(phase)) seen_.insert(phase), order_.push_back(phase);
   }
 
   void begin_step();
   // Ends the step; its times enter the statistics only when `timed` (warm-up steps are not).
   double end_step(bool timed);
+
+  // Across ranks (collective over `comm`; no-op for MPI_COMM_NULL): each step's time becomes the
+  // max over ranks; each phase keeps the per-step min, mean and max over ranks (its statistics
+  // are those of the max, and `ranks` has the medians of min/mean/max).
+  void reduce_across_ranks(MPI_Comm comm);
 
   const std::vector<double>& step_times() const { return steps_; }
   nlohmann::json phases_json() const;
@@ -44,10 +58,12 @@ class PhaseTimers {
   bool fence_;
   Clock::time_point step_start_;
   std::map<std::string, double> current_;
-  std::map<std::string, std::vector<double>> phases_;
+  std::map<std::string, std::vector<double>> phases_;  // per timed step (0: did not run)
+  std::map<std::string, std::vector<double>> phases_min_, phases_mean_;  // after the reduction
   std::vector<std::string> order_;
   std::set<std::string> seen_;
   std::vector<double> steps_;
+  std::vector<double> nested_;  // time of nested phases, per open phase
 };
 
 }  // namespace saescale

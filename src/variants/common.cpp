@@ -1,5 +1,6 @@
 // Shared parts of the Variant interface and the registry.
 #include "error.hpp"
+#include "kernels/reduce.hpp"
 #include "variant.hpp"
 
 namespace saescale {
@@ -36,16 +37,18 @@ std::vector<std::string> variant_names() {
 }
 
 std::vector<ParamSpec> Variant::param_specs(int64_t d, int64_t width) const {
-  return {{"W_enc", {d, width}}, {"b_enc", {width}}, {"W_dec", {width, d}}, {"b_dec", {d}}};
+  return {
+      {"W_enc", {d, width}, 1}, {"b_enc", {width}, 0}, {"W_dec", {width, d}, 0}, {"b_dec", {d}}};
 }
 
-std::vector<io::NamedTensor> Variant::export_tensors(const ParamStore& p) const {
-  return p.to_tensors();
-}
-
-void Variant::import_tensors(ParamStore& p, std::vector<io::NamedTensor> tensors,
-                             const std::string& source) const {
-  p.load(tensors, source);
+void residual(const StepBuffers& s, const Matrix& f, const ParamStore& p, const Matrix& out,
+              Precision prec, const char* phase) {
+  if (s.lp_leader())
+    kernels::subtract_row("saescale::residual::init", s.x, p.vector("b_dec"), out);
+  else
+    Kokkos::deep_copy(out, 0.f);
+  gemm(Trans::N, Trans::N, -1, f, p.matrix("W_dec"), 1, out, prec);
+  s.comm->allreduce_sum(phase, comm::Group::lp, Vector(out.data(), out.size()));
 }
 
 }  // namespace saescale

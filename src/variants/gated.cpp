@@ -30,8 +30,8 @@ class Gated final : public Variant {
   double gemm_units() const override { return 7; }
 
   std::vector<ParamSpec> param_specs(int64_t d, int64_t width) const override {
-    return {{"W_enc", {d, width}}, {"b_gate", {width}},   {"r_mag", {width}},
-            {"b_mag", {width}},    {"W_dec", {width, d}}, {"b_dec", {d}}};
+    return {{"W_enc", {d, width}, 1}, {"b_gate", {width}, 0},   {"r_mag", {width}, 0},
+            {"b_mag", {width}, 0},    {"W_dec", {width, d}, 0}, {"b_dec", {d}}};
   }
 
   void allocate(int64_t batch, int64_t d, int64_t width) override {
@@ -62,9 +62,7 @@ class Gated final : public Variant {
   // e_aux = x - (ReLU(pi_gate) W_dec + b_dec), W_dec and b_dec used as constants.
   double auxiliary_forward(const ParamStore& p, StepBuffers& s, const Hyper&,
                            Precision prec) override {
-    kernels::subtract_row("saescale::auxiliary::gated_residual_init", s.x, p.vector("b_dec"),
-                          e_aux_);
-    gemm(Trans::N, Trans::N, -1, aux_, p.matrix("W_dec"), 1, e_aux_, prec);
+    residual(s, aux_, p, e_aux_, prec, "auxiliary");
     return kernels::sum_squares("saescale::auxiliary::gated_loss", e_aux_) / s.global_batch;
   }
 

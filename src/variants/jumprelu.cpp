@@ -30,7 +30,7 @@ class JumpRelu final : public Variant {
 
   std::vector<ParamSpec> param_specs(int64_t d, int64_t width) const override {
     auto specs = Variant::param_specs(d, width);
-    specs.push_back({"log_threshold", {width}});
+    specs.push_back({"log_threshold", {width}, 0});
     return specs;
   }
 
@@ -71,8 +71,7 @@ class JumpRelu final : public Variant {
   }
 
   // Files store `threshold` (SAELens / Gemma Scope); training keeps log_threshold.
-  std::vector<io::NamedTensor> export_tensors(const ParamStore& p) const override {
-    auto tensors = p.to_tensors();
+  std::vector<io::NamedTensor> export_tensors(std::vector<io::NamedTensor> tensors) const override {
     for (auto& t : tensors) {
       if (t.name != "log_threshold") continue;
       t.name = "threshold";
@@ -80,8 +79,8 @@ class JumpRelu final : public Variant {
     }
     return tensors;
   }
-  void import_tensors(ParamStore& p, std::vector<io::NamedTensor> tensors,
-                      const std::string& source) const override {
+  std::vector<io::NamedTensor> import_tensors(std::vector<io::NamedTensor> tensors,
+                                              const std::string& source) const override {
     for (auto& t : tensors) {
       if (t.name != "threshold") continue;
       t.name = "log_threshold";
@@ -90,7 +89,7 @@ class JumpRelu final : public Variant {
         v = std::log(v);
       }
     }
-    p.load(tensors, source);
+    return tensors;
   }
 
  private:

@@ -203,8 +203,8 @@ TEST(FileSource, ShuffledRowsComeFromTheDataAndAreDeterministic) {
   EXPECT_EQ(src->dim(), d);
   EXPECT_EQ(src->total_rows(), n);
   std::vector<float> batch(100 * d), batch2(100 * d);
-  src->next_batch(batch.data(), 100);
-  again->next_batch(batch2.data(), 100);
+  src->next_batch(batch.data(), 100, 0, 100);
+  again->next_batch(batch2.data(), 100, 0, 100);
   EXPECT_EQ(batch, batch2);
   bool shuffled = false;
   for (int64_t r = 0; r < 100; ++r) {
@@ -217,6 +217,32 @@ TEST(FileSource, ShuffledRowsComeFromTheDataAndAreDeterministic) {
   std::vector<float> eval(50 * d);
   ASSERT_EQ(src->eval_set(eval.data(), 50), 50);
   EXPECT_EQ(eval[0], 250.0f);  // the last fifth is held out
+}
+
+// Data parallelism: rank r of n reads rows [r B/n, (r+1) B/n) of the same global batch, so the
+// slices of every rank put together are the one-rank batch, step after step.
+TEST(DataSources, RankSlicesMakeUpTheGlobalBatch) {
+  const std::string dir = scratch("slices");
+  const int64_t n = 400, d = 3;
+  std::vector<float> rows(n * d);
+  std::mt19937 rng(testing_support::test_seed());
+  std::uniform_real_distribution<float> uniform(-1, 1);
+  for (auto& v : rows) v = uniform(rng);
+  io::write_npy(dir + "/x.npy", rows.data(), {n, d});
+  for (const std::string spec : {dir + "/x.npy", std::string("synthetic:features=16")}) {
+    DataOptions o{spec, d, 7, 32, 16, ""};
+    auto whole = open_data_source(o);
+    const int64_t B = 24, ranks = 4, local = B / ranks;
+    std::vector<std::unique_ptr<DataSource>> rank_sources;
+    for (int64_t r = 0; r < ranks; ++r) rank_sources.push_back(open_data_source(o));
+    for (int step = 0; step < 3; ++step) {
+      std::vector<float> expected(B * d), got(B * d);
+      whole->next_batch(expected.data(), B, 0, B);
+      for (int64_t r = 0; r < ranks; ++r)
+        rank_sources[r]->next_batch(got.data() + r * local * d, B, r * local, local);
+      EXPECT_EQ(got, expected) << spec << " step " << step;
+    }
+  }
 }
 
 }  // namespace
