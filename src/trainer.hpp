@@ -34,6 +34,7 @@ class Trainer {
   Trainer(const Config& cfg, comm::Communicator& comm);
   // Trains, evaluates, times the GEMM floor; returns the results JSON (without `context`).
   nlohmann::json run();
+  const Model& model() const { return *model_; }
 
  private:
   void step(int64_t step);

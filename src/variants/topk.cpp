@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "comm/selection.hpp"
 #include "error.hpp"
 #include "kernels/reduce.hpp"
 #include "kernels/select/topk.hpp"
@@ -66,7 +67,8 @@ class SelectionVariant : public Variant {
     int64_t dead = dead_here;
     s.comm->allreduce_host_sum("auxiliary", comm::Group::lp, &dead, 1);
     if (dead == 0) return 0;
-    global_row_topk(p, s, h, std::min<int64_t>(h.aux_k, dead), z_, s.dead, dead_here, false);
+    auxk_selection_.run(*s.comm, s.pi, p.vector("b_enc"), std::min<int64_t>(h.aux_k, dead),
+                        h.topk_algo, z_, s.latent_offset, s.dead, dead_here);
     gemm(Trans::N, Trans::N, 1, z_, p.matrix("W_dec"), 0, e_aux_, prec);
     s.comm->allreduce_sum("auxiliary", comm::Group::lp, Vector(e_aux_.data(), e_aux_.size()));
     // Detached denominator over the global batch:
@@ -105,41 +107,11 @@ class SelectionVariant : public Variant {
  protected:
   virtual void select(const ParamStore& p, StepBuffers& s, const Hyper& h) = 0;
 
-  // out = ReLU(pi + b_enc) on the k largest entries of each row over the GLOBAL latents (among the
-  // eligible ones; `eligible_here` of them on this shard), 0 elsewhere; counts per latent when
-  // `count`. One shard: row_topk. Several: local top-k, all-gather of the candidates' keys, the
-  // same k-th key on every shard (kernels/select/topk.hpp).
-  void global_row_topk(const ParamStore& p, StepBuffers& s, const Hyper& h, int64_t k,
-                       const Matrix& out, const CountVector& eligible, int64_t eligible_here,
-                       bool count) {
-    const CountVector active = count ? s.stats.active_total() : CountVector();
-    const CountVector fired = count ? s.stats.fired_total() : CountVector();
-    const int lp = s.comm->size(comm::Group::lp);
-    if (lp == 1) {
-      kernels::row_topk(s.pi, p.vector("b_enc"), k, h.topk_algo, out, eligible, active, fired,
-                        kFireThreshold);
-      return;
-    }
-    const int64_t rows = out.extent(0), k_here = std::min(k, eligible_here);
-    if (k_here > 0)
-      kernels::row_topk(s.pi, p.vector("b_enc"), k_here, h.topk_algo, out, eligible);
-    else
-      Kokkos::deep_copy(out, 0.f);
-    if (static_cast<int64_t>(candidates_.size()) != rows * k) {
-      candidates_ = kernels::KeyVector("saescale::select::candidates", rows * k);
-      all_candidates_ = kernels::KeyVector("saescale::select::all_candidates", lp * rows * k);
-      kth_ = kernels::KeyVector("saescale::select::kth_key", rows);
-    }
-    kernels::row_candidates(out, k, s.latent_offset, candidates_);
-    s.comm->allgather("selection", comm::Group::lp, candidates_, all_candidates_);
-    kernels::row_kth_key(all_candidates_, lp, rows, k, kth_);
-    kernels::keep_selected(out, s.latent_offset, kth_, active, fired, kFireThreshold);
-  }
+  comm::ShardedRowTopK selection_, auxk_selection_;
 
  private:
   Matrix z_, g_z_, e_aux_;
   Vector mean_;
-  kernels::KeyVector candidates_, all_candidates_, kth_;
   SlotView<double> g_pi_slots_;
   double denominator_ = 0;
   bool auxk_on_ = false;
@@ -152,7 +124,8 @@ class TopK final : public SelectionVariant {
 
  protected:
   void select(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    global_row_topk(p, s, h, h.k, s.f, {}, s.f.extent(1), true);
+    selection_.run(*s.comm, s.pi, p.vector("b_enc"), h.k, h.topk_algo, s.f, s.latent_offset, {}, -1,
+                   s.stats.active_total(), s.stats.fired_total(), kFireThreshold);
   }
 };
 
@@ -196,44 +169,11 @@ class BatchTopK final : public SelectionVariant {
   // Global scope: the k B largest over the whole global batch (every rank); local scope: over
   // this data-parallel rank's rows (still across its latent shards).
   void select(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    const comm::Group g = h.batch_scope_global ? comm::Group::world : comm::Group::lp;
-    const int64_t rows = h.batch_scope_global ? s.global_batch : s.f.extent(0);
-    kernels::SelectionGroup group{
-        [&](int64_t* counts, int n) { s.comm->allreduce_host_sum("selection", g, counts, n); },
-        [&](const std::vector<int64_t>& ties) { return ties_before(s, g, ties); }};
-    const double smallest = kernels::batch_topk(
-        s.pi, p.vector("b_enc"), h.k * rows, h.topk_algo, s.f, s.stats.active_total(),
-        s.stats.fired_total(), kFireThreshold, s.comm->size(g) > 1 ? &group : nullptr);
-    const double none = std::numeric_limits<double>::infinity();
-    min_selected_ = s.comm->allreduce_host_min("selection", g, smallest > 0 ? smallest : none);
-    if (min_selected_ == none) min_selected_ = 0;
-  }
-
-  // Entries equal to the threshold before each of this rank's rows in the global row-major order:
-  // ranks are ordered (dp rank, lp rank); row b of dp rank q comes after every row of lower dp
-  // ranks, and within one global row the lp shards come in order.
-  static std::vector<int64_t> ties_before(const StepBuffers& s, comm::Group g,
-                                          const std::vector<int64_t>& ties) {
-    const int ranks = s.comm->size(g), me = s.comm->rank(g), lp = s.comm->size(comm::Group::lp);
-    const int64_t rows = static_cast<int64_t>(ties.size());
-    std::vector<int64_t> all(ranks * rows);
-    s.comm->allgather_host("selection", g, ties.data(), static_cast<int>(rows), all.data());
-    std::vector<int64_t> before(rows, 0);
-    for (int r = 0; r < ranks; ++r) {
-      const int64_t* t = all.data() + r * rows;
-      if (r / lp < me / lp) {  // an earlier replica: all its rows come first
-        int64_t total = 0;
-        for (int64_t b = 0; b < rows; ++b) total += t[b];
-        for (auto& x : before) x += total;
-      } else if (r / lp == me / lp) {  // this replica: its rows < b, and row b of earlier shards
-        int64_t running = 0;
-        for (int64_t b = 0; b < rows; ++b) {
-          before[b] += running + (r % lp < me % lp ? t[b] : 0);
-          running += t[b];
-        }
-      }
-    }
-    return before;
+    const bool global = h.batch_scope_global;
+    min_selected_ = comm::sharded_batch_topk(
+        *s.comm, global ? comm::Group::world : comm::Group::lp, s.pi, p.vector("b_enc"),
+        h.k * (global ? s.global_batch : s.f.extent(0)), h.topk_algo, s.f, s.stats.active_total(),
+        s.stats.fired_total(), kFireThreshold);
   }
 
  private:
