@@ -49,19 +49,22 @@ int run(int argc, char** argv) {
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.set_version_flag("--version", "saescale 0.1.0");
 
-  Config train_cfg, grad_cfg, eval_cfg;
+  Config train_cfg, grad_cfg, eval_cfg, plan_cfg;
   grad_cfg.normalize = "none";  // gradients of the data as given unless asked
   cli::GenDataOptions gen;
   auto* train = app.add_subcommand("train", "train one SAE, measure it, write a results JSON");
   auto* grad = app.add_subcommand("grad", "loss and raw gradients of one batch (the whole data)");
   auto* eval = app.add_subcommand("eval", "fidelity metrics of saved weights on data");
   auto* gen_data = app.add_subcommand("gen-data", "write synthetic activation shards");
+  auto* plan = app.add_subcommand(
+      "plan", "bytes communicated and memory per rank of a training step, from the shapes alone");
   app.add_subcommand("info", "build, Kokkos, MPI, BLAS/GPU configuration as JSON");
   add_options(*train, train_cfg, Subcommand::train);
   add_options(*grad, grad_cfg, Subcommand::grad);
   add_options(*eval, eval_cfg, Subcommand::eval);
+  add_options(*plan, plan_cfg, Subcommand::train);
   cli::add_gen_data_options(*gen_data, gen);
-  for (auto* sub : {train, grad, eval})
+  for (auto* sub : {train, grad, eval, plan})
     sub->add_option("--config", "TOML file whose keys are this subcommand's options");
 
   if (const int code = parse_command_line(app, static_cast<int>(ours.size()), ours.data());
@@ -69,7 +72,7 @@ int run(int argc, char** argv) {
     return code;
   int ranks = 1;
   SAESCALE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &ranks));
-  for (auto* sub : {grad, eval, gen_data})
+  for (auto* sub : {grad, eval, gen_data, plan})
     if (sub->parsed() && ranks > 1)
       throw Error("saescale " + sub->get_name() +
                   " runs on one rank (start it without mpirun/srun)");
@@ -95,6 +98,7 @@ int run(int argc, char** argv) {
   if (grad->parsed()) return cli::grad(grad_cfg);
   if (eval->parsed()) return cli::eval(eval_cfg);
   if (gen_data->parsed()) return cli::gen_data(gen);
+  if (plan->parsed()) return cli::plan(plan_cfg);
   return cli::info();
 }
 

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "comm/mpi_check.hpp"
+#include "comm/plan.hpp"
 #include "error.hpp"
 #include "kernels/optim.hpp"
 #include "kernels/reduce.hpp"
@@ -320,35 +321,24 @@ double Trainer::measure_gemm_floor(int reps) {
 }
 
 nlohmann::json Trainer::memory_json() const {
-  // Per rank (this rank's shard and rows); the peak host RSS is the largest over ranks.
-  const int64_t P = model_->params().total(), B = local_batch_, d = model_->d(),
-                M = model_->width();
-  const int64_t f = sizeof(real);
+  // Per rank (this rank's shard and rows, comm/plan.cpp); the peak host RSS is the largest over
+  // ranks.
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   int64_t rss = static_cast<int64_t>(usage.ru_maxrss) * 1024;
   if (comm_.grid().uses_mpi())
     SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &rss, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD));
-  const int64_t activations =
-      (3 * B * M + (model_->variant().subtracts_decoder_bias() ? 3 : 2) * B * d) * f;
-  const int lp = comm_.size(comm::Group::lp);
-  const bool selects = cfg_.variant == "topk" || cfg_.variant == "batchtopk";
-  const int64_t candidates =
-      lp > 1 && selects ? (1 + lp) * B * std::max(cfg_.k, cfg_.aux_k) * 8 : 0;
   return {{"peak_device_bytes", nullptr},
           {"device_memory_space", MemSpace::name()},
           {"peak_host_rss_bytes", rss},
           {"per_rank", true},
-          {"breakdown",
-           {{"parameters", P * f},
-            {"gradients", P * f},
-            {"optimizer_state", static_cast<int64_t>(adam_m_.size() + adam_v_.size()) * f},
-            {"activations", activations},
-            {"communication_buffers", candidates}}}};
+          {"breakdown", comm::memory_plan(cfg_, model_->d(), comm_.size(comm::Group::dp),
+                                          comm_.size(comm::Group::lp), adam_m_.size() > 0)}};
 }
 
-// Bytes per step and phase (this rank; ring volumes: see comm/communicator.hpp) and the bus
-// bandwidth the phase achieved (sent bytes / the phase's median time, as nccl-tests reports it).
+// Per phase and step, on this rank: the bytes counted in the collectives (ring volumes, see
+// comm/communicator.hpp), the plan's bytes (comm/plan.hpp) and the bus bandwidth the phase achieved
+// (sent bytes / the phase's median time, as nccl-tests reports it).
 nlohmann::json Trainer::communication_json(const nlohmann::json& phases) const {
   nlohmann::json out = nlohmann::json::object();
   const double steps = std::max<int64_t>(1, counted_steps_);
@@ -357,10 +347,21 @@ nlohmann::json Trainer::communication_json(const nlohmann::json& phases) const {
     nlohmann::json entry = {{"calls_per_step", v.calls / steps},
                             {"payload_bytes_per_step", v.payload_bytes / steps},
                             {"sent_bytes_per_step", sent},
+                            {"planned_sent_bytes_per_step", nullptr},
                             {"bus_bandwidth_GBps", nullptr}};
     if (phases.contains(phase) && phases[phase].value("median", 0.0) > 0)
       entry["bus_bandwidth_GBps"] = sent / phases[phase]["median"].get<double>() / 1e9;
     out[phase] = entry;
+  }
+  for (const auto& [phase, p] : comm::communication_plan(
+           cfg_, model_->d(), comm_.size(comm::Group::dp), comm_.size(comm::Group::lp))) {
+    if (!out.contains(phase))
+      out[phase] = {{"calls_per_step", 0},
+                    {"payload_bytes_per_step", 0},
+                    {"sent_bytes_per_step", 0},
+                    {"bus_bandwidth_GBps", nullptr}};
+    out[phase]["group"] = p.group;
+    out[phase]["planned_sent_bytes_per_step"] = p.sent_bytes;
   }
   return out;
 }

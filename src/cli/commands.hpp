@@ -17,6 +17,7 @@ struct GenDataOptions {
 };
 
 int train(const Config& cfg);
+int plan(const Config& cfg);
 int grad(const Config& cfg);
 int eval(const Config& cfg);
 int gen_data(const GenDataOptions& o);

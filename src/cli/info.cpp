@@ -3,6 +3,7 @@
 
 #include "cli/commands.hpp"
 #include "comm/mpi_check.hpp"
+#include "comm/nccl.hpp"
 #include "io/results.hpp"
 #include "kernels/gemm_cublas.hpp"
 #include "variant.hpp"
@@ -15,6 +16,7 @@ int info() {
   nlohmann::json out = run_context(ranks, ranks, 1);
   out["variants"] = variant_names();
   out["cublas"] = cublas::version();
+  out["nccl"] = nccl::version();
   std::printf("%s\n", out.dump(2).c_str());
   return 0;
 }

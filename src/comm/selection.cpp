@@ -8,7 +8,8 @@ namespace saescale::comm {
 void ShardedRowTopK::run(Communicator& comm, const Matrix& values, const Vector& bias, int64_t k,
                          kernels::TopkAlgo algo, const Matrix& out, int64_t latent_offset,
                          const CountVector& eligible, int64_t eligible_here,
-                         const CountVector& active, const CountVector& fired, real fire_threshold) {
+                         const CountVector& active, const CountVector& fired, real fire_threshold,
+                         const char* phase) {
   const int lp = comm.size(Group::lp);
   if (lp == 1) {
     kernels::row_topk(values, bias, k, algo, out, eligible, active, fired, fire_threshold);
@@ -27,7 +28,7 @@ void ShardedRowTopK::run(Communicator& comm, const Matrix& values, const Vector&
     kth_ = kernels::KeyVector("saescale::select::kth_key", rows);
   }
   kernels::row_candidates(out, k, latent_offset, candidates_);
-  comm.allgather("selection", Group::lp, candidates_, all_candidates_);
+  comm.allgather(phase, Group::lp, candidates_, all_candidates_);
   kernels::row_kth_key(all_candidates_, lp, rows, k, kth_);
   kernels::keep_selected(out, latent_offset, kth_, active, fired, fire_threshold);
 }

@@ -16,7 +16,8 @@ class ShardedRowTopK {
   void run(Communicator& comm, const Matrix& values, const Vector& bias, int64_t k,
            kernels::TopkAlgo algo, const Matrix& out, int64_t latent_offset,
            const CountVector& eligible = {}, int64_t eligible_here = -1,
-           const CountVector& active = {}, const CountVector& fired = {}, real fire_threshold = 0);
+           const CountVector& active = {}, const CountVector& fired = {}, real fire_threshold = 0,
+           const char* phase = "selection");
 
  private:
   kernels::KeyVector candidates_, all_candidates_, kth_;

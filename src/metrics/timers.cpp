@@ -75,7 +75,7 @@ nlohmann::json PhaseTimers::phases_json() const {
     if (it == phases_.end()) continue;
     out[phase] = summarize(it->second);
     auto lo = phases_min_.find(phase), mean = phases_mean_.find(phase);
-    if (lo != phases_min_.end())
+    if (lo != phases_min_.end() && !it->second.empty())
       out[phase]["ranks"] = {{"min", summarize(lo->second)["median"]},
                              {"mean", summarize(mean->second)["median"]},
                              {"max", out[phase]["median"]}};

@@ -68,7 +68,8 @@ class SelectionVariant : public Variant {
     s.comm->allreduce_host_sum("auxiliary", comm::Group::lp, &dead, 1);
     if (dead == 0) return 0;
     auxk_selection_.run(*s.comm, s.pi, p.vector("b_enc"), std::min<int64_t>(h.aux_k, dead),
-                        h.topk_algo, z_, s.latent_offset, s.dead, dead_here);
+                        h.topk_algo, z_, s.latent_offset, s.dead, dead_here, {}, {}, 0,
+                        "auxiliary");
     gemm(Trans::N, Trans::N, 1, z_, p.matrix("W_dec"), 0, e_aux_, prec);
     s.comm->allreduce_sum("auxiliary", comm::Group::lp, Vector(e_aux_.data(), e_aux_.size()));
     // Detached denominator over the global batch:

@@ -226,5 +226,42 @@ TEST(Equivalence, EveryVariantOnEveryGridTrainsLikeOneRank) {
   }
 }
 
+// The bytes the collectives counted are the plan's (comm/plan.cpp: what `saescale plan` prints for
+// sizes too large to run here). AuxK is off: whether it runs depends on which latents died.
+TEST(Plan, CountedBytesAreThePlannedBytes) {
+  for (const std::string variant : {"relu", "jumprelu", "gated", "topk", "batchtopk"}) {
+    for (const auto& [dp, lp] : grids()) {
+      SCOPED_TRACE(variant + " dp " + std::to_string(dp) + " lp " + std::to_string(lp));
+      Config cfg;
+      cfg.variant = variant;
+      cfg.d_model = 8;
+      cfg.width = 32;
+      cfg.batch_size = 16;
+      cfg.steps = 3;
+      cfg.warmup_steps = 1;
+      cfg.k = 3;
+      cfg.aux_k = 0;
+      cfg.eval_tokens = 32;
+      cfg.norm_tokens = 64;
+      cfg.progress_every = 1000;
+      cfg.gemm_floor = false;
+      cfg.dp = dp;
+      cfg.lp = lp;
+      comm::Grid grid = comm::Grid::create(dp, lp);
+      comm::Communicator comm(grid, comm::Backend::mpi);
+      Trainer trainer(cfg, comm);
+      const auto results = trainer.run();
+      const auto& counted = results["timing"]["communication"];
+      if (dp * lp == 1) EXPECT_TRUE(counted.empty());
+      for (const auto& [phase, c] : counted.items()) {
+        ASSERT_TRUE(c["planned_sent_bytes_per_step"].is_number()) << phase << " is not planned";
+        EXPECT_DOUBLE_EQ(c["sent_bytes_per_step"].get<double>(),
+                         c["planned_sent_bytes_per_step"].get<double>())
+            << phase;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace saescale

@@ -1,0 +1,97 @@
+#include "comm/plan.hpp"
+
+#include <algorithm>
+
+#include "comm/communicator.hpp"
+#include "variant.hpp"
+
+namespace saescale::comm {
+
+namespace {
+int64_t local_parameters(const Variant& v, int64_t d, int64_t width_here) {
+  int64_t n = 0;
+  for (const auto& spec : v.param_specs(d, width_here)) n += spec.numel();
+  return n;
+}
+bool selects(const std::string& variant) { return variant == "topk" || variant == "batchtopk"; }
+}  // namespace
+
+std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_t d, int dp,
+                                                       int lp) {
+  const auto variant = make_variant(cfg.variant);
+  const int world = dp * lp;
+  const double B = double(cfg.batch_size) / dp, M = double(cfg.width) / lp;
+  std::map<std::string, PlannedPhase> plan;
+  // One collective: all-reduce of `bytes` over `ranks`, or all-gather of `bytes` from each rank.
+  const auto allreduce = [&](const char* phase, const char* group, int ranks, double bytes,
+                             double calls = 1) {
+    if (ranks < 2) return;
+    auto& p = plan[std::string("comm_") + phase];
+    if (p.group.find(group) == std::string::npos)
+      p.group += (p.group.empty() ? "" : "+") + std::string(group);
+    p.calls += calls;
+    p.payload_bytes += calls * bytes;
+    p.sent_bytes += calls * allreduce_sent_bytes(bytes, ranks);
+  };
+  const auto allgather = [&](const char* phase, const char* group, int ranks, double block) {
+    if (ranks < 2) return;
+    auto& p = plan[std::string("comm_") + phase];
+    if (p.group.find(group) == std::string::npos)
+      p.group += (p.group.empty() ? "" : "+") + std::string(group);
+    p.calls += 1;
+    p.payload_bytes += block * ranks;
+    p.sent_bytes += allgather_sent_bytes(block, ranks);
+  };
+
+  // Forward: selection, decode, auxiliary losses, loss.
+  if (cfg.variant == "topk") allgather("selection", "lp", lp, B * cfg.k * 8);
+  if (cfg.variant == "batchtopk") {
+    const bool global = cfg.batch_scope == "global";
+    const int ranks = global ? world : lp;
+    const char* group = global ? "world" : "lp";
+    if (cfg.topk_algo == "radix")
+      allreduce("selection", group, ranks, 256 * 8, 4);  // one histogram per radix pass
+    else
+      allreduce("selection", group, ranks, 8, 34);  // the total, 32 bisection rounds, the rest
+    allreduce("selection", group, ranks, 8);        // the smallest selected value
+  }
+  allreduce("decode", "lp", lp, B * d * 4);
+  if (cfg.variant == "gated") allreduce("auxiliary", "lp", lp, B * d * 4);
+  if (selects(cfg.variant) && cfg.aux_k > 0) {
+    allreduce("auxiliary", "lp", lp, 8);  // the dead count
+    allgather("auxiliary", "lp", lp, B * std::min(cfg.aux_k, cfg.width) * 8);
+    allreduce("auxiliary", "lp", lp, B * d * 4);  // e_aux
+    allreduce("auxiliary", "dp", dp, d * 4);      // mean residual
+    allreduce("auxiliary", "dp", dp, 8);          // residual energy
+  }
+  allreduce("loss", "world", world, 3 * 8);
+  // Backward and update.
+  if (variant->subtracts_decoder_bias()) allreduce("bias_gradient", "lp", lp, d * 4);
+  allreduce("gradients", "dp", dp, local_parameters(*variant, d, cfg.width / lp) * 4.0, 1);
+  if (dp > 1) plan["comm_gradients"].calls = 3;  // buckets: before W_dec, W_dec, after it
+  const double clip = cfg.clip_norm.value_or(variant->defaults().clip_norm);
+  if (clip > 0) allreduce("clip", "lp", lp, 8);
+  allreduce("statistics", "dp", dp, M * 8);    // fired counts per latent
+  allreduce("statistics", "world", world, 8);  // active count (L0)
+  return plan;
+}
+
+nlohmann::json memory_plan(const Config& cfg, int64_t d, int dp, int lp, bool adam_first_moment) {
+  const auto variant = make_variant(cfg.variant);
+  const int64_t B = cfg.batch_size / dp, M = cfg.width / lp, f = sizeof(real);
+  const int64_t P = local_parameters(*variant, d, M);
+  const int64_t moments = cfg.optimizer == "adam" ? (adam_first_moment ? 2 : 1) : 0;
+  // pi, f, g [B, M]; x, e (and x - b_dec) [B, d]; Gated's ReLU(pi_gate) and TopK's AuxK z, g_z.
+  int64_t activations = (3 * B * M + (variant->subtracts_decoder_bias() ? 3 : 2) * B * d) * f;
+  if (cfg.variant == "gated") activations += (B * M + B * d) * f;
+  if (selects(cfg.variant)) activations += (2 * B * M + B * d) * f;
+  const int64_t candidates =
+      lp > 1 && selects(cfg.variant) ? (1 + lp) * B * std::max(cfg.k, cfg.aux_k) * 8 : 0;
+  return {{"parameters", P * f},
+          {"gradients", P * f},
+          {"optimizer_state", moments * P * f},
+          {"activations", activations},
+          {"communication_buffers", candidates}};
+}
+
+}  // namespace saescale::comm

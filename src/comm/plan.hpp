@@ -1,0 +1,28 @@
+// What one training step communicates and holds in memory, from the shapes alone (nothing is
+// allocated): `saescale plan` prints it for any size, and the trainer reports it beside what it
+// counted and measured (tests check that the counted bytes equal the plan).
+#pragma once
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "config.hpp"
+
+namespace saescale::comm {
+
+struct PlannedPhase {
+  std::string group;                                    // the collectives' group(s)
+  double calls = 0, payload_bytes = 0, sent_bytes = 0;  // per step; sent: per rank, ring volumes
+};
+
+// Per phase ("comm_decode", ...). AuxK is planned as active (some latents dead, k_aux latents
+// selected per row); BatchTopK's bisection as its usual 34 counting rounds; the rare tie path of
+// the batch selection (one more all-gather) is left out.
+std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_t d, int dp,
+                                                       int lp);
+
+// Bytes per rank: parameters, gradients, optimizer state, activations, communication buffers.
+nlohmann::json memory_plan(const Config& cfg, int64_t d, int dp, int lp, bool adam_first_moment);
+
+}  // namespace saescale::comm
