@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
   }
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);  // errors reach SAESCALE_MPI_CHECK
   int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (MPI_Comm_rank(MPI_COMM_WORLD, &rank) != MPI_SUCCESS) rank = 0;  // then report from here
   // Errors that reach here are the same on every rank (options, the agreed setup of
   // cli/train.cpp): rank 0 reports them once. Failures during training abort all ranks there.
   int code = 1;

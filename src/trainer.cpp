@@ -186,6 +186,7 @@ void Trainer::load_batch() {
 // rows are final once the decoder side of the backward pass is done (decoder GEMM, the variant's
 // decoder terms, AuxK), so their sum starts while the encoder side is computed; the rest follows.
 void Trainer::start_gradient_buckets(bool decoder) {
+  if (comm_.size(comm::Group::dp) == 1) return;
   const ParamStore& params = model_->params();
   real* g = params.grads().data();
   const int64_t dec = params.offset("W_dec"), dec_n = params.numel("W_dec");

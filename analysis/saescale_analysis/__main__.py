@@ -1,4 +1,4 @@
-"""Command-line interface: python -m saescale_analysis {table,check-learning} FILES..."""
+"""Command-line interface: python -m saescale_analysis {table,phases,scaling,check-learning} FILES..."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from .results import load_results, to_frame
+from .scaling import format_scaling
 from .table import format_phases, format_table
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -36,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
                         description="For each run: step median, GEMM floor and floor_ratio, then "
                         "every timed phase (median, p10-p90, share of the step), slowest first.")
     ph.add_argument("files", nargs="+", metavar="FILE", help=files_help)
+
+    sc = sub.add_parser("scaling", help="print a scaling table (runs of one shape on several grids)",
+                        description="For each run: its dp x lp grid, median step, speedup and "
+                        "efficiency against the one-rank run of the same variant and shape, time "
+                        "in communication phases and bytes sent per step and rank.")
+    sc.add_argument("files", nargs="+", metavar="FILE", help=files_help)
+    sc.add_argument("--markdown", action="store_true", help="print a markdown table instead of plain text")
 
     c = sub.add_parser(
         "check-learning", help="check fidelity thresholds; exit 1 if any run fails",
@@ -95,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "phases":
         print("\n\n".join(format_phases(r) for r in results))
+        return EXIT_OK
+
+    if args.command == "scaling":
+        print(format_scaling(results, markdown=args.markdown))
         return EXIT_OK
 
     if args.command == "table":

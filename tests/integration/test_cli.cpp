@@ -188,6 +188,7 @@ TEST_F(Cli, ImpossibleValues) {
   expect_error("train --d-model 8 --width 0 --steps 2", "width");
   expect_error("train --d-model 8 --precision bf16" + small_, "bf16");
   expect_error("train --d-model 8 --lp 2" + small_, "--lp");
+  expect_error("train --d-model 8 --comm nccl" + small_, "--comm nccl");
   expect_error("train --d-model 8 --variant topk --k 64" + small_, "--k");
 }
 

@@ -329,3 +329,33 @@ def test_phases_breakdown_shares_and_order(rng, tmp_path):
     assert medians == sorted(medians, reverse=True)
     proc = run_cli("phases", write(tmp_path / "r.json", result))
     assert proc.returncode == 0 and "sum of phase medians" in proc.stdout
+
+
+def test_scaling_speedup_efficiency_and_communication(rng):
+    from saescale_analysis.scaling import format_scaling, scaling_rows
+    one = make_result(rng, "topk")
+    runs = [one]
+    for dp, lp in [(2, 1), (1, 2), (2, 2)]:
+        r = make_result(rng, "topk", ranks=dp * lp)
+        r["context"]["grid"] = {"dp": dp, "lp": lp}
+        step = float(rng.uniform(0.3, 1.2)) * one["timing"]["step_s"]["median"]
+        r["timing"]["step_s"]["median"] = step
+        comm = float(rng.uniform(0.05, 0.3)) * step
+        r["timing"]["phases_s"]["comm_decode"] = {"median": comm / 2}
+        r["timing"]["phases_s"]["comm_gradients"] = {"median": comm / 2}
+        r["timing"]["communication"] = {"comm_decode": {"sent_bytes_per_step": 3 * 2**20},
+                                        "comm_gradients": {"sent_bytes_per_step": 2**19}}
+        runs.append(r)
+    header, rows = scaling_rows(runs)
+    assert [row[1] for row in rows] == ["dp 1 x lp 1", "dp 2 x lp 1", "dp 1 x lp 2", "dp 2 x lp 2"]
+    base = one["timing"]["step_s"]["median"]
+    for row, r in zip(rows[1:], runs[1:]):
+        dp, lp = r["context"]["grid"]["dp"], r["context"]["grid"]["lp"]
+        step = r["timing"]["step_s"]["median"]
+        assert row[header.index("speedup")] == f"{base / step:.2f}x"
+        assert row[header.index("efficiency")] == f"{100 * base / step / (dp * lp):.0f}%"
+        comm = r["timing"]["phases_s"]["comm_decode"]["median"] * 2
+        assert row[header.index("comm ms")] == f"{comm * 1e3:.2f}"
+        assert row[header.index("sent MiB/step")] == "3.50"
+    assert rows[0][header.index("speedup")] == "1.00x"
+    assert format_scaling(runs, markdown=True).count("\n") == len(runs) + 1
