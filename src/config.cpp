@@ -113,7 +113,17 @@ void add_train_options(CLI::App& app, Config& c) {
   app.add_option("--ground-truth", c.ground_truth,
                  "true dictionary (.npy [F, d]) for MMCS when training on files");
   app.add_option("--save-weights", c.save_weights, "write weights (.safetensors + cfg.json)");
-  app.add_flag("!--no-gemm-floor", c.gemm_floor, "skip timing the GEMMs alone (floor_ratio)");
+  app.add_flag("!--no-gemm-floor", c.gemm_floor,
+               "skip the in-run ceilings (the GEMMs alone: floor_ratio; the stream copy)");
+  app.add_flag("!--no-fence", c.fence,
+               "no fences between phases: the step time without them (phase times then measure "
+               "launches only)");
+  app.add_option("--target-fvu", c.target_fvu,
+                 "record the wall time and tokens at which the evaluation FVU first falls to X "
+                 "(repeatable or comma-separated; evaluates every 5% of the run unless "
+                 "--eval-every)")
+      ->delimiter(',')
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--test-weaken-latents", c.test_weaken_latents)->group("");  // tests: AuxK revival
   // tests: an error on one rank at one step must abort every rank, not hang them
   app.add_option("--test-fail-step", c.test_fail_step)->group("");
@@ -162,7 +172,9 @@ nlohmann::json Config::to_json() const {
           {"out", out},
           {"eval_every", eval_every},
           {"eval_tokens", eval_tokens},
-          {"gemm_floor", gemm_floor}};
+          {"gemm_floor", gemm_floor},
+          {"fence", fence},
+          {"target_fvu", target_fvu}};
 }
 
 void add_options(CLI::App& app, Config& cfg, Subcommand which) {

@@ -46,6 +46,8 @@ struct Config {
   int64_t progress_every = 0;  // 0: about 10 progress lines per run
   int64_t loss_curve_points = 50;
   bool gemm_floor = true;
+  bool fence = true;               // fence every phase (off: only the step total is meaningful)
+  std::vector<double> target_fvu;  // record when the evaluation FVU first reaches each
   // test-only (hidden options)
   std::vector<int64_t> test_dead_latents;  // grad: the AuxK dead set
   int64_t test_weaken_latents = 0;         // train: scale the first N encoder columns by 0.05

@@ -17,6 +17,7 @@
 #include "config.hpp"
 #include "error.hpp"
 #include "kernels/gemm.hpp"
+#include "metrics/memory.hpp"
 
 namespace {
 
@@ -91,7 +92,8 @@ int run(int argc, char** argv) {
     }
   }
   Kokkos::ScopeGuard kokkos(kokkos_argc, kokkos_args.data());
-  struct GemmCleanup {  // cuBLAS handles go before Kokkos finalises
+  metrics::track_allocations();  // every Kokkos allocation from here on (results: memory)
+  struct GemmCleanup {           // cuBLAS handles go before Kokkos finalises
     ~GemmCleanup() { gemm_finalize(); }
   } gemm_cleanup;
   if (train->parsed()) return cli::train(train_cfg);

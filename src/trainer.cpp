@@ -12,6 +12,7 @@
 #include "error.hpp"
 #include "kernels/optim.hpp"
 #include "kernels/reduce.hpp"
+#include "metrics/memory.hpp"
 
 namespace saescale {
 
@@ -104,6 +105,9 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
       precision_(parse_precision(cfg.precision)),
       topk_algo_(kernels::parse_topk_algo(cfg.topk_algo)) {
   check_precision_supported(precision_);
+  // This run's memory: the allocation peak from here on, above what was already allocated.
+  metrics::reset_peaks();
+  memory_baseline_ = std::max<int64_t>(0, metrics::current_bytes(MemSpace::name()));
   const int dp = comm.size(comm::Group::dp);
   if (cfg.batch_size <= 0) throw Error("--batch-size must be positive");
   if (cfg.batch_size % dp != 0)
@@ -148,6 +152,11 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
   eval_n_ = data_->eval_set(eval_rows_.data(), cfg.eval_tokens);
   if (eval_n_ < 1) throw Error("no rows left for evaluation (need more data or --eval-tokens)");
   for (auto& v : eval_rows_) v = static_cast<float>(v * norm_scale_);
+  for (const double t : cfg.target_fvu) {
+    if (!(t > 0)) throw Error("--target-fvu must be positive (got " + std::to_string(t) + ")");
+    reached_.push_back({t, std::nullopt});
+  }
+  timers_ = PhaseTimers(cfg.fence);
 }
 
 Hyper Trainer::hyper_at(int64_t step) const {
@@ -219,6 +228,7 @@ void Trainer::step(int64_t step) {
     timers_.run("auxiliary_forward", [&] { local.auxiliary = m.auxiliary_forward(h, p); });
   timers_.run("loss", [&] { local.mse = m.squared_error() / B; });
   const LossParts loss = m.reduce_loss(local, "loss");
+  auxiliary_ran_ |= loss.auxiliary > 0;  // AuxK found dead latents (the work model asks)
   if (!std::isfinite(loss.total()))
     throw Error("step " + std::to_string(step) + ": loss is not finite (mse " +
                 std::to_string(loss.mse) + ", sparsity term " + std::to_string(loss.penalty) +
@@ -297,44 +307,130 @@ Fidelity Trainer::evaluate_now() {
   return f;
 }
 
-double Trainer::measure_gemm_floor(int reps) {
-  // The step's five GEMMs on this rank's shapes, same buffers and precision, nothing in between;
-  // the floor is the slowest rank's (the step waits for it).
+metrics::WorkShape Trainer::work_shape(bool global) const {
+  metrics::WorkShape w;
+  w.variant = cfg_.variant;
+  w.B = double(global ? cfg_.batch_size : local_batch_);
+  w.d = double(model_->d());
+  w.M = double(global ? cfg_.width : model_->width());
+  w.P = double(model_->params().total()) * (global ? comm_.size(comm::Group::lp) : 1);
+  w.k = double(cfg_.k);
+  w.aux_k = auxiliary_ran_ ? double(std::min(cfg_.aux_k, cfg_.width)) : 0.0;
+  w.topk_algo = cfg_.topk_algo;
+  w.adam = cfg_.optimizer == "adam";
+  w.adam_first_moment = adam_m_.size() > 0;
+  w.clip = hyper_.clip_norm > 0;
+  return w;
+}
+
+// What this machine can do, measured in the same run: the step's five GEMMs on this rank's
+// shapes timed alone (the GEMM floor; the slowest rank's) and a BabelStream-style copy kernel
+// (memory bandwidth as this build's Kokkos kernels see it).
+nlohmann::json Trainer::measure_ceilings(double step_median) {
+  nlohmann::json out = {{"gemm_floor_s", nullptr},
+                        {"floor_ratio", nullptr},
+                        {"gemm_gflops_per_s", nullptr},
+                        {"stream_copy_gbytes_per_s", nullptr},
+                        {"stream_copy_bytes", nullptr}};
+  if (!cfg_.gemm_floor || step_median <= 0) return out;
+  const int reps = static_cast<int>(std::clamp<int64_t>(cfg_.steps - cfg_.warmup_steps, 3, 20));
   Model& m = *model_;
   auto& s = m.buffers();
-  std::vector<double> times;
-  for (int r = 0; r < reps + 1; ++r) {
-    ExecSpace().fence();
-    const auto t0 = std::chrono::steady_clock::now();
-    gemm(Trans::N, Trans::N, 1, s.x_in, m.params().matrix("W_enc"), 0, s.pi, precision_);
-    gemm(Trans::N, Trans::N, -1, s.f, m.params().matrix("W_dec"), 1, s.e, precision_);
-    gemm(Trans::T, Trans::N, 1, s.f, s.e, 0, m.params().grad_matrix("W_dec"), precision_);
-    gemm(Trans::N, Trans::T, 1, s.e, m.params().matrix("W_dec"), 0, s.g, precision_);
-    gemm(Trans::T, Trans::N, 1, s.x_in, s.g, 0, m.params().grad_matrix("W_enc"), precision_);
-    ExecSpace().fence();
-    if (r > 0)
-      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  const auto fenced_median = [&](auto&& work, int repetitions) {
+    std::vector<double> times;
+    for (int r = 0; r < repetitions + 1; ++r) {
+      ExecSpace().fence();
+      const auto t0 = std::chrono::steady_clock::now();
+      work();
+      ExecSpace().fence();
+      if (r > 0)  // the first is a warm-up
+        times.push_back(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    double median = summarize(times)["median"].get<double>();
+    if (comm_.grid().uses_mpi())  // the step waits for the slowest rank
+      SAESCALE_MPI_CHECK(
+          MPI_Allreduce(MPI_IN_PLACE, &median, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+    return median;
+  };
+  const double floor = fenced_median(
+      [&] {
+        gemm(Trans::N, Trans::N, 1, s.x_in, m.params().matrix("W_enc"), 0, s.pi, precision_);
+        gemm(Trans::N, Trans::N, -1, s.f, m.params().matrix("W_dec"), 1, s.e, precision_);
+        gemm(Trans::T, Trans::N, 1, s.f, s.e, 0, m.params().grad_matrix("W_dec"), precision_);
+        gemm(Trans::N, Trans::T, 1, s.e, m.params().matrix("W_dec"), 0, s.g, precision_);
+        gemm(Trans::T, Trans::N, 1, s.x_in, s.g, 0, m.params().grad_matrix("W_enc"), precision_);
+      },
+      reps);
+  const double B = double(local_batch_), d = double(m.d()), M = double(m.width());
+  out["gemm_floor_s"] = floor;
+  out["floor_ratio"] = step_median / floor;
+  out["gemm_gflops_per_s"] = 5 * metrics::gemm_work(B, M, d).flops / floor / 1e9;
+  // BabelStream's default size (2^25 elements), far beyond any last-level cache: DRAM (HBM).
+  const int64_t n = int64_t(1) << 25;
+  Vector a("saescale::ceilings::copy_a", n), b("saescale::ceilings::copy_b", n);
+  const double copy = fenced_median(
+      [&] {
+        Kokkos::parallel_for(
+            "saescale::ceilings::stream_copy", Kokkos::RangePolicy<ExecSpace>(0, n),
+            KOKKOS_LAMBDA(int64_t i) { b(i) = a(i); });
+      },
+      5);
+  out["stream_copy_bytes"] = 2.0 * n * sizeof(real);
+  out["stream_copy_gbytes_per_s"] = 2.0 * n * sizeof(real) / copy / 1e9;
+  return out;
+}
+
+// Every phase's work (metrics/work_model.hpp; communication: the bytes sent) and the rates its
+// median achieved, on this rank's shapes. Unfenced phase times are launch times: no rates then.
+void Trainer::annotate_phases(nlohmann::json& timing) const {
+  const auto work = metrics::work_model(work_shape(false));
+  for (auto& [phase, stats] : timing["phases_s"].items()) {
+    double flops = 0, bytes = 0;
+    if (auto it = work.find(phase); it != work.end()) {
+      flops = it->second.flops, bytes = it->second.bytes;
+    } else if (timing["communication"].contains(phase)) {
+      bytes = timing["communication"][phase]["sent_bytes_per_step"].get<double>();
+    } else {
+      continue;
+    }
+    const double median = stats.value("median", 0.0);
+    const bool rates = cfg_.fence && median > 0;
+    stats["flops"] = flops;
+    stats["bytes"] = bytes;
+    stats["gflops_per_s"] = rates && flops > 0 ? nlohmann::json(flops / median / 1e9) : nullptr;
+    stats["gbytes_per_s"] = rates ? nlohmann::json(bytes / median / 1e9) : nullptr;
   }
-  double floor = summarize(times)["median"].get<double>();
-  if (comm_.grid().uses_mpi())
-    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &floor, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
-  return floor;
 }
 
 nlohmann::json Trainer::memory_json() const {
-  // Per rank (this rank's shard and rows, comm/plan.cpp); the peak host RSS is the largest over
-  // ranks.
+  // Per rank: this rank's shard and rows (comm/plan.cpp), measured peaks the largest over ranks.
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
-  int64_t rss = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  const int64_t tracked = metrics::peak_bytes(MemSpace::name());
+  int64_t peaks[2] = {static_cast<int64_t>(usage.ru_maxrss) * 1024,
+                      tracked < 0 ? -1 : tracked - memory_baseline_};
   if (comm_.grid().uses_mpi())
-    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &rss, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD));
-  return {{"peak_device_bytes", nullptr},
-          {"device_memory_space", MemSpace::name()},
-          {"peak_host_rss_bytes", rss},
-          {"per_rank", true},
-          {"breakdown", comm::memory_plan(cfg_, model_->d(), comm_.size(comm::Group::dp),
-                                          comm_.size(comm::Group::lp), adam_m_.size() > 0)}};
+    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, peaks, 2, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD));
+  const auto* truth = data_->ground_truth();
+  const int64_t d = model_->d(), features = truth ? static_cast<int64_t>(truth->size()) / d : 0;
+  const nlohmann::json breakdown =
+      comm::memory_plan(cfg_, d, comm_.size(comm::Group::dp), comm_.size(comm::Group::lp),
+                        adam_m_.size() > 0, features);
+  int64_t planned = 0;
+  for (const auto& [kind, bytes] : breakdown.items()) planned += bytes.get<int64_t>();
+  const nlohmann::json snapshot = metrics::memory_snapshot();
+  nlohmann::json out = {
+      {"peak_device_bytes", nullptr},    {"device_memory_space", MemSpace::name()},
+      {"peak_host_rss_bytes", peaks[0]}, {"per_rank", true},
+      {"tracked", snapshot["tracked"]},  {"device_used_bytes", snapshot["device_used_bytes"]},
+      {"breakdown", breakdown},          {"breakdown_total", planned},
+      {"breakdown_vs_peak", nullptr}};
+  if (peaks[1] > 0) {  // every Kokkos allocation was tracked (metrics/memory.hpp)
+    out["peak_device_bytes"] = peaks[1];
+    out["breakdown_vs_peak"] = double(planned) / peaks[1];
+  }
+  return out;
 }
 
 // Per phase and step, on this rank: the bytes counted in the collectives (ring volumes, see
@@ -386,6 +482,19 @@ nlohmann::json Trainer::run() {
 
   const auto start = std::chrono::steady_clock::now();
   comm_.reset_volume();
+  double step_seconds = 0;  // time inside steps, warm-up included: the training's own cost
+  // --target-fvu: evaluate periodically (every 5% of the run unless --eval-every says otherwise)
+  const int64_t eval_every = cfg_.eval_every > 0       ? cfg_.eval_every
+                             : cfg_.target_fvu.empty() ? 0
+                                                       : std::max<int64_t>(1, steps / 20);
+  const auto record_targets = [&](double fvu, int64_t step_done) {
+    for (auto& t : reached_)
+      if (!t.step && fvu <= t.target) {
+        t.step = step_done;
+        t.train_s = step_seconds;
+        t.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      }
+  };
   for (int64_t s = 0; s < steps; ++s) {
     load_batch();
     comm_.set_timers(&timers_);  // collectives are timed and counted inside steps only
@@ -393,6 +502,8 @@ nlohmann::json Trainer::run() {
     step(s);
     const double t = timers_.end_step(s >= cfg_.warmup_steps);
     comm_.set_timers(nullptr);
+    metrics::sample_device_memory();
+    step_seconds += t;
     ++counted_steps_;
     if (root() && ((s + 1) % every == 0 || s + 1 == steps)) {
       const auto& l = log_.back();
@@ -400,9 +511,10 @@ nlohmann::json Trainer::run() {
                   (long long)s + 1, (long long)steps, l.loss, l.mse, l.l0, t * 1e3, B / t);
       std::fflush(stdout);
     }
-    if (cfg_.eval_every > 0 && (s + 1) % cfg_.eval_every == 0 && s + 1 < steps) {
+    if (eval_every > 0 && (s + 1) % eval_every == 0 && s + 1 < steps) {
       const Fidelity f = evaluate_now();
       const double dead = dead_fraction();
+      record_targets(f.fvu, s + 1);
       eval_curve_.push_back({{"step", s + 1},
                              {"fvu", f.fvu},
                              {"l0", f.l0},
@@ -414,30 +526,30 @@ nlohmann::json Trainer::run() {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   Fidelity fid = evaluate_now();
+  record_targets(fid.fvu, steps);
   const double dead = dead_fraction();
   const int64_t trained_tokens = steps * B;
   timers_.reduce_across_ranks(comm_.grid().uses_mpi() ? MPI_COMM_WORLD : MPI_COMM_NULL);
+  const nlohmann::json memory = memory_json();  // before the ceilings allocate their buffers
 
   nlohmann::json timing;
   timing["step_s"] = timers_.steps_json();
   timing["phases_s"] = timers_.phases_json();
   const double median = timing["step_s"].value("median", 0.0);
   timing["tokens_per_s"] = median > 0 ? B / median : 0.0;
-  timing["flops_per_step"] = model_->variant().gemm_units() * 2.0 * B * model_->d() * cfg_.width;
+  // The whole step's FLOPs (all ranks) from the work model.
+  double flops = 0;
+  for (const auto& [phase, w] : metrics::work_model(work_shape(true))) flops += w.flops;
+  timing["flops_per_step"] = flops;
   timing["warmup_steps"] = cfg_.warmup_steps;
   timing["total_train_s"] = train_seconds;
   timing["data_s"] = data_seconds_;
-  timing["fenced"] = true;
+  timing["fenced"] = cfg_.fence;
   timing["communication"] = communication_json(timing["phases_s"]);
-  if (cfg_.gemm_floor && median > 0) {
-    const int reps = static_cast<int>(std::clamp<int64_t>(steps - cfg_.warmup_steps, 3, 20));
-    const double floor = measure_gemm_floor(reps);
-    timing["gemm_floor_s"] = floor;
-    timing["floor_ratio"] = median / floor;
-  } else {
-    timing["gemm_floor_s"] = nullptr;
-    timing["floor_ratio"] = nullptr;
-  }
+  timing["ceilings"] = measure_ceilings(median);
+  timing["gemm_floor_s"] = timing["ceilings"]["gemm_floor_s"];
+  timing["floor_ratio"] = timing["ceilings"]["floor_ratio"];
+  annotate_phases(timing);
 
   nlohmann::json fidelity = fid.to_json();
   fidelity["dead_fraction"] = dead;
@@ -452,6 +564,17 @@ nlohmann::json Trainer::run() {
     curve.push_back({{"step", l.step}, {"loss", l.loss}, {"mse", l.mse}, {"l0", l.l0}});
   }
   fidelity["loss_curve"] = curve;
+  nlohmann::json targets = nlohmann::json::array();
+  for (const auto& t : reached_) {
+    const auto opt = [&](auto v) { return t.step ? nlohmann::json(v) : nlohmann::json(); };
+    targets.push_back({{"target_fvu", t.target},
+                       {"reached", t.step.has_value()},
+                       {"step", opt(t.step.value_or(0))},
+                       {"tokens", opt(t.step.value_or(0) * B)},
+                       {"train_s", opt(t.train_s)},
+                       {"wall_s", opt(t.wall_s)}});
+  }
+  fidelity["time_to_fidelity"] = targets;
 
   nlohmann::json config = cfg_.to_json();
   config["d_model"] = model_->d();
@@ -487,7 +610,6 @@ nlohmann::json Trainer::run() {
   // The first replica's shards are gathered (over lp) and world rank 0 writes.
   if (!cfg_.save_weights.empty() && comm_.rank(comm::Group::dp) == 0)
     save_weights(cfg_.save_weights, *model_, norm_scale_, config["resolved"]);
-  const nlohmann::json memory = memory_json();
 
   if (root()) {
     std::printf("done: FVU %.4f  L0 %.2f  dead %.1f%%  step median %.2f ms  %.0f tok/s", fid.fvu,

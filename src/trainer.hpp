@@ -2,6 +2,7 @@
 // results file.
 #pragma once
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -10,6 +11,7 @@
 #include "data/source.hpp"
 #include "metrics/fidelity.hpp"
 #include "metrics/timers.hpp"
+#include "metrics/work_model.hpp"
 #include "model.hpp"
 
 namespace saescale {
@@ -43,7 +45,9 @@ class Trainer {
   void load_batch();
   Fidelity evaluate_now();
   double dead_fraction() const;
-  double measure_gemm_floor(int reps);
+  nlohmann::json measure_ceilings(double step_median);
+  metrics::WorkShape work_shape(bool global) const;
+  void annotate_phases(nlohmann::json& timing) const;
   nlohmann::json memory_json() const;
   nlohmann::json communication_json(const nlohmann::json& phases) const;
   // Data-parallel gradient all-reduce, in buckets of the flat gradient buffer.
@@ -52,8 +56,9 @@ class Trainer {
 
   Config cfg_;
   comm::Communicator& comm_;
-  int64_t local_batch_ = 0;    // rows on this rank: batch_size / dp
-  int64_t counted_steps_ = 0;  // steps whose communication volume was counted
+  int64_t local_batch_ = 0;      // rows on this rank: batch_size / dp
+  int64_t counted_steps_ = 0;    // steps whose communication volume was counted
+  int64_t memory_baseline_ = 0;  // bytes allocated before this run (in-process tests)
   Resolved hyper_;
   Precision precision_;
   kernels::TopkAlgo topk_algo_;
@@ -72,6 +77,13 @@ class Trainer {
   };
   std::vector<StepLog> log_;
   nlohmann::json eval_curve_ = nlohmann::json::array();
+  bool auxiliary_ran_ = false;  // an auxiliary loss was non-zero in some step (AuxK ran)
+  struct Target {               // --target-fvu: when the evaluation FVU first reached it
+    double target;
+    std::optional<int64_t> step;
+    double train_s = 0, wall_s = 0;
+  };
+  std::vector<Target> reached_;
 };
 
 }  // namespace saescale

@@ -76,9 +76,12 @@ def format_table(df: pd.DataFrame, relative_to: str = "jumprelu", markdown: bool
 
 
 def format_phases(result: dict) -> str:
-    """Per-phase breakdown of one run: median and p10-p90 in ms, share of the median step.
+    """Per-phase breakdown of one run: median and p10-p90 in ms, share of the median step, and the
+    rates the phase achieved against its work model (GFLOP/s for GEMMs, GB/s otherwise), with the
+    run's in-run ceilings (the GEMMs alone, a stream copy) for comparison.
 
-    Phase medians need not add up exactly to the step median (each is a median of its own).
+    Phase medians need not add up exactly to the step median (each is a median of its own; the
+    means do add up).
     """
     timing = result.get("timing", {})
     step = timing.get("step_s", {}).get("median")
@@ -90,14 +93,35 @@ def format_phases(result: dict) -> str:
     floor, ratio = timing.get("gemm_floor_s"), timing.get("floor_ratio")
     if floor is not None and ratio is not None:
         head += f"  GEMM floor {floor * 1e3:.2f} ms  floor_ratio {ratio:.3f}"
-    lines = [head, f"  {'phase':<28} {'median ms':>10} {'p10-p90 ms':>17} {'% of step':>9}"]
+    ceilings = timing.get("ceilings") or {}
+    gemm_peak, copy_peak = ceilings.get("gemm_gflops_per_s"), ceilings.get("stream_copy_gbytes_per_s")
+    lines = [head]
+    if gemm_peak or copy_peak:
+        lines.append(f"  ceilings: GEMMs alone {_fmt(gemm_peak, '.1f')} GFLOP/s, "
+                     f"stream copy {_fmt(copy_peak, '.1f')} GB/s")
+    lines.append(f"  {'phase':<28} {'median ms':>10} {'p10-p90 ms':>17} {'% of step':>9} "
+                 f"{'GFLOP/s':>9} {'GB/s':>8} {'% ceiling':>9}")
     ordered = sorted(phases.items(), key=lambda kv: -kv[1].get("median", 0.0))
     for name, s in ordered:
         med = s.get("median", 0.0)
         share = f"{100 * med / step:8.1f}%" if step else "-"
         spread = f"{s.get('p10', 0) * 1e3:.2f}-{s.get('p90', 0) * 1e3:.2f}"
-        lines.append(f"  {name:<28} {med * 1e3:>10.2f} {spread:>17} {share:>9}")
+        gflops, gbytes = s.get("gflops_per_s"), s.get("gbytes_per_s")
+        # GEMM phases against the GEMMs alone, the rest against the copy; comm phases have none.
+        if name.endswith("_gemm") and gflops and gemm_peak:
+            ceiling = f"{100 * gflops / gemm_peak:8.0f}%"
+        elif not name.startswith("comm_") and not name.endswith("_gemm") and gbytes and copy_peak:
+            ceiling = f"{100 * gbytes / copy_peak:8.0f}%"
+        else:
+            ceiling = "-"
+        lines.append(f"  {name:<28} {med * 1e3:>10.2f} {spread:>17} {share:>9} "
+                     f"{_fmt(gflops, '.1f'):>9} {_fmt(gbytes, '.2f'):>8} {ceiling:>9}")
     total = sum(s.get("median", 0.0) for s in phases.values())
     if step:
         lines.append(f"  {'sum of phase medians':<28} {total * 1e3:>10.2f} {'':>17} {100 * total / step:8.1f}%")
+    memory = result.get("memory", {})
+    peak, planned = memory.get("peak_device_bytes"), memory.get("breakdown_total")
+    if peak and planned:
+        lines.append(f"  memory: measured peak {peak / 2**20:.1f} MiB, analytic breakdown "
+                     f"{planned / 2**20:.1f} MiB ({100 * planned / peak:.1f}%)")
     return "\n".join(lines)

@@ -5,6 +5,7 @@
 #include "cli/commands.hpp"
 #include "comm/grid.hpp"
 #include "comm/plan.hpp"
+#include "data/synthetic.hpp"
 #include "error.hpp"
 #include "io/results.hpp"
 #include "trainer.hpp"
@@ -26,7 +27,11 @@ int plan(const Config& cfg) {
   const auto variant = make_variant(cfg.variant);
   const double beta1 = cfg.adam_beta1.value_or(variant->defaults().adam_beta1);
   const auto phases = comm::communication_plan(cfg, cfg.d_model, dp, lp);
-  const auto memory = comm::memory_plan(cfg, cfg.d_model, dp, lp, beta1 != 0);
+  // Synthetic data brings its true dictionary, which evaluation compares the decoder with.
+  const bool synthetic = cfg.data == "synthetic" || cfg.data.rfind("synthetic:", 0) == 0;
+  const int64_t features =
+      synthetic ? SyntheticSpec::parse(cfg.data, cfg.d_model, cfg.seed).features : 0;
+  const auto memory = comm::memory_plan(cfg, cfg.d_model, dp, lp, beta1 != 0, features);
 
   std::printf("saescale plan: %s, d=%lld, M=%lld, B=%lld, grid dp %lld x lp %lld (%lld ranks)\n",
               cfg.variant.c_str(), (long long)cfg.d_model, (long long)cfg.width,

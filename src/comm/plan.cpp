@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "comm/communicator.hpp"
+#include "kernels/tiling.hpp"
 #include "variant.hpp"
 
 namespace saescale::comm {
@@ -76,21 +77,37 @@ std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_
   return plan;
 }
 
-nlohmann::json memory_plan(const Config& cfg, int64_t d, int dp, int lp, bool adam_first_moment) {
+nlohmann::json memory_plan(const Config& cfg, int64_t d, int dp, int lp, bool adam_first_moment,
+                           int64_t true_features) {
   const auto variant = make_variant(cfg.variant);
   const int64_t B = cfg.batch_size / dp, M = cfg.width / lp, f = sizeof(real);
+  const int64_t slots = accumulator_slots();  // per-thread accumulators on CPUs, 1 on GPUs
   const int64_t P = local_parameters(*variant, d, M);
   const int64_t moments = cfg.optimizer == "adam" ? (adam_first_moment ? 2 : 1) : 0;
-  // pi, f, g [B, M]; x, e (and x - b_dec) [B, d]; Gated's ReLU(pi_gate) and TopK's AuxK z, g_z.
-  int64_t activations = (3 * B * M + (variant->subtracts_decoder_bias() ? 3 : 2) * B * d) * f;
-  if (cfg.variant == "gated") activations += (B * M + B * d) * f;
-  if (selects(cfg.variant)) activations += (2 * B * M + B * d) * f;
+  const bool gated = cfg.variant == "gated", selection = selects(cfg.variant);
+  // The step's buffers: pi, f, g [B, M]; x, e (and x - b_dec) [B, d]; Gated's ReLU(pi_gate) and
+  // its residual; AuxK's z, g_z and e_aux.
+  const int64_t activations =
+      f * (B * M * (3 + (gated ? 1 : 0) + (selection ? 2 : 0)) +
+           B * d * ((variant->subtracts_decoder_bias() ? 3 : 2) + (gated || selection ? 1 : 0)));
+  // Per-latent state: active/fired counts and activation sums per accumulator slot, the variant's
+  // per-slot gradient accumulators, dead flags, tokens since fired, sum of g_pi, and per-latent
+  // values (thresholds, decoder norms, magnitude scales).
+  const int64_t accumulators = cfg.variant == "gated" ? 4 : cfg.variant == "jumprelu" ? 2 : 1;
+  const int64_t latent_state = 8 * slots * M * (3 + accumulators) + 8 * 2 * M + f * 2 * M +
+                               8 * slots * d + (selection ? f * d : 0);
+  // Evaluation: per-row L0 and ever-fired counts; with a true dictionary of F features, it, the
+  // unit decoder rows and their F x M cosines.
+  const int64_t F = true_features;
+  const int64_t evaluation = 8 * (B + M) + (F > 0 ? f * (F * d + M * d + F * M + F) : 0);
   const int64_t candidates =
-      lp > 1 && selects(cfg.variant) ? (1 + lp) * B * std::max(cfg.k, cfg.aux_k) * 8 : 0;
+      lp > 1 && selection ? (1 + lp) * B * std::max(cfg.k, cfg.aux_k) * 8 + 8 * B : 0;
   return {{"parameters", P * f},
           {"gradients", P * f},
           {"optimizer_state", moments * P * f},
           {"activations", activations},
+          {"latent_state", latent_state},
+          {"evaluation", evaluation},
           {"communication_buffers", candidates}};
 }
 

@@ -22,7 +22,12 @@ struct PlannedPhase {
 std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_t d, int dp,
                                                        int lp);
 
-// Bytes per rank: parameters, gradients, optimizer state, activations, communication buffers.
-nlohmann::json memory_plan(const Config& cfg, int64_t d, int dp, int lp, bool adam_first_moment);
+// Bytes per rank of every buffer the run allocates, by kind: parameters, gradients, optimizer
+// state, activations (the step's B x M and B x d buffers), latent_state (per-latent counters and
+// accumulators), evaluation (its temporaries; with a true dictionary of `true_features` rows, the
+// cosines too), communication buffers (sharded selection candidates). Needs Kokkos initialised
+// (per-thread accumulator slots).
+nlohmann::json memory_plan(const Config& cfg, int64_t d, int dp, int lp, bool adam_first_moment,
+                           int64_t true_features);
 
 }  // namespace saescale::comm

@@ -16,19 +16,27 @@ nlohmann::json summarize(std::vector<double> v) {
     const size_t hi = std::min(lo + 1, v.size() - 1);
     return v[lo] + (pos - lo) * (v[hi] - v[lo]);
   };
-  return {{"median", quantile(0.5)}, {"p10", quantile(0.1)}, {"p90", quantile(0.9)},
-          {"min", v.front()},        {"max", v.back()},      {"n", v.size()}};
+  double sum = 0;
+  for (const double x : v) sum += x;
+  return {{"median", quantile(0.5)},
+          {"p10", quantile(0.1)},
+          {"p90", quantile(0.9)},
+          {"min", v.front()},
+          {"max", v.back()},
+          {"mean", sum / v.size()},
+          {"n", v.size()}};
 }
 
+// The step itself is always fenced at both ends: only the fences between phases are optional.
 void PhaseTimers::begin_step() {
-  if (fence_) ExecSpace().fence();
+  ExecSpace().fence();
   current_.clear();
   nested_.clear();
   step_start_ = Clock::now();
 }
 
 double PhaseTimers::end_step(bool timed) {
-  if (fence_) ExecSpace().fence();
+  ExecSpace().fence();
   const double total = std::chrono::duration<double>(Clock::now() - step_start_).count();
   if (timed) {
     steps_.push_back(total);

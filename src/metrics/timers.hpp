@@ -16,7 +16,8 @@
 
 namespace saescale {
 
-// median, p10, p90, min, max, n of a sample (linear interpolation between order statistics).
+// median, p10, p90 (linear interpolation between order statistics), min, max, mean, n of a
+// sample. Means add up (the phases' means sum to the step's), medians need not.
 nlohmann::json summarize(std::vector<double> samples);
 
 class PhaseTimers {

@@ -5,6 +5,7 @@
 #include <Kokkos_Core.hpp>
 
 #include "kernels/gemm.hpp"
+#include "metrics/memory.hpp"
 
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
@@ -12,6 +13,7 @@ int main(int argc, char** argv) {
   int code;
   {
     Kokkos::ScopeGuard kokkos(argc, argv);
+    saescale::metrics::track_allocations();
     code = RUN_ALL_TESTS();
     saescale::gemm_finalize();
   }

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "kernels/gemm.hpp"
+#include "metrics/memory.hpp"
 
 namespace {
 class FailuresOnly : public ::testing::EmptyTestEventListener {
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
   int code;
   {
     Kokkos::ScopeGuard kokkos(argc, argv);
+    saescale::metrics::track_allocations();
     code = RUN_ALL_TESTS();
     saescale::gemm_finalize();
   }

@@ -245,5 +245,107 @@ TEST(DataSources, RankSlicesMakeUpTheGlobalBatch) {
   }
 }
 
+// ---- the measurement harness ------------------------------------------------------------------
+
+Config harness_config(const std::string& variant) {
+  Config cfg;
+  cfg.variant = variant;
+  cfg.d_model = 64;
+  cfg.width = 2048;
+  cfg.batch_size = 256;
+  cfg.steps = 12;
+  cfg.warmup_steps = 2;
+  cfg.k = 16;
+  cfg.aux_k = 64;
+  cfg.dead_window_tokens = 512;  // AuxK runs from the third step
+  cfg.data = "synthetic:features=256,l0=8";
+  cfg.eval_tokens = 512;
+  cfg.norm_tokens = 1024;
+  cfg.progress_every = 1000;
+  cfg.gemm_floor = false;
+  return cfg;
+}
+
+// Every moment of a fenced step is in exactly one phase: the phases' mean times add up to the
+// mean step time (means add, medians need not). What is left is the timers' own bookkeeping.
+TEST(Harness, PhaseTimesAddUpToTheFencedStep) {
+  for (const std::string variant : {"relu", "jumprelu", "gated", "topk", "batchtopk"}) {
+    comm::Communicator alone;
+    Trainer trainer(harness_config(variant), alone);
+    const auto timing = trainer.run()["timing"];
+    double phases = 0;
+    for (const auto& [name, s] : timing["phases_s"].items()) phases += s["mean"].get<double>();
+    const double step = timing["step_s"]["mean"].get<double>();
+    EXPECT_NEAR(phases / step, 1.0, 0.03)
+        << variant << ": phases " << phases << " s, step " << step << " s";
+  }
+}
+
+// The analytic breakdown (comm/plan.cpp) accounts for every Kokkos allocation of a run: within 10%
+// of the peak the allocation tracker measured (metrics/memory.hpp), ground truth included.
+TEST(Harness, MemoryBreakdownMatchesTheMeasuredPeak) {
+  for (const std::string variant : {"relu", "jumprelu", "gated", "topk", "batchtopk"}) {
+    for (const std::string optimizer : {"adam", "sgd"}) {
+      comm::Communicator alone;
+      Config cfg = harness_config(variant);
+      cfg.optimizer = optimizer;
+      const auto memory = Trainer(cfg, alone).run()["memory"];
+      ASSERT_TRUE(memory["peak_device_bytes"].is_number()) << "allocations were not tracked";
+      const double peak = memory["peak_device_bytes"].get<double>();
+      const double planned = memory["breakdown_total"].get<double>();
+      EXPECT_GT(peak, 4.0 * cfg.batch_size * cfg.width * 3) << "the step's B x M buffers";
+      EXPECT_NEAR(planned / peak, 1.0, 0.1) << variant << " " << optimizer << ": planned "
+                                            << planned << " B, measured peak " << peak << " B";
+    }
+  }
+}
+
+// Phases carry their work and achieved rates (FLOPs for the GEMMs: 2 B d M each), the step its
+// FLOPs, and the ceilings come from the same run; without fences the rates are withheld.
+TEST(Harness, PhasesCarryWorkRatesAndCeilings) {
+  comm::Communicator alone;
+  Config cfg = harness_config("jumprelu");
+  cfg.gemm_floor = true;
+  const auto timing = Trainer(cfg, alone).run()["timing"];
+  const double B = cfg.batch_size, d = cfg.d_model, M = cfg.width;
+  for (const char* gemm : {"encode_gemm", "backward_decoder_gemm", "backward_activation_gemm",
+                           "backward_encoder_gemm"}) {
+    const auto& p = timing["phases_s"][gemm];
+    EXPECT_DOUBLE_EQ(p["flops"].get<double>(), 2 * B * d * M) << gemm;
+    EXPECT_NEAR(p["gflops_per_s"].get<double>(),
+                p["flops"].get<double>() / p["median"].get<double>() / 1e9, 1e-9);
+  }
+  EXPECT_GT(timing["flops_per_step"].get<double>(), 5 * 2 * B * d * M);
+  EXPECT_GT(timing["ceilings"]["gemm_gflops_per_s"].get<double>(), 0);
+  EXPECT_GT(timing["ceilings"]["stream_copy_gbytes_per_s"].get<double>(), 0);
+  EXPECT_TRUE(timing["fenced"].get<bool>());
+
+  cfg.fence = false;
+  const auto unfenced = Trainer(cfg, alone).run()["timing"];
+  EXPECT_FALSE(unfenced["fenced"].get<bool>());
+  EXPECT_TRUE(unfenced["phases_s"]["encode_gemm"]["gflops_per_s"].is_null());
+  EXPECT_GT(unfenced["step_s"]["median"].get<double>(), 0);
+}
+
+// --target-fvu: the first evaluation at or below each target is recorded (a target above the
+// untrained FVU at the first evaluation; one no run reaches).
+TEST(Harness, TimeToFidelityRecordsTheFirstEvaluationBelowEachTarget) {
+  comm::Communicator alone;
+  Config cfg = harness_config("topk");
+  cfg.steps = 20;
+  cfg.eval_every = 5;
+  cfg.target_fvu = {1e6, 1e-9};
+  const auto results = Trainer(cfg, alone).run();
+  const auto& targets = results["fidelity"]["time_to_fidelity"];
+  ASSERT_EQ(targets.size(), 2u);
+  EXPECT_TRUE(targets[0]["reached"].get<bool>());
+  EXPECT_EQ(targets[0]["step"], 5);
+  EXPECT_EQ(targets[0]["tokens"], 5 * cfg.batch_size);
+  EXPECT_GT(targets[0]["train_s"].get<double>(), 0);
+  EXPECT_GE(targets[0]["wall_s"].get<double>(), targets[0]["train_s"].get<double>());
+  EXPECT_FALSE(targets[1]["reached"].get<bool>());
+  EXPECT_TRUE(targets[1]["step"].is_null());
+}
+
 }  // namespace
 }  // namespace saescale

@@ -1,0 +1,79 @@
+#include "metrics/memory.hpp"
+
+#include <Kokkos_Core.hpp>
+#include <cstdlib>
+#include <map>
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <cuda_runtime.h>
+#endif
+
+namespace saescale::metrics {
+
+namespace {
+struct Space {
+  int64_t current = 0, peak = 0;
+};
+std::map<std::string, Space>& spaces() {
+  static std::map<std::string, Space> s;
+  return s;
+}
+bool g_tracking = false;
+int64_t g_device_used = -1;
+
+void on_allocate(const Kokkos::Tools::SpaceHandle handle, const char*, const void*,
+                 const uint64_t size) {
+  Space& s = spaces()[handle.name];
+  s.current += static_cast<int64_t>(size);
+  if (s.current > s.peak) s.peak = s.current;
+}
+
+void on_deallocate(const Kokkos::Tools::SpaceHandle handle, const char*, const void*,
+                   const uint64_t size) {
+  spaces()[handle.name].current -= static_cast<int64_t>(size);
+}
+}  // namespace
+
+bool track_allocations() {
+  if (std::getenv("KOKKOS_TOOLS_LIBS") || std::getenv("KOKKOS_PROFILE_LIBRARY")) return false;
+  Kokkos::Tools::Experimental::set_allocate_data_callback(on_allocate);
+  Kokkos::Tools::Experimental::set_deallocate_data_callback(on_deallocate);
+  g_tracking = true;
+  return true;
+}
+
+bool tracking_allocations() { return g_tracking; }
+
+int64_t peak_bytes(const std::string& space) {
+  if (!g_tracking) return -1;
+  auto it = spaces().find(space);
+  return it == spaces().end() ? 0 : it->second.peak;
+}
+
+int64_t current_bytes(const std::string& space) {
+  if (!g_tracking) return -1;
+  auto it = spaces().find(space);
+  return it == spaces().end() ? 0 : it->second.current;
+}
+
+void reset_peaks() {
+  for (auto& [name, s] : spaces()) s.peak = s.current;
+  g_device_used = -1;
+}
+
+void sample_device_memory() {
+#if defined(KOKKOS_ENABLE_CUDA)
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess)
+    g_device_used = std::max<int64_t>(g_device_used, int64_t(total_bytes - free_bytes));
+#endif
+}
+
+nlohmann::json memory_snapshot() {
+  nlohmann::json tracked = nlohmann::json::object();
+  for (const auto& [name, s] : spaces()) tracked[name] = s.peak;
+  return {{"tracked", g_tracking ? tracked : nlohmann::json()},
+          {"device_used_bytes", g_device_used >= 0 ? nlohmann::json(g_device_used) : nullptr}};
+}
+
+}  // namespace saescale::metrics

@@ -1,0 +1,92 @@
+#include "metrics/work_model.hpp"
+
+namespace saescale::metrics {
+
+namespace {
+constexpr double kF = 4;  // bytes per fp32 value
+bool selects(const std::string& v) { return v == "topk" || v == "batchtopk"; }
+double selection_passes(const std::string& algo) { return algo == "radix" ? 4 : 33; }
+}  // namespace
+
+Work gemm_work(double m, double n, double k) {
+  return {2 * m * n * k, kF * (m * k + k * n + m * n)};
+}
+
+Work row_selection_work(double B, double M, const std::string& algo) {
+  // passes reading B x M, then the final pass reading it and writing the selected output
+  return {0, kF * B * M * (selection_passes(algo) + 2)};
+}
+
+Work batch_selection_work(double B, double M, const std::string& algo) {
+  // as the row selection, plus the pass that finds the smallest selected value
+  return {0, kF * B * M * (selection_passes(algo) + 3)};
+}
+
+Work activation_forward_work(const std::string& variant, double B, double M,
+                             const std::string& topk_algo) {
+  const double BM = B * M;
+  if (variant == "relu") return {2 * BM, kF * (2 * BM + M)};          // pi + b, max; f
+  if (variant == "jumprelu") return {3 * BM, kF * (2 * BM + 2 * M)};  // + compare with theta
+  if (variant == "gated") return {6 * BM, kF * (3 * BM + 4 * M)};     // f and ReLU(pi_gate)
+  if (variant == "topk") return row_selection_work(B, M, topk_algo);
+  return batch_selection_work(B, M, topk_algo);
+}
+
+Work activation_backward_work(const std::string& variant, double B, double M) {
+  const double BM = B * M;
+  if (variant == "relu") return {3 * BM, kF * (3 * BM + 2 * M)};      // pi, g in; g out
+  if (variant == "jumprelu") return {6 * BM, kF * (3 * BM + 3 * M)};  // + the window test
+  if (variant == "gated") return {10 * BM, kF * (4 * BM + 5 * M)};    // + the aux gradient
+  return {BM, kF * (3 * BM + M)};  // selection masks: f (and z), g in; g out
+}
+
+Work adam_work(double P, bool first_moment) {
+  // p, g, v (and m) in; p, v (and m) out
+  return {first_moment ? 12 * P : 9 * P, kF * P * (first_moment ? 7 : 5)};
+}
+
+Work renormalize_work(double M, double d) { return {3 * M * d, kF * 2 * M * d}; }
+Work projection_work(double M, double d) { return {4 * M * d, kF * 3 * M * d}; }
+
+std::map<std::string, Work> work_model(const WorkShape& s) {
+  const double B = s.B, d = s.d, M = s.M, P = s.P;
+  const bool subtracts = s.variant != "relu" && s.variant != "jumprelu";
+  std::map<std::string, Work> w;
+  Work encode = gemm_work(B, M, d);
+  if (subtracts) encode.flops += B * d, encode.bytes += kF * (2 * B * d + d);  // x - b_dec
+  w["encode_gemm"] = encode;
+  w["activation"] = activation_forward_work(s.variant, B, M, s.topk_algo);
+  Work decode = gemm_work(B, d, M);
+  decode.flops += B * d, decode.bytes += kF * (B * d + d);  // e starts as x - b_dec
+  w["decode_gemm"] = decode;
+  w["loss"] = {2 * B * d, kF * B * d};
+  w["backward_decoder_gemm"] = gemm_work(M, d, B);
+  w["backward_activation_gemm"] = gemm_work(B, M, d);
+  if (s.variant == "gated") {
+    Work aux = gemm_work(B, d, M);
+    aux.flops += 3 * B * d, aux.bytes += kF * (B * d + d);  // residual and its energy
+    w["auxiliary_forward"] = aux;
+    w["auxiliary_backward"] = gemm_work(B, M, d);
+  } else if (selects(s.variant) && s.aux_k > 0) {
+    Work aux = row_selection_work(B, M, s.topk_algo);
+    const Work e_aux = gemm_work(B, d, M);
+    aux.flops += e_aux.flops + 6 * B * d;
+    aux.bytes += e_aux.bytes + kF * 3 * B * d;  // residual mean, energies, difference
+    w["auxiliary_forward"] = aux;
+    const Work a = gemm_work(M, d, B), b = gemm_work(B, M, d);
+    w["auxiliary_backward"] = {a.flops + b.flops, a.bytes + b.bytes};
+  }
+  w["variant_backward"] = activation_backward_work(s.variant, B, M);
+  w["backward_encoder_gemm"] = gemm_work(d, M, B);
+  Work bias = {B * d, kF * (B * d + d)};
+  if (subtracts) bias.flops += 2 * d * M, bias.bytes += kF * (d * M + M + d);  // the GEMV
+  w["bias_gradients"] = bias;
+  if (s.variant != "relu") w["decoder_projection"] = projection_work(M, d);
+  if (s.clip) w["clip"] = {2 * P, kF * P};
+  w["optimizer"] = s.adam ? adam_work(P, s.adam_first_moment) : Work{2 * P, kF * 3 * P};
+  if (s.variant != "relu") w["renormalize"] = renormalize_work(M, d);
+  w["statistics"] = {M, 8 * 3 * M};  // fired counts in, tokens since fired in and out
+  return w;
+}
+
+}  // namespace saescale::metrics
