@@ -1,4 +1,7 @@
-"""Command-line interface: python -m saescale_analysis {table,phases,scaling,check-learning} FILES..."""
+"""Command-line interface: python -m saescale_analysis COMMAND FILES...
+
+Commands: table, phases, scaling, check-learning, validate.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from .results import load_results, to_frame
+from .results import _expand, load_results, to_frame
 from .scaling import format_scaling
+from .schema import SCHEMA_FILE, validate_file
 from .table import format_phases, format_table
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -20,8 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m saescale_analysis",
         description="Summarise and check saescale results files (schema saescale.result/1).",
-        epilog="Exit status: 0 success, 1 check-learning found failing runs, "
-        "2 usage error, unreadable file or wrong schema.",
+        epilog="Exit status: 0 success, 1 check-learning found failing runs or validate found "
+        "invalid files, 2 usage error, unreadable file or wrong schema.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     files_help = "results JSON files or quoted glob patterns (e.g. 'results/*.json')"
@@ -57,7 +61,51 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-l0-ratio", type=float, metavar="R",
                    help="fail if l0 is outside [T/R, T*R] (needs --true-l0; R >= 1)")
     c.add_argument("--true-l0", type=float, metavar="T", help="ground-truth L0 (needs --max-l0-ratio)")
+
+    v = sub.add_parser(
+        "validate", help="check files against the results JSON Schema; exit 1 if any is invalid",
+        description=f"Validate every file against {SCHEMA_FILE.name} (JSON Schema draft 2020-12). "
+        "Prints one line per error: FILE: JSON-PATH: MESSAGE. Exit status: 0 all valid, "
+        "1 some file invalid, 2 a file is unreadable or not JSON (or jsonschema is missing).")
+    v.add_argument("files", nargs="+", metavar="FILE", help=files_help)
     return p
+
+
+def _validate(specs: Sequence[str]) -> int:
+    """The validate subcommand: every file checked, errors one per line."""
+    try:
+        import jsonschema  # noqa: F401  (only to report its absence clearly)
+    except ImportError:
+        print("saescale_analysis: error: the jsonschema package is missing (run `make deps`)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    status, invalid, total = EXIT_OK, 0, 0
+    for spec in specs:
+        try:
+            paths = _expand(spec)
+        except OSError as e:
+            print(f"saescale_analysis: error: {e}", file=sys.stderr)
+            status = EXIT_ERROR
+            continue
+        for path in paths:
+            total += 1
+            try:
+                errors = validate_file(path)
+            except (OSError, ValueError) as e:
+                print(f"saescale_analysis: error: {e}", file=sys.stderr)
+                status = EXIT_ERROR
+                continue
+            if errors:
+                invalid += 1
+                for where, message in errors:
+                    print(f"{path}: {where}: {message}")
+    if status == EXIT_ERROR:
+        return status
+    if invalid:
+        print(f"validate: {invalid} of {total} file(s) invalid")
+        return EXIT_FAIL
+    print(f"validate: all {total} file(s) valid")
+    return EXIT_OK
 
 
 def _missing(v: object) -> bool:
@@ -94,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--true-l0 and --max-l0-ratio must be given together")
         if args.max_l0_ratio is not None and args.max_l0_ratio < 1:
             parser.error("--max-l0-ratio must be >= 1")
+    if args.command == "validate":
+        return _validate(args.files)
     try:
         results = load_results(args.files)
         df = to_frame(results)

@@ -12,6 +12,7 @@
 #include "io/safetensors.hpp"
 #include "support/process.hpp"
 #include "support/random.hpp"
+#include "support/validate.hpp"
 
 namespace {
 
@@ -93,6 +94,7 @@ TEST_F(Cli, GenDataTrainSaveEvalRoundTrip) {
                "/data/shard_*.npy' " + "--ground-truth " + dir_ +
                "/data/dictionary.npy --save-weights " + dir_ + "/w --out " + dir_ + "/r.json");
   ASSERT_EQ(r.code, 0) << r.err;
+  ts::expect_valid_results(dir_ + "/r.json");
   std::ifstream in(dir_ + "/r.json");
   const auto res = nlohmann::json::parse(in);
   EXPECT_EQ(res["schema"], "saescale.result/1");
@@ -123,6 +125,7 @@ TEST_F(Cli, BatchTopKExportsAJumpReluSae) {
       " --eval-tokens 4096" +
       data + "--save-weights " + dir_ + "/w --out " + dir_ + "/r.json");
   ASSERT_EQ(r.code, 0) << r.err;
+  ts::expect_valid_results(dir_ + "/r.json");
   std::ifstream cfg_in(dir_ + "/w/cfg.json");
   const auto cfg = nlohmann::json::parse(cfg_in);
   EXPECT_EQ(cfg["architecture"], "jumprelu");
@@ -199,8 +202,9 @@ TEST_F(Cli, ExistingResultsNeedForce) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
   EXPECT_EQ(ts::slurp(out), "precious");
-  EXPECT_EQ(saescale("train --d-model 8" + small_ + "--out " + out + " --force").code, 0);
+  ASSERT_EQ(saescale("train --d-model 8" + small_ + "--out " + out + " --force").code, 0);
   EXPECT_NE(ts::slurp(out), "precious");
+  ts::expect_valid_results(out);
 }
 
 TEST_F(Cli, GradNeedsOutputAndFiniteData) {

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "support/process.hpp"
+#include "support/validate.hpp"
 
 namespace {
 
@@ -44,6 +45,7 @@ TEST_P(Learning, ReachesLowFvuNearTrueL0AndRecoversFeatures) {
                              " --force --out " + out,
                          dir);
   ASSERT_EQ(r.code, 0) << r.err;
+  ts::expect_valid_results(out);
   std::ifstream in(out);
   const auto res = nlohmann::json::parse(in);
   const auto& f = res["fidelity"];
@@ -81,6 +83,7 @@ nlohmann::json train(const std::string& name, const std::string& args) {
   const auto r =
       ts::run(ts::saescale() + " train" + kProblem + args + " --force --out " + out, dir);
   EXPECT_EQ(r.code, 0) << r.err;
+  if (r.code == 0) ts::expect_valid_results(out);
   std::ifstream in(out);
   return nlohmann::json::parse(in);
 }

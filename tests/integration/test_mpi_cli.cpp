@@ -10,6 +10,7 @@
 #include "io/safetensors.hpp"
 #include "support/process.hpp"
 #include "support/random.hpp"
+#include "support/validate.hpp"
 
 namespace {
 
@@ -99,6 +100,7 @@ TEST_F(MpiCli, WeightsSavedFromAGridMatchOneRank) {
     const auto r =
         mpirun(2, common + grid + " --save-weights " + weights + " --out " + out + " --force");
     ASSERT_EQ(r.code, 0) << r.err;
+    ts::expect_valid_results(out);
     const auto want = saescale::io::read_safetensors(dir_ + "/one/sae_weights.safetensors");
     const auto got = saescale::io::read_safetensors(weights + "/sae_weights.safetensors");
     ASSERT_EQ(got.size(), want.size());

@@ -30,10 +30,13 @@ def make_result(rng: np.random.Generator, variant: str, *, ground_truth: bool = 
 
     step = stats(float(rng.uniform(1e-3, 5e-2)))
     floor = float(step["median"] * rng.uniform(0.3, 0.9))
+    fvu, l0 = float(rng.uniform(0.01, 0.3)), float(rng.uniform(5, 100))
+    mmcs = float(rng.uniform(0.5, 1.0)) if ground_truth else None
     return {
         "schema": "saescale.result/1",
         "status": "ok",
-        "context": {"saescale_version": "0.1.0", "ranks": ranks, "grid": {"dp": ranks, "lp": 1},
+        "context": {"saescale_version": "0.1.0", "git_commit": "0123abcd", "git_dirty": False,
+                    "ranks": ranks, "grid": {"dp": ranks, "lp": 1},
                     "gpu": None, "hostname": "h", "unknown_field": [1, 2]},
         "config": {"variant": variant, "d_model": d_model, "width": width, "batch_size": batch_size,
                    "steps": int(rng.integers(100, 1000)), "k": 32, "lr": float(rng.uniform(1e-5, 1e-3)),
@@ -43,19 +46,25 @@ def make_result(rng: np.random.Generator, variant: str, *, ground_truth: bool = 
                    "tokens_per_s": float(batch_size / step["median"]),
                    "flops_per_step": float(rng.uniform(1e8, 1e10)),
                    "gemm_floor_s": floor, "floor_ratio": step["median"] / floor,
-                   "warmup_steps": 10, "total_train_s": float(rng.uniform(1, 100))},
+                   "warmup_steps": 10, "total_train_s": float(rng.uniform(1, 100)),
+                   "fenced": True, "communication": {}},
         "memory": {"peak_device_bytes": int(rng.integers(1, 2**34)),
                    "peak_host_rss_bytes": int(rng.integers(2**20, 2**36)),
-                   "breakdown": {"parameters": 1, "gradients": 1}},
-        "fidelity": {"fvu": float(rng.uniform(0.01, 0.3)), "l0": float(rng.uniform(5, 100)),
+                   "breakdown": {"parameters": 1, "gradients": 1, "optimizer_state": 2,
+                                 "activations": 3, "communication_buffers": 0}},
+        "fidelity": {"fvu": fvu, "l0": l0,
                      "dead_fraction": float(rng.uniform(0, 0.2)),
                      "shrinkage": float(rng.uniform(0.8, 1.0)),
-                     "mmcs": float(rng.uniform(0.5, 1.0)) if ground_truth else None,
+                     "mmcs": mmcs,
                      "recovered_fraction": float(rng.uniform(0.5, 1.0)) if ground_truth else None,
                      "eval_tokens": 8192,
-                     "loss_curve": [{"step": 0, "loss": 1.0, "mse": 0.9}]},
-        "benchmarks": [{"name": f"saescale/{variant}/step", "run_type": "iteration",
-                        "real_time": step["median"] * 1e3, "time_unit": "ms"}],
+                     "loss_curve": [{"step": 0, "loss": 1.0, "mse": 0.9, "l0": 30.0}],
+                     "eval_curve": [{"step": 50, "fvu": 2 * fvu, "l0": 2 * l0, "mmcs": mmcs,
+                                     "dead_fraction": 0.0}]},
+        "benchmarks": [{"name": f"saescale/{variant}/step", "run_name": f"saescale/{variant}/step",
+                        "run_type": "iteration", "repetitions": 1, "repetition_index": 0,
+                        "threads": ranks, "iterations": 1, "real_time": step["median"] * 1e3,
+                        "cpu_time": step["median"] * 1e3, "time_unit": "ms"}],
     }
 
 
