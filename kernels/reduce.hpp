@@ -20,6 +20,16 @@ inline double sum_squares(const char* label, const Vector& v) {
   return s;
 }
 
+// Entries that are NaN or +-Inf (|v| <= FLT_MAX is false for both).
+inline int64_t count_non_finite(const char* label, const Vector& v) {
+  int64_t n = 0;
+  Kokkos::parallel_reduce(
+      label, Kokkos::RangePolicy<ExecSpace>(0, v.extent(0)),
+      KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += !(kmath::fabs(v(i)) <= 3.402823466e38f); },
+      n);
+  return n;
+}
+
 inline double sum_squares(const char* label, const Matrix& m) {
   return sum_squares(label, Vector(m.data(), m.size()));
 }

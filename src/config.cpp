@@ -128,6 +128,11 @@ void add_train_options(CLI::App& app, Config& c) {
   // tests: an error on one rank at one step must abort every rank, not hang them
   app.add_option("--test-fail-step", c.test_fail_step)->group("");
   app.add_option("--test-fail-rank", c.test_fail_rank)->group("");
+  // tests: a NaN in the data or in a gradient must stop the run with "status": "failed"
+  app.add_option("--test-nan-step", c.test_nan_step)->group("");
+  app.add_option("--test-nan-target", c.test_nan_target)
+      ->check(CLI::IsMember({"data", "gradient"}))
+      ->group("");
 }
 
 }  // namespace

@@ -52,6 +52,8 @@ struct Config {
   std::vector<int64_t> test_dead_latents;  // grad: the AuxK dead set
   int64_t test_weaken_latents = 0;         // train: scale the first N encoder columns by 0.05
   int64_t test_fail_step = -1, test_fail_rank = 0;  // train: throw at this step on this rank
+  int64_t test_nan_step = -1;            // train: a NaN at this step (on test_fail_rank) ...
+  std::string test_nan_target = "data";  // ... in the batch ("data") or W_dec's "gradient"
 
   nlohmann::json to_json() const;
 };

@@ -10,4 +10,10 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A training run that cannot go on (a non-finite loss or gradient): the same on every rank, so the
+// run stops cleanly and its results file says "status": "failed" with this message as the reason.
+struct RunFailed : Error {
+  using Error::Error;
+};
+
 }  // namespace saescale

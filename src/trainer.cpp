@@ -1,11 +1,16 @@
 #include "trainer.hpp"
 
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <cuda_runtime.h>
+#endif
+
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 
 #include "comm/mpi_check.hpp"
 #include "comm/plan.hpp"
@@ -99,6 +104,61 @@ double estimate_norm_scale(const std::string& mode, const std::vector<float>& ro
   throw Error("unknown --normalize '" + mode + "'");
 }
 
+namespace {
+// Bytes this rank can allocate: free device memory on GPUs; on host builds the node's
+// MemAvailable shared by the ranks on the node. -1 when unknown.
+int64_t available_bytes(const comm::Communicator& comm) {
+#if defined(KOKKOS_ENABLE_CUDA)
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) return -1;
+  return static_cast<int64_t>(free_bytes);
+#else
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  int64_t kib = -1;
+  while (meminfo >> key && key != "MemAvailable:") meminfo.ignore(256, '\n');
+  if (!(meminfo >> kib)) return -1;
+  return kib * 1024 / std::max(1, comm.grid().local_size());
+#endif
+}
+
+int64_t planned_bytes(const Config& cfg, int64_t d, int dp, int lp, bool first_moment,
+                      int64_t features) {
+  const nlohmann::json plan = comm::memory_plan(cfg, d, dp, lp, first_moment, features);
+  int64_t total = 0;
+  for (const auto& [kind, bytes] : plan.items()) total += bytes.get<int64_t>();
+  return total;
+}
+}  // namespace
+
+// Memory preflight: before anything is allocated, the run's planned peak per rank (the same plan
+// the results report and `saescale plan` prints) against what this rank can get.
+void check_memory(const Config& cfg, int64_t d, int64_t features, const comm::Communicator& comm) {
+  const int64_t available = available_bytes(comm);
+  if (available < 0) return;  // unknown: nothing to check against
+  const int dp = comm.size(comm::Group::dp), lp = comm.size(comm::Group::lp);
+  const bool first_moment =
+      cfg.optimizer == "adam" &&
+      cfg.adam_beta1.value_or(make_variant(cfg.variant)->defaults().adam_beta1) != 0;
+  const int64_t need = planned_bytes(cfg, d, dp, lp, first_moment, features);
+  if (need <= available) return;
+  const auto gib = [](int64_t b) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.1f GiB", b / 1073741824.0);
+    return std::string(text);
+  };
+  std::string fix = "a smaller --batch-size or --width";
+  for (int more = lp * 2; more <= (1 << 16); more *= 2)
+    if (cfg.width % more == 0 &&
+        planned_bytes(cfg, d, dp, more, first_moment, features) <= available) {
+      fix = "--lp " + std::to_string(more) + " (" + std::to_string(dp * more) +
+            " ranks) to split the latents, or a smaller --batch-size";
+      break;
+    }
+  throw Error("this run needs about " + gib(need) + " per rank (see `saescale plan`) but " +
+              gib(available) + " is available to it: use " + fix);
+}
+
 Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
     : cfg_(cfg),
       comm_(comm),
@@ -120,6 +180,8 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
   if (cfg.width <= 0) throw Error("--width is required and must be positive");
   if ((cfg.variant == "topk" || cfg.variant == "batchtopk") && cfg.k > cfg.width)
     throw Error("--k " + std::to_string(cfg.k) + " exceeds --width " + std::to_string(cfg.width));
+  const auto* truth = data_->ground_truth();
+  check_memory(cfg, d, truth ? static_cast<int64_t>(truth->size()) / d : 0, comm);
   model_ = std::make_unique<Model>(cfg.variant, d, cfg.width, &comm);
   hyper_ = resolve_hyper(cfg, model_->variant().defaults());
 
@@ -179,10 +241,13 @@ double Trainer::lr_at(int64_t step) const {
   return lr;
 }
 
-void Trainer::load_batch() {
+void Trainer::load_batch(int64_t step) {
   const auto t0 = std::chrono::steady_clock::now();
   data_->next_batch(batch_host_.data(), cfg_.batch_size, model_->buffers().row_offset,
                     local_batch_);
+  if (step == cfg_.test_nan_step && comm_.rank(comm::Group::world) == cfg_.test_fail_rank &&
+      cfg_.test_nan_target == "data")
+    batch_host_[0] = std::nanf("");
   const auto& x = model_->buffers().x;
   auto x_host = Kokkos::create_mirror_view(Kokkos::HostSpace(), x);
   const float s = static_cast<float>(norm_scale_);
@@ -229,11 +294,15 @@ void Trainer::step(int64_t step) {
   timers_.run("loss", [&] { local.mse = m.squared_error() / B; });
   const LossParts loss = m.reduce_loss(local, "loss");
   auxiliary_ran_ |= loss.auxiliary > 0;  // AuxK found dead latents (the work model asks)
-  if (!std::isfinite(loss.total()))
-    throw Error("step " + std::to_string(step) + ": loss is not finite (mse " +
-                std::to_string(loss.mse) + ", sparsity term " + std::to_string(loss.penalty) +
-                ", auxiliary term " + std::to_string(loss.auxiliary) +
-                "): lower --lr or check the data");
+  if (!std::isfinite(loss.total())) {    // the reduced loss: every rank stops here alike
+    const auto term = !std::isfinite(loss.mse)       ? "the reconstruction (MSE) term"
+                      : !std::isfinite(loss.penalty) ? "the sparsity term"
+                                                     : "the auxiliary term";
+    throw RunFailed("step " + std::to_string(step + 1) + ": the loss is not finite in " + term +
+                    " (mse " + std::to_string(loss.mse) + ", sparsity " +
+                    std::to_string(loss.penalty) + ", auxiliary " + std::to_string(loss.auxiliary) +
+                    "): lower --lr or check the data");
+  }
   timers_.run("backward_decoder_gemm", [&] { m.backward_decoder_gemm(h, p); });
   timers_.run("backward_activation_gemm", [&] { m.backward_activation_gemm(p); });
   if (m.variant().has_auxiliary_loss())
@@ -244,6 +313,17 @@ void Trainer::step(int64_t step) {
   timers_.run("bias_gradients", [&] { m.bias_gradients(); });
   start_gradient_buckets(false);
   comm_.wait_buckets("gradients");
+  if (step == cfg_.test_nan_step && comm_.rank(comm::Group::world) == cfg_.test_fail_rank &&
+      cfg_.test_nan_target == "gradient")
+    Kokkos::deep_copy(Kokkos::subview(m.params().grad_vector("W_dec"), 0), std::nanf(""));
+  // Non-finite gradients, per tensor (one pass over the gradients); the counts travel with the
+  // statistics' all-reduce below, so every rank stops at this step together.
+  std::vector<int64_t> non_finite;
+  timers_.run("check", [&] {
+    for (const auto& spec : m.params().specs())
+      non_finite.push_back(kernels::count_non_finite("saescale::check::non_finite_gradient",
+                                                     m.params().grad_vector(spec.name)));
+  });
 
   ParamStore& params = m.params();
   if (m.variant().unit_norm_decoder())
@@ -286,8 +366,17 @@ void Trainer::step(int64_t step) {
     Kokkos::parallel_reduce(
         "saescale::statistics::l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
         KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);
-    comm_.allreduce_host_sum("statistics", comm::Group::world, &active, 1);
+    non_finite.push_back(active);
+    comm_.allreduce_host_sum("statistics", comm::Group::world, non_finite.data(),
+                             static_cast<int>(non_finite.size()));
+    active = non_finite.back();
   });
+  for (size_t t = 0; t + 1 < non_finite.size(); ++t)
+    if (non_finite[t] > 0)
+      throw RunFailed("step " + std::to_string(step + 1) + ": the gradient of " +
+                      m.params().specs()[t].name + " has " + std::to_string(non_finite[t]) +
+                      " non-finite values (NaN/Inf): lower --lr, set --clip-norm, or check "
+                      "the data");
   log_.push_back({step, loss.total(), loss.mse, double(active) / B});
 }
 
@@ -463,6 +552,27 @@ nlohmann::json Trainer::communication_json(const nlohmann::json& phases) const {
   return out;
 }
 
+// Every option as given, the resolved hyper-parameters and the data source.
+nlohmann::json Trainer::config_json() const {
+  nlohmann::json config = cfg_.to_json();
+  config["d_model"] = model_->d();
+  config["resolved"] = {{"sparsity_coeff", hyper_.sparsity_coeff},
+                        {"lr", hyper_.lr},
+                        {"adam_beta1", hyper_.adam_beta1},
+                        {"adam_beta2", hyper_.adam_beta2},
+                        {"adam_eps", hyper_.adam_eps},
+                        {"clip_norm", hyper_.clip_norm},
+                        {"bandwidth", hyper_.bandwidth},
+                        {"threshold_init", hyper_.threshold_init},
+                        {"lr_decay_frac", hyper_.lr_decay_frac},
+                        {"decoder_init_norm", hyper_.decoder_init_norm},
+                        {"lr_warmup_steps", hyper_.lr_warmup_steps},
+                        {"sparsity_warmup_steps", hyper_.sparsity_warmup_steps},
+                        {"norm_scale", norm_scale_}};
+  config["data_source"] = data_->describe();
+  return config;
+}
+
 nlohmann::json Trainer::run() {
   const int64_t steps = cfg_.steps, B = cfg_.batch_size;
   const int64_t every =
@@ -496,10 +606,20 @@ nlohmann::json Trainer::run() {
       }
   };
   for (int64_t s = 0; s < steps; ++s) {
-    load_batch();
+    load_batch(s);
     comm_.set_timers(&timers_);  // collectives are timed and counted inside steps only
     timers_.begin_step();
-    step(s);
+    try {
+      step(s);
+    } catch (const RunFailed& e) {  // every rank stops at this step (trainer.hpp)
+      comm_.set_timers(nullptr);
+      if (root()) std::printf("  step %6lld/%lld  stopped\n", (long long)s + 1, (long long)steps);
+      return {{"schema", "saescale.result/1"},
+              {"status", "failed"},
+              {"reason", e.what()},
+              {"failed_step", s + 1},
+              {"config", config_json()}};
+    }
     const double t = timers_.end_step(s >= cfg_.warmup_steps);
     comm_.set_timers(nullptr);
     metrics::sample_device_memory();
@@ -576,22 +696,7 @@ nlohmann::json Trainer::run() {
   }
   fidelity["time_to_fidelity"] = targets;
 
-  nlohmann::json config = cfg_.to_json();
-  config["d_model"] = model_->d();
-  config["resolved"] = {{"sparsity_coeff", hyper_.sparsity_coeff},
-                        {"lr", hyper_.lr},
-                        {"adam_beta1", hyper_.adam_beta1},
-                        {"adam_beta2", hyper_.adam_beta2},
-                        {"adam_eps", hyper_.adam_eps},
-                        {"clip_norm", hyper_.clip_norm},
-                        {"bandwidth", hyper_.bandwidth},
-                        {"threshold_init", hyper_.threshold_init},
-                        {"lr_decay_frac", hyper_.lr_decay_frac},
-                        {"decoder_init_norm", hyper_.decoder_init_norm},
-                        {"lr_warmup_steps", hyper_.lr_warmup_steps},
-                        {"sparsity_warmup_steps", hyper_.sparsity_warmup_steps},
-                        {"norm_scale", norm_scale_}};
-  config["data_source"] = data_->describe();
+  const nlohmann::json config = config_json();
 
   nlohmann::json benchmarks = nlohmann::json::array();
   const auto& times = timers_.step_times();

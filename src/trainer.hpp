@@ -29,12 +29,19 @@ void initialize_b_dec(Model& model, const std::vector<float>& rows, int64_t n,
                       const std::string& how);
 void weaken_latents(Model& model, int64_t n);
 
+// Refuses (one clear error, suggesting --lp) a run whose planned memory per rank exceeds what
+// the rank can allocate; called before anything is allocated.
+void check_memory(const Config& cfg, int64_t d, int64_t true_features,
+                  const comm::Communicator& comm);
+
 class Trainer {
  public:
   // Collective-free setup (every rank builds its shard; nothing is exchanged), so that a failure
   // on some ranks can be agreed on before any collective (cli/train.cpp).
   Trainer(const Config& cfg, comm::Communicator& comm);
-  // Trains, evaluates, times the GEMM floor; returns the results JSON (without `context`).
+  // Trains, evaluates, measures the ceilings; returns the results JSON (without `context`).
+  // A non-finite loss or gradient (the same on every rank) ends the run at that step with
+  // "status": "failed" and the reason instead.
   nlohmann::json run();
   const Model& model() const { return *model_; }
 
@@ -42,13 +49,14 @@ class Trainer {
   void step(int64_t step);
   Hyper hyper_at(int64_t step) const;
   double lr_at(int64_t step) const;
-  void load_batch();
+  void load_batch(int64_t step);
   Fidelity evaluate_now();
   double dead_fraction() const;
   nlohmann::json measure_ceilings(double step_median);
   metrics::WorkShape work_shape(bool global) const;
   void annotate_phases(nlohmann::json& timing) const;
   nlohmann::json memory_json() const;
+  nlohmann::json config_json() const;
   nlohmann::json communication_json(const nlohmann::json& phases) const;
   // Data-parallel gradient all-reduce, in buckets of the flat gradient buffer.
   void start_gradient_buckets(bool decoder);

@@ -46,10 +46,12 @@ int train(const Config& cfg) {
   results["context"] = run_context(grid.world_size(), grid.dp(), grid.lp());
   results["context"]["comm"] = comm::backend_name(comm.backend());
   results["context"]["placement"] = placement;
+  const bool failed = results["status"] == "failed";
   if (root && !cfg.out.empty()) {
     write_results(cfg.out, results);
-    std::printf("results: %s\n", cfg.out.c_str());
+    std::printf("results: %s%s\n", cfg.out.c_str(), failed ? " (status: failed)" : "");
   }
+  if (failed) throw Error(results["reason"].get<std::string>());  // every rank: exit 1
   return 0;
 }
 

@@ -121,6 +121,7 @@ class FileSource final : public DataSource {
     if (dtype == io::DType::F64)
       throw Error(path + ": float64 activations are not supported (use f32, f16 or bf16)");
     if (shape.size() != 2) throw Error(path + ": activations must be 2-D [tokens, d]");
+    if (shape[1] < 1) throw Error(path + ": rows have d = 0 (shape [N, 0]): no activations");
     if (d_ == 0) d_ = d_model ? d_model : shape[1];
     if (shape[1] != d_)
       throw Error(path + ": rows have d = " + std::to_string(shape[1]) + " but " +

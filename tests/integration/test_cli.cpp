@@ -195,6 +195,40 @@ TEST_F(Cli, ImpossibleValues) {
   expect_error("train --d-model 8 --variant topk --k 64" + small_, "--k");
 }
 
+// Memory preflight: a run whose planned memory per rank exceeds what the machine has is refused
+// before anything is allocated, with the fix.
+TEST_F(Cli, RunsThatCannotFitAreRefusedUpFront) {
+  expect_error("train --d-model 4096 --width 4194304 --batch-size 4096 --steps 2",
+               "per rank (see `saescale plan`)");
+  const std::string out = dir_ + "/never.json";
+  const auto r =
+      saescale("train --d-model 4096 --width 4194304 --batch-size 4096 --steps 2 --out " + out);
+  EXPECT_NE(r.err.find("use --lp"), std::string::npos) << r.err;
+}
+
+// A NaN in the data (the loss) or in a gradient stops the run at that step: exit 1, one line naming
+// the step and the term, and a results file with "status": "failed" and the reason.
+TEST_F(Cli, NonFiniteLossOrGradientFailsTheRun) {
+  struct Case {
+    std::string target, needle;
+  };
+  for (const Case& c : {Case{"data", "step 4: the loss is not finite in the reconstruction"},
+                        Case{"gradient", "step 4: the gradient of W_dec has 1 non-finite"}}) {
+    const std::string out = dir_ + "/failed_" + c.target + ".json";
+    const auto r = saescale("train --d-model 8" + small_ + "--steps 10 --test-nan-step 3 " +
+                            "--test-nan-target " + c.target + " --out " + out);
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(c.needle), std::string::npos) << r.err;
+    ASSERT_TRUE(fs::exists(out));
+    const auto results = nlohmann::json::parse(ts::slurp(out));
+    EXPECT_EQ(results["status"], "failed");
+    EXPECT_EQ(results["failed_step"], 4);
+    EXPECT_NE(results["reason"].get<std::string>().find(c.needle), std::string::npos);
+    ts::expect_valid_results(out);
+  }
+}
+
 TEST_F(Cli, ExistingResultsNeedForce) {
   const std::string out = dir_ + "/r.json";
   std::ofstream(out) << "precious";

@@ -89,6 +89,24 @@ TEST_F(MpiCli, AnErrorOnOneRankAbortsEveryRankQuickly) {
   EXPECT_LT(seconds, 30) << "the other rank must not wait in a collective";
 }
 
+// A NaN in one latent shard's gradient (rank 1 only) stops every rank at the same step, cleanly:
+// no abort, one message, a "failed" results file from rank 0.
+TEST_F(MpiCli, ANonFiniteGradientOnOneShardStopsEveryRank) {
+  const std::string out = dir_ + "/failed.json";
+  const auto r = mpirun(2,
+                        "train --d-model 8 --width 32 --batch-size 64 --steps 10 --lp 2 "
+                        "--test-nan-step 2 --test-nan-target gradient --test-fail-rank 1 "
+                        "--out " +
+                            out,
+                        true);
+  EXPECT_EQ(count(r.err, "saescale: error: step 3: the gradient of W_dec"), 1) << r.err;
+  EXPECT_EQ(count(r.err, "rank exit 1"), 2) << r.err;
+  EXPECT_EQ(count(r.err, "MPI_ABORT"), 0) << r.err;
+  const auto results = nlohmann::json::parse(ts::slurp(out));
+  EXPECT_EQ(results["status"], "failed");
+  ts::expect_valid_results(out);
+}
+
 TEST_F(MpiCli, WeightsSavedFromAGridMatchOneRank) {
   const std::string common =
       "train --variant topk --k 4 --aux-k 8 --d-model 16 --width 64 --batch-size 32 --steps 4 "
