@@ -115,6 +115,13 @@ void add_train_options(CLI::App& app, Config& c) {
   app.add_option("--save-weights", c.save_weights, "write weights (.safetensors + cfg.json)");
   app.add_flag("!--no-gemm-floor", c.gemm_floor,
                "skip the in-run ceilings (the GEMMs alone: floor_ratio; the stream copy)");
+  app.add_option("--checkpoint-dir", c.checkpoint_dir,
+                 "write checkpoints here (one file per rank and a manifest; the newest kept)");
+  app.add_option("--checkpoint-every", c.checkpoint_every,
+                 "checkpoint every N steps or every N minutes (30m); 0: at the end and when "
+                 "preempted (SIGTERM/SIGUSR1)")
+      ->capture_default_str();
+  app.add_flag("--resume", c.resume, "continue from the newest checkpoint in --checkpoint-dir");
   app.add_flag("!--no-fence", c.fence,
                "no fences between phases: the step time without them (phase times then measure "
                "launches only)");
@@ -130,6 +137,8 @@ void add_train_options(CLI::App& app, Config& c) {
   app.add_option("--test-fail-rank", c.test_fail_rank)->group("");
   // tests: a NaN in the data or in a gradient must stop the run with "status": "failed"
   app.add_option("--test-nan-step", c.test_nan_step)->group("");
+  app.add_option("--test-preempt-step", c.test_preempt_step)->group("");
+  app.add_option("--test-crash-in-checkpoint", c.test_crash_in_checkpoint)->group("");
   app.add_option("--test-nan-target", c.test_nan_target)
       ->check(CLI::IsMember({"data", "gradient"}))
       ->group("");
@@ -179,6 +188,9 @@ nlohmann::json Config::to_json() const {
           {"eval_tokens", eval_tokens},
           {"gemm_floor", gemm_floor},
           {"fence", fence},
+          {"checkpoint_dir", checkpoint_dir},
+          {"checkpoint_every", checkpoint_every},
+          {"resume", resume},
           {"target_fvu", target_fvu}};
 }
 

@@ -46,6 +46,10 @@ struct Config {
   int64_t progress_every = 0;  // 0: about 10 progress lines per run
   int64_t loss_curve_points = 50;
   bool gemm_floor = true;
+  // checkpoints: directory, how often ("N" steps or "Nm" minutes; 0: at the end and when
+  // preempted), and resuming from the newest one there
+  std::string checkpoint_dir, checkpoint_every = "0";
+  bool resume = false;
   bool fence = true;               // fence every phase (off: only the step total is meaningful)
   std::vector<double> target_fvu;  // record when the evaluation FVU first reaches each
   // test-only (hidden options)
@@ -54,6 +58,9 @@ struct Config {
   int64_t test_fail_step = -1, test_fail_rank = 0;  // train: throw at this step on this rank
   int64_t test_nan_step = -1;            // train: a NaN at this step (on test_fail_rank) ...
   std::string test_nan_target = "data";  // ... in the batch ("data") or W_dec's "gradient"
+  int64_t test_preempt_step = -1;        // train: SIGTERM to itself at this step (test_fail_rank)
+  int64_t test_crash_in_checkpoint =
+      0;  // train: die inside the N-th checkpoint, before its manifest
 
   nlohmann::json to_json() const;
 };

@@ -9,12 +9,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "comm/mpi_check.hpp"
 #include "comm/plan.hpp"
 #include "error.hpp"
+#include "io/checkpoint.hpp"
 #include "kernels/optim.hpp"
 #include "kernels/reduce.hpp"
 #include "metrics/memory.hpp"
@@ -159,6 +162,22 @@ void check_memory(const Config& cfg, int64_t d, int64_t features, const comm::Co
               gib(available) + " is available to it: use " + fix);
 }
 
+// --checkpoint-every: "N" steps or "Nm" minutes (0: only at the end and on preemption).
+int64_t parse_checkpoint_every(const std::string& text, double* minutes) {
+  *minutes = 0;
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  const std::string unit = end ? std::string(end) : "";
+  if (end == text.c_str() || !(value >= 0) || (unit != "" && unit != "m" && unit != "min"))
+    throw Error("--checkpoint-every '" + text + "': give steps (100) or minutes (30m)");
+  if (unit.empty()) {
+    if (value != std::floor(value)) throw Error("--checkpoint-every: steps must be a whole number");
+    return static_cast<int64_t>(value);
+  }
+  *minutes = value;
+  return 0;
+}
+
 Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
     : cfg_(cfg),
       comm_(comm),
@@ -219,6 +238,12 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
     reached_.push_back({t, std::nullopt});
   }
   timers_ = PhaseTimers(cfg.fence);
+  checkpoint_every_steps_ =
+      parse_checkpoint_every(cfg.checkpoint_every, &checkpoint_every_minutes_);
+  if (cfg.resume) {
+    if (cfg.checkpoint_dir.empty()) throw Error("--resume needs --checkpoint-dir");
+    load_checkpoint();
+  }
 }
 
 Hyper Trainer::hyper_at(int64_t step) const {
@@ -285,6 +310,8 @@ void Trainer::step(int64_t step) {
   LossParts local;
   if (step == cfg_.test_fail_step && comm_.rank(comm::Group::world) == cfg_.test_fail_rank)
     throw Error("test fault injected at step " + std::to_string(step));
+  if (step == cfg_.test_preempt_step && comm_.rank(comm::Group::world) == cfg_.test_fail_rank)
+    std::raise(SIGTERM);  // as Slurm would: through the real handler, on one rank only
 
   timers_.run("encode_gemm", [&] { m.encode(p); });
   timers_.run("activation", [&] { local.penalty = m.activate(h); });
@@ -366,12 +393,26 @@ void Trainer::step(int64_t step) {
     Kokkos::parallel_reduce(
         "saescale::statistics::l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
         KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);
+    // One all-reduce agrees on everything ranks must decide together: the L0 numerator,
+    // non-finite gradients, a stop signal, a checkpoint that is due by the clock.
+    const size_t tensors = non_finite.size();
+    const double minutes =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint_).count() /
+        60;
     non_finite.push_back(active);
+    // SIGTERM counts in the low 32 bits, SIGUSR1 in the high ones (a sum over ranks)
+    const int signal = g_stop_signal;
+    non_finite.push_back(signal == SIGUSR1 ? int64_t(1) << 32 : signal != 0 ? 1 : 0);
+    non_finite.push_back(checkpoint_every_minutes_ > 0 && minutes >= checkpoint_every_minutes_);
     comm_.allreduce_host_sum("statistics", comm::Group::world, non_finite.data(),
                              static_cast<int>(non_finite.size()));
-    active = non_finite.back();
+    active = non_finite[tensors];
+    const int64_t signals = non_finite[tensors + 1];
+    stop_signal_ = signals == 0 ? 0 : (signals >> 32) > 0 ? SIGUSR1 : SIGTERM;
+    checkpoint_due_ = non_finite[tensors + 2] > 0;
+    non_finite.resize(tensors);
   });
-  for (size_t t = 0; t + 1 < non_finite.size(); ++t)
+  for (size_t t = 0; t < non_finite.size(); ++t)
     if (non_finite[t] > 0)
       throw RunFailed("step " + std::to_string(step + 1) + ": the gradient of " +
                       m.params().specs()[t].name + " has " + std::to_string(non_finite[t]) +
@@ -552,6 +593,136 @@ nlohmann::json Trainer::communication_json(const nlohmann::json& phases) const {
   return out;
 }
 
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+namespace {
+template <class View>
+std::vector<char> host_bytes(const View& v) {
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), v);
+  const char* p = reinterpret_cast<const char*>(h.data());
+  return {p, p + h.size() * sizeof(typename View::value_type)};
+}
+template <class View>
+void read_into(const io::CheckpointReader& r, const std::string& name, const View& v) {
+  auto h = Kokkos::create_mirror_view(Kokkos::HostSpace(), v);
+  r.read(name, h.data(), h.size() * sizeof(typename View::value_type));
+  Kokkos::deep_copy(v, h);
+}
+}  // namespace
+
+// What a checkpoint must match to be resumed: the grid and everything that shapes the run.
+nlohmann::json Trainer::checkpoint_identity() const {
+  return {{"grid", {{"dp", comm_.size(comm::Group::dp)}, {"lp", comm_.size(comm::Group::lp)}}},
+          {"variant", cfg_.variant},
+          {"d_model", model_->d()},
+          {"width", cfg_.width},
+          {"batch_size", cfg_.batch_size},
+          {"steps", cfg_.steps},
+          {"seed", cfg_.seed},
+          {"data", cfg_.data},
+          {"optimizer", cfg_.optimizer}};
+}
+
+// Every rank writes its shard's state; after a barrier, rank 0 publishes the manifest and only
+// then removes the previous checkpoint (io/checkpoint.hpp).
+void Trainer::save_checkpoint(int64_t next_step, double seconds) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string step_dir = io::checkpoint_step_dir(cfg_.checkpoint_dir, next_step);
+  std::error_code ec;
+  std::filesystem::create_directories(step_dir, ec);
+  if (ec) throw Error(step_dir + ": cannot create the checkpoint directory: " + ec.message());
+  io::CheckpointWriter w;
+  const auto add = [&](const char* name, const std::vector<char>& bytes) {
+    w.add(name, bytes.data(), bytes.size());
+  };
+  add("params", host_bytes(model_->params().values()));
+  add("adam_m", host_bytes(adam_m_));
+  add("adam_v", host_bytes(adam_v_));
+  add("tokens_since_fired", host_bytes(tokens_since_fired_));
+  add("dead", host_bytes(model_->buffers().dead));
+  add("data", data_->save_state());
+  nlohmann::json log = nlohmann::json::array();
+  for (const auto& l : log_) log.push_back({l.step, l.loss, l.mse, l.l0});
+  nlohmann::json targets = nlohmann::json::array();
+  for (const auto& t : reached_)
+    targets.push_back({t.target, t.step ? nlohmann::json(*t.step) : nullptr, t.train_s, t.wall_s});
+  w.state() = {{"next_step", next_step},
+               {"variant", model_->variant().state()},
+               {"timers", timers_.save_state()},
+               {"volume", comm_.save_volume()},
+               {"log", log},
+               {"eval_curve", eval_curve_},
+               {"targets", targets},
+               {"counted_steps", counted_steps_},
+               {"data_seconds", data_seconds_},
+               {"step_seconds", step_seconds_},
+               {"seconds", seconds},
+               {"auxiliary_ran", auxiliary_ran_}};
+  w.write(io::checkpoint_rank_file(step_dir, comm_.rank(comm::Group::world)));
+  if (++checkpoints_written_ == cfg_.test_crash_in_checkpoint)
+    std::_Exit(9);  // test hook: killed after the rank files, before the manifest
+  if (comm_.grid().uses_mpi()) SAESCALE_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+  if (root()) {
+    nlohmann::json manifest = checkpoint_identity();
+    manifest["format"] = "saescale.checkpoint/1";
+    manifest["step"] = next_step;
+    manifest["ranks"] = comm_.size(comm::Group::world);
+    io::publish_checkpoint(cfg_.checkpoint_dir, next_step, manifest);
+    std::printf("  checkpoint: %s (%.2f s)\n", step_dir.c_str(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    std::fflush(stdout);
+  }
+  last_checkpoint_ = std::chrono::steady_clock::now();
+}
+
+void Trainer::load_checkpoint() {
+  const std::string& dir = cfg_.checkpoint_dir;
+  const auto manifest = io::latest_checkpoint(dir);
+  if (!manifest) throw Error("--resume: no checkpoint in " + dir + " (no " + dir + "/latest)");
+  const nlohmann::json want = checkpoint_identity();
+  const auto& grid = (*manifest)["grid"];
+  if (grid != want["grid"])
+    throw Error("--resume: the checkpoint in " + manifest->at("path").get<std::string>() +
+                " was written by a grid of dp " + grid["dp"].dump() + " x lp " + grid["lp"].dump() +
+                "; resume with the same grid (--dp " + grid["dp"].dump() + " --lp " +
+                grid["lp"].dump() + ")");
+  for (const auto& [key, value] : want.items())
+    if (manifest->value(key, nlohmann::json()) != value)
+      throw Error("--resume: the checkpoint has " + key + " = " +
+                  manifest->value(key, nlohmann::json()).dump() + " but this run has " +
+                  value.dump() + "; resume with the options the run started with");
+  const io::CheckpointReader r(io::checkpoint_rank_file(manifest->at("path").get<std::string>(),
+                                                        comm_.rank(comm::Group::world)));
+  read_into(r, "params", model_->params().values());
+  read_into(r, "adam_m", adam_m_);
+  read_into(r, "adam_v", adam_v_);
+  read_into(r, "tokens_since_fired", tokens_since_fired_);
+  read_into(r, "dead", model_->buffers().dead);
+  std::vector<char> data(r.size("data"));
+  r.read("data", data.data(), data.size());
+  data_->load_state(data);
+  const auto& st = r.state();
+  start_step_ = st.at("next_step").get<int64_t>();
+  model_->variant().load_state(st.at("variant"));
+  timers_.load_state(st.at("timers"));
+  comm_.load_volume(st.at("volume"));
+  for (const auto& l : st.at("log")) log_.push_back({l[0], l[1], l[2], l[3]});
+  eval_curve_ = st.at("eval_curve");
+  for (size_t i = 0; i < reached_.size() && i < st.at("targets").size(); ++i) {
+    const auto& t = st.at("targets")[i];
+    if (!t[1].is_null()) reached_[i].step = t[1].get<int64_t>();
+    reached_[i].train_s = t[2], reached_[i].wall_s = t[3];
+  }
+  counted_steps_ = st.at("counted_steps");
+  data_seconds_ = st.at("data_seconds");
+  step_seconds_ = st.at("step_seconds");
+  previous_seconds_ = st.at("seconds");
+  auxiliary_ran_ = st.at("auxiliary_ran");
+  if (root())
+    std::printf("resumed from %s at step %lld\n", manifest->at("path").get<std::string>().c_str(),
+                (long long)start_step_);
+}
+
 // Every option as given, the resolved hyper-parameters and the data source.
 nlohmann::json Trainer::config_json() const {
   nlohmann::json config = cfg_.to_json();
@@ -591,8 +762,7 @@ nlohmann::json Trainer::run() {
   }
 
   const auto start = std::chrono::steady_clock::now();
-  comm_.reset_volume();
-  double step_seconds = 0;  // time inside steps, warm-up included: the training's own cost
+  last_checkpoint_ = start;
   // --target-fvu: evaluate periodically (every 5% of the run unless --eval-every says otherwise)
   const int64_t eval_every = cfg_.eval_every > 0       ? cfg_.eval_every
                              : cfg_.target_fvu.empty() ? 0
@@ -601,11 +771,16 @@ nlohmann::json Trainer::run() {
     for (auto& t : reached_)
       if (!t.step && fvu <= t.target) {
         t.step = step_done;
-        t.train_s = step_seconds;
-        t.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        t.train_s = step_seconds_;
+        t.wall_s = previous_seconds_ +
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       }
   };
-  for (int64_t s = 0; s < steps; ++s) {
+  const auto elapsed = [&] {
+    return previous_seconds_ +
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  for (int64_t s = start_step_; s < steps; ++s) {
     load_batch(s);
     comm_.set_timers(&timers_);  // collectives are timed and counted inside steps only
     timers_.begin_step();
@@ -623,8 +798,28 @@ nlohmann::json Trainer::run() {
     const double t = timers_.end_step(s >= cfg_.warmup_steps);
     comm_.set_timers(nullptr);
     metrics::sample_device_memory();
-    step_seconds += t;
+    step_seconds_ += t;
     ++counted_steps_;
+    if (stop_signal_ != 0) {  // agreed by every rank in this step's statistics
+      if (!cfg_.checkpoint_dir.empty()) save_checkpoint(s + 1, elapsed());
+      const std::string reason =
+          std::string(stop_signal_ == SIGUSR1 ? "SIGUSR1" : "SIGTERM") + " at step " +
+          std::to_string(s + 1) + ": " +
+          (cfg_.checkpoint_dir.empty()
+               ? std::string("no --checkpoint-dir, so the run cannot be resumed")
+               : "checkpoint in " + io::checkpoint_step_dir(cfg_.checkpoint_dir, s + 1) +
+                     "; resume with --resume");
+      if (root()) std::printf("  step %6lld/%lld  preempted\n", (long long)s + 1, (long long)steps);
+      return {{"schema", "saescale.result/1"},
+              {"status", "preempted"},
+              {"reason", reason},
+              {"stopped_step", s + 1},
+              {"config", config_json()}};
+    }
+    if (!cfg_.checkpoint_dir.empty() && s + 1 < steps &&
+        (checkpoint_due_ ||
+         (checkpoint_every_steps_ > 0 && (s + 1) % checkpoint_every_steps_ == 0)))
+      save_checkpoint(s + 1, elapsed());
     if (root() && ((s + 1) % every == 0 || s + 1 == steps)) {
       const auto& l = log_.back();
       std::printf("  step %6lld/%lld  loss %.5f  mse %.5f  L0 %7.2f  step %8.2f ms  %10.0f tok/s\n",
@@ -642,8 +837,8 @@ nlohmann::json Trainer::run() {
                              {"dead_fraction", dead}});
     }
   }
-  const double train_seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double train_seconds = elapsed();
+  if (!cfg_.checkpoint_dir.empty() && start_step_ < steps) save_checkpoint(steps, train_seconds);
 
   Fidelity fid = evaluate_now();
   record_targets(fid.fvu, steps);

@@ -1,6 +1,8 @@
 // Training one SAE: the step (readable top to bottom), schedules, statistics, evaluation and the
 // results file.
 #pragma once
+#include <chrono>
+#include <csignal>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -28,6 +30,9 @@ double estimate_norm_scale(const std::string& mode, const std::vector<float>& ro
 void initialize_b_dec(Model& model, const std::vector<float>& rows, int64_t n,
                       const std::string& how);
 void weaken_latents(Model& model, int64_t n);
+
+// Set by the SIGTERM/SIGUSR1 handler (cli/train.cpp): finish the step, checkpoint, stop.
+extern volatile std::sig_atomic_t g_stop_signal;
 
 // Refuses (one clear error, suggesting --lp) a run whose planned memory per rank exceeds what
 // the rank can allocate; called before anything is allocated.
@@ -61,12 +66,25 @@ class Trainer {
   // Data-parallel gradient all-reduce, in buckets of the flat gradient buffer.
   void start_gradient_buckets(bool decoder);
   bool root() const { return comm_.rank(comm::Group::world) == 0; }
+  nlohmann::json checkpoint_identity() const;
+  void save_checkpoint(int64_t next_step, double seconds);
+  void load_checkpoint();
 
   Config cfg_;
   comm::Communicator& comm_;
   int64_t local_batch_ = 0;      // rows on this rank: batch_size / dp
   int64_t counted_steps_ = 0;    // steps whose communication volume was counted
   int64_t memory_baseline_ = 0;  // bytes allocated before this run (in-process tests)
+  // Checkpoints and preemption.
+  int64_t start_step_ = 0;               // 0, or the step a resumed run continues from
+  int64_t checkpoint_every_steps_ = 0;   // --checkpoint-every N
+  double checkpoint_every_minutes_ = 0;  // --checkpoint-every Nm
+  int64_t checkpoints_written_ = 0;
+  std::chrono::steady_clock::time_point last_checkpoint_ = std::chrono::steady_clock::now();
+  bool checkpoint_due_ = false;  // agreed by every rank in the step's statistics
+  int stop_signal_ = 0;          // SIGTERM/SIGUSR1 seen by some rank (agreed likewise)
+  double step_seconds_ = 0;      // time inside steps, warm-up included (the training's own cost)
+  double previous_seconds_ = 0;  // wall time of the runs this one resumes
   Resolved hyper_;
   Precision precision_;
   kernels::TopkAlgo topk_algo_;

@@ -108,6 +108,9 @@ class Variant {
   virtual bool b_dec_from_data() const { return false; }
   // Called once per training step after the optimiser (BatchTopK's running threshold).
   virtual void post_step(ParamStore&, const StepBuffers&) {}
+  // State kept across steps outside the parameters (BatchTopK's threshold), for checkpoints.
+  virtual nlohmann::json state() const { return nlohmann::json::object(); }
+  virtual void load_state(const nlohmann::json&) {}
   // The variant whose layout the exported weights have (BatchTopK: a JumpReLU SAE).
   virtual const char* exported_variant() const { return name(); }
 

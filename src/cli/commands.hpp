@@ -16,6 +16,10 @@ struct GenDataOptions {
   bool force = false;
 };
 
+// Exit code of a run stopped by SIGTERM/SIGUSR1 after writing its checkpoint and a "preempted"
+// results file (sbatch templates resubmit with --resume on it).
+inline constexpr int kExitPreempted = 3;
+
 int train(const Config& cfg);
 int plan(const Config& cfg);
 int grad(const Config& cfg);

@@ -1,3 +1,6 @@
+#include <csignal>
+#include <fstream>
+
 #include "cli/commands.hpp"
 #include "comm/communicator.hpp"
 #include "error.hpp"
@@ -20,6 +23,29 @@ void print_placement(const nlohmann::json& placement) {
     std::printf("  ... %zu more ranks (all in the results file's context)\n",
                 placement.size() - shown);
 }
+
+// SIGTERM / SIGUSR1 (what Slurm sends before the time limit with --signal): finish the step,
+// checkpoint, write a "preempted" results file, exit with kExitPreempted.
+extern "C" void on_stop_signal(int signal) { g_stop_signal = signal; }
+
+void install_stop_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  for (int signal : {SIGTERM, SIGUSR1})
+    if (sigaction(signal, &action, nullptr) != 0)
+      throw Error(std::string("cannot install the handler for signal ") + std::to_string(signal));
+}
+
+// A resumed run may replace the results file its preempted part wrote.
+bool preempted_results(const std::string& path) {
+  std::ifstream in(path);
+  try {
+    return in && nlohmann::json::parse(in).value("status", "") == "preempted";
+  } catch (const std::exception&) {
+    return false;
+  }
+}
 }  // namespace
 
 int train(const Config& cfg) {
@@ -27,7 +53,7 @@ int train(const Config& cfg) {
   const bool root = grid.world_rank() == 0;
   comm::Backend backend{};
   comm::agree(grid, [&] {
-    if (root) check_output_path(cfg.out, cfg.force);
+    if (root) check_output_path(cfg.out, cfg.force || (cfg.resume && preempted_results(cfg.out)));
     backend = comm::parse_backend(cfg.comm);
   });
   comm::Communicator comm(grid, backend);  // NCCL communicators are created collectively
@@ -36,6 +62,7 @@ int train(const Config& cfg) {
   const nlohmann::json placement = grid.placement(comm::device_id());
   if (root && grid.world_size() > 1) print_placement(placement);
 
+  install_stop_handlers();
   nlohmann::json results;
   try {
     results = trainer->run();
@@ -46,12 +73,19 @@ int train(const Config& cfg) {
   results["context"] = run_context(grid.world_size(), grid.dp(), grid.lp());
   results["context"]["comm"] = comm::backend_name(comm.backend());
   results["context"]["placement"] = placement;
-  const bool failed = results["status"] == "failed";
+  const std::string status = results["status"];
   if (root && !cfg.out.empty()) {
     write_results(cfg.out, results);
-    std::printf("results: %s%s\n", cfg.out.c_str(), failed ? " (status: failed)" : "");
+    std::printf("results: %s%s\n", cfg.out.c_str(),
+                status == "ok" ? "" : (" (status: " + status + ")").c_str());
   }
-  if (failed) throw Error(results["reason"].get<std::string>());  // every rank: exit 1
+  if (status == "failed") throw Error(results["reason"].get<std::string>());  // every rank: 1
+  if (status == "preempted") {
+    if (root)
+      std::fprintf(stderr, "saescale: preempted: %s\n",
+                   results["reason"].get<std::string>().c_str());
+    return kExitPreempted;
+  }
   return 0;
 }
 

@@ -270,4 +270,16 @@ void Communicator::wait_buckets(const char* phase) {
   });
 }
 
+nlohmann::json Communicator::save_volume() const {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [phase, v] : volume_) out[phase] = {v.calls, v.payload_bytes, v.sent_bytes};
+  return out;
+}
+
+void Communicator::load_volume(const nlohmann::json& state) {
+  volume_.clear();
+  for (const auto& [phase, v] : state.items())
+    volume_[phase] = {v.at(0).get<int64_t>(), v.at(1).get<double>(), v.at(2).get<double>()};
+}
+
 }  // namespace saescale::comm

@@ -77,6 +77,9 @@ class Communicator {
   };
   const std::map<std::string, Volume>& volume() const { return volume_; }
   void reset_volume() { volume_.clear(); }
+  // For checkpoints: the counts so far.
+  nlohmann::json save_volume() const;
+  void load_volume(const nlohmann::json& state);
 
  private:
   enum class Kind { f32, f64, i64, u64 };

@@ -31,6 +31,14 @@ class SyntheticSource final : public DataSource {
   }
   int64_t total_rows() const override { return gen_.spec().tokens ? gen_.spec().tokens : -1; }
   void read_rows(int64_t first, int64_t n, float* out) override { gen_.generate(first, n, out); }
+  std::vector<char> save_state() const override {
+    const char* p = reinterpret_cast<const char*>(&cursor_);
+    return {p, p + sizeof cursor_};
+  }
+  void load_state(const std::vector<char>& state) override {
+    if (state.size() != sizeof cursor_) throw Error("checkpoint: not a synthetic data position");
+    std::memcpy(&cursor_, state.data(), sizeof cursor_);
+  }
   const std::vector<float>* ground_truth() const override { return &gen_.dictionary(); }
   nlohmann::json describe() const override {
     return {{"kind", "synthetic"},
@@ -94,6 +102,25 @@ class FileSource final : public DataSource {
   }
   const std::vector<float>* ground_truth() const override {
     return truth_.empty() ? nullptr : &truth_;
+  }
+  // The shuffle RNG, the sequential cursor and the buffer of row indices.
+  std::vector<char> save_state() const override {
+    std::vector<char> out(sizeof rng_ + sizeof cursor_ + buffer_.size() * sizeof(int64_t));
+    std::memcpy(out.data(), &rng_, sizeof rng_);
+    std::memcpy(out.data() + sizeof rng_, &cursor_, sizeof cursor_);
+    std::memcpy(out.data() + sizeof rng_ + sizeof cursor_, buffer_.data(),
+                buffer_.size() * sizeof(int64_t));
+    return out;
+  }
+  void load_state(const std::vector<char>& state) override {
+    if (state.size() != sizeof rng_ + sizeof cursor_ + buffer_.size() * sizeof(int64_t))
+      throw Error(spec_ +
+                  ": the checkpoint's data position does not match this data "
+                  "(different files or --shuffle-buffer?)");
+    std::memcpy(&rng_, state.data(), sizeof rng_);
+    std::memcpy(&cursor_, state.data() + sizeof rng_, sizeof cursor_);
+    std::memcpy(buffer_.data(), state.data() + sizeof rng_ + sizeof cursor_,
+                buffer_.size() * sizeof(int64_t));
   }
   nlohmann::json describe() const override {
     return {{"kind", "files"},           {"spec", spec_},
@@ -180,6 +207,8 @@ std::vector<std::string> expand(const std::string& pattern) {
 }  // namespace
 
 std::unique_ptr<DataSource> open_data_source(const DataOptions& o) {
+  if (o.spec.empty())
+    throw Error("--data is empty: give a .npy/.safetensors path or glob, or synthetic[:key=value]");
   if (o.spec == "synthetic" || o.spec.rfind("synthetic:", 0) == 0)
     return std::make_unique<SyntheticSource>(SyntheticSpec::parse(o.spec, o.d_model, o.seed));
   return std::make_unique<FileSource>(expand(o.spec), o);

@@ -27,6 +27,9 @@ class DataSource {
   virtual int64_t total_rows() const = 0;
   // Rows [first, first + n) of the whole data in file order (used by `grad`).
   virtual void read_rows(int64_t first, int64_t n, float* out) = 0;
+  // Position in the stream, for checkpoints: opaque bytes that load_state restores exactly.
+  virtual std::vector<char> save_state() const = 0;
+  virtual void load_state(const std::vector<char>& state) = 0;
   // The true dictionary [features, d] if known.
   virtual const std::vector<float>* ground_truth() const { return nullptr; }
   virtual nlohmann::json describe() const = 0;

@@ -91,4 +91,15 @@ nlohmann::json PhaseTimers::phases_json() const {
   return out;
 }
 
+nlohmann::json PhaseTimers::save_state() const {
+  return {{"steps", steps_}, {"phases", phases_}, {"order", order_}};
+}
+
+void PhaseTimers::load_state(const nlohmann::json& state) {
+  steps_ = state.at("steps").get<std::vector<double>>();
+  phases_ = state.at("phases").get<std::map<std::string, std::vector<double>>>();
+  order_ = state.at("order").get<std::vector<std::string>>();
+  seen_ = std::set<std::string>(order_.begin(), order_.end());
+}
+
 }  // namespace saescale

@@ -51,6 +51,9 @@ class PhaseTimers {
   void reduce_across_ranks(MPI_Comm comm);
 
   const std::vector<double>& step_times() const { return steps_; }
+  // Everything recorded so far, for checkpoints (JSON round-trips doubles exactly).
+  nlohmann::json save_state() const;
+  void load_state(const nlohmann::json& state);
   nlohmann::json phases_json() const;
   nlohmann::json steps_json() const { return summarize(steps_); }
 

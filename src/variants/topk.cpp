@@ -144,6 +144,8 @@ class BatchTopK final : public SelectionVariant {
     threshold_ = threshold_ > 0 ? 0.99 * threshold_ + 0.01 * min_selected_ : min_selected_;
   }
   double inference_threshold() const { return threshold_; }
+  nlohmann::json state() const override { return {{"threshold", threshold_}}; }
+  void load_state(const nlohmann::json& s) override { threshold_ = s.at("threshold"); }
 
   // As JumpReLU: pi = x W_enc + (b_enc - b_dec W_enc) and threshold theta for every latent.
   std::vector<io::NamedTensor> export_tensors(std::vector<io::NamedTensor> t) const override {

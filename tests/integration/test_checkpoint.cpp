@@ -1,0 +1,178 @@
+// Checkpoint and resume, preemption, and a kill while a checkpoint is being written: the resumed
+// run ends bitwise where the uninterrupted one does (weights, optimizer state, dead-latent
+// counters), on one rank and on two (dp and lp).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "io/checkpoint.hpp"
+#include "io/npy.hpp"
+#include "support/process.hpp"
+#include "support/random.hpp"
+#include "support/validate.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace ts = testing_support;
+
+class Checkpoint : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::temp_directory_path() /
+            ("saescale_checkpoint_" +
+             std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
+             std::to_string(ts::test_seed())))
+               .string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  // `ranks` 0: without mpiexec.
+  ts::Result saescale(const std::string& args, int ranks = 0) {
+    const std::string launcher =
+        ranks > 0 ? std::string(SAESCALE_MPIEXEC) + " " + std::to_string(ranks) + " " : "";
+    return ts::run(launcher + ts::saescale() + " " + args, dir_);
+  }
+  // The run's state that must match bitwise: the named sections of every rank's final checkpoint.
+  static std::vector<std::vector<char>> final_state(const std::string& checkpoint_dir) {
+    const auto manifest = saescale::io::latest_checkpoint(checkpoint_dir);
+    EXPECT_TRUE(manifest.has_value());
+    std::vector<std::vector<char>> out;
+    for (int r = 0; r < manifest->at("ranks").get<int>(); ++r) {
+      const saescale::io::CheckpointReader reader(
+          saescale::io::checkpoint_rank_file(manifest->at("path"), r));
+      for (const char* name : {"params", "adam_m", "adam_v", "tokens_since_fired", "dead"}) {
+        std::vector<char> bytes(reader.size(name));
+        reader.read(name, bytes.data(), bytes.size());
+        out.push_back(std::move(bytes));
+      }
+    }
+    return out;
+  }
+  void expect_same_run(const std::string& a, const std::string& b) {
+    EXPECT_EQ(ts::slurp(dir_ + "/" + a + "/weights/sae_weights.safetensors"),
+              ts::slurp(dir_ + "/" + b + "/weights/sae_weights.safetensors"))
+        << "weights differ";
+    EXPECT_TRUE(final_state(dir_ + "/" + a + "/ckpt") == final_state(dir_ + "/" + b + "/ckpt"))
+        << "optimizer state or statistics differ";
+  }
+  std::string run_args(const std::string& name, const std::string& extra) {
+    fs::create_directories(dir_ + "/" + name);
+    return "train " + extra + " --checkpoint-dir " + dir_ + "/" + name + "/ckpt --save-weights " +
+           dir_ + "/" + name + "/weights --out " + dir_ + "/" + name + "/r.json --force";
+  }
+  std::string dir_;
+};
+
+const std::string kRun =
+    "--d-model 16 --width 64 --batch-size 64 --steps 20 --warmup-steps 2 --k 4 --aux-k 8 "
+    "--dead-window-tokens 200 --eval-tokens 128 --no-gemm-floor ";
+
+TEST_F(Checkpoint, StopAndResumeEqualsTheStraightRunBitwise) {
+  // Data from files too: the shuffle buffer's position is part of the state.
+  std::mt19937 rng(ts::test_seed());
+  std::normal_distribution<float> normal(0, 1);
+  std::vector<float> x(4096 * 16);
+  for (auto& v : x) v = normal(rng);
+  saescale::io::write_npy(dir_ + "/x.npy", x.data(), {4096, 16});
+  for (const std::string variant : {"jumprelu", "topk", "batchtopk"}) {
+    for (const std::string data : {std::string("synthetic"), dir_ + "/x.npy"}) {
+      SCOPED_TRACE(variant + " on " + data);
+      const std::string base =
+          kRun + "--variant " + variant + " --data " + data + " --shuffle-buffer 512 ";
+      ASSERT_EQ(saescale(run_args("straight", base)).code, 0);
+      // N steps, stopped as a SIGTERM would (test hook), then resumed for the other N.
+      const auto stopped = saescale(run_args("resumed", base + "--test-preempt-step 9"));
+      ASSERT_EQ(stopped.code, 3) << stopped.err;
+      const auto resumed = saescale(run_args("resumed", base + "--resume"));
+      ASSERT_EQ(resumed.code, 0) << resumed.err;
+      EXPECT_NE(resumed.out.find("resumed from"), std::string::npos);
+      expect_same_run("straight", "resumed");
+      ts::expect_valid_results(dir_ + "/resumed/r.json");
+    }
+  }
+}
+
+TEST_F(Checkpoint, GridsResumeBitwiseAndRefuseAnotherGrid) {
+  for (const std::string grid : {"--dp 2 --lp 1", "--dp 1 --lp 2"}) {
+    SCOPED_TRACE(grid);
+    const std::string base = kRun + "--variant topk " + grid + " ";
+    ASSERT_EQ(saescale(run_args("straight", base), 2).code, 0);
+    ASSERT_EQ(
+        saescale(run_args("resumed", base + "--test-preempt-step 9 --test-fail-rank 1"), 2).code,
+        3);
+    const auto resumed = saescale(run_args("resumed", base + "--resume"), 2);
+    ASSERT_EQ(resumed.code, 0) << resumed.err;
+    expect_same_run("straight", "resumed");
+  }
+  // The lp checkpoint cannot continue as dp: one clear message naming the grid it needs.
+  const auto r = saescale(run_args("resumed", kRun + "--variant topk --dp 2 --lp 1 --resume"), 2);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("written by a grid of dp 1 x lp 2"), std::string::npos) << r.err;
+}
+
+// Determinism: the same seed, data and grid give the same bits.
+TEST_F(Checkpoint, SameSeedDataAndGridGiveTheSameBits) {
+  for (const int ranks : {0, 2}) {
+    const std::string base = kRun + "--variant batchtopk" + (ranks ? " --lp 2" : "") + " ";
+    ASSERT_EQ(saescale(run_args("straight", base), ranks).code, 0);
+    ASSERT_EQ(saescale(run_args("again", base), ranks).code, 0);
+    expect_same_run("straight", "again");
+  }
+}
+
+// A real SIGTERM in the middle of a run: it finishes the step, leaves a complete checkpoint and a
+// "preempted" results file, exits 3; resuming finishes the run where the straight one ends.
+TEST_F(Checkpoint, SigtermLeavesACheckpointAndAResumableRun) {
+  // Long enough (about 1 ms a step) that the signal lands mid-run.
+  const std::string base = kRun +
+                           "--variant jumprelu --width 1024 --batch-size 256 "
+                           "--steps 3000 --progress-every 10 ";
+  ASSERT_EQ(saescale(run_args("straight", base)).code, 0);
+  fs::create_directories(dir_ + "/resumed");
+  const std::string log = dir_ + "/resumed/log.txt";
+  const std::string command =
+      ts::saescale() + " " + run_args("resumed", base) + " >" + log + " 2>&1 & echo $!";
+  FILE* p = popen(command.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  int pid = 0;
+  ASSERT_EQ(fscanf(p, "%d", &pid), 1);
+  pclose(p);
+  // Wait until it is training (a progress line past step 50), then stop it.
+  for (int i = 0; i < 600 && ts::slurp(log).find("step     50/") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  int waited = 0;
+  while (kill(pid, 0) == 0 && waited++ < 600)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const auto results = nlohmann::json::parse(ts::slurp(dir_ + "/resumed/r.json"));
+  EXPECT_EQ(results["status"], "preempted") << ts::slurp(log);
+  EXPECT_TRUE(saescale::io::latest_checkpoint(dir_ + "/resumed/ckpt").has_value());
+  ts::expect_valid_results(dir_ + "/resumed/r.json");
+  const auto resumed = saescale(run_args("resumed", base + "--resume"));
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  expect_same_run("straight", "resumed");
+}
+
+// Killed while writing a checkpoint (after the rank files, before the manifest): the previous
+// checkpoint stays the newest complete one and the run resumes from it.
+TEST_F(Checkpoint, AKillWhileWritingKeepsThePreviousCheckpoint) {
+  const std::string base = kRun + "--variant topk --checkpoint-every 5 ";
+  ASSERT_EQ(saescale(run_args("straight", base)).code, 0);
+  const auto killed = saescale(run_args("resumed", base + "--test-crash-in-checkpoint 2"));
+  EXPECT_EQ(killed.code, 9);
+  const auto manifest = saescale::io::latest_checkpoint(dir_ + "/resumed/ckpt");
+  ASSERT_TRUE(manifest.has_value());
+  EXPECT_EQ(manifest->at("step"), 5);
+  const auto resumed = saescale(run_args("resumed", base + "--resume"));
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("at step 5"), std::string::npos) << resumed.out;
+  expect_same_run("straight", "resumed");
+}
+
+}  // namespace
