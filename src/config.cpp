@@ -1,5 +1,9 @@
 #include "config.hpp"
 
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+
 #include <toml++/toml.h>
 
 #include <cstdio>
@@ -11,6 +15,22 @@ namespace saescale {
 
 namespace {
 
+// Numeric checks with one short message ("--width: must be positive, got 0"); CLI11's own range
+// validators print the whole range of a double.
+CLI::Validator numeric_check(bool allow_zero) {
+  return CLI::Validator(
+      [allow_zero](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (end == text.c_str() || *end != '\0') return "must be a number, got '" + text + "'";
+        if (allow_zero ? v >= 0 : v > 0) return "";
+        return std::string(allow_zero ? "must be >= 0" : "must be positive") + ", got " + text;
+      },
+      allow_zero ? "NONNEGATIVE" : "POSITIVE");
+}
+const CLI::Validator kPositive = numeric_check(false);
+const CLI::Validator kNonNegative = numeric_check(true);
+
 template <class T>
 nlohmann::json opt(const std::optional<T>& v) {
   return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
@@ -21,13 +41,13 @@ void add_model_options(CLI::App& app, Config& c) {
       ->check(CLI::IsMember({"relu", "jumprelu", "gated", "topk", "batchtopk"}))
       ->capture_default_str();
   app.add_option("--d-model", c.d_model, "activation dimension d (default: from the data)");
-  app.add_option("--width", c.width, "number of latents M")->check(CLI::PositiveNumber);
+  app.add_option("--width", c.width, "number of latents M")->check(kPositive);
   app.add_option("--sparsity-coeff", c.sparsity_coeff, "lambda for relu/gated/jumprelu");
   app.add_option("--k", c.k, "active latents per token (topk, batchtopk)")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--aux-k", c.aux_k, "AuxK latents (topk, batchtopk); 0 turns AuxK off")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app.add_option("--topk-algo", c.topk_algo, "exact top-k selection algorithm (topk, batchtopk)")
       ->check(CLI::IsMember({"radix", "bisect"}))
@@ -41,7 +61,7 @@ void add_model_options(CLI::App& app, Config& c) {
       ->check(CLI::IsMember({"unit-msq", "sqrt-d", "none"}))
       ->capture_default_str();
   app.add_option("--norm-tokens", c.norm_tokens, "tokens used to estimate the scalar")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--data", c.data,
                  "activations: .npy/.safetensors path or glob, or synthetic[:key=value,...]")
@@ -57,14 +77,12 @@ void add_model_options(CLI::App& app, Config& c) {
 
 void add_train_options(CLI::App& app, Config& c) {
   app.add_option("--batch-size", c.batch_size, "global batch size in tokens")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
-  app.add_option("--steps", c.steps, "training steps")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  app.add_option("--steps", c.steps, "training steps")->check(kPositive)->capture_default_str();
   app.add_option("--warmup-steps", c.warmup_steps,
                  "benchmark warm-up: steps run but excluded from timing statistics")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app.add_option("--lr", c.lr, "learning rate (default: the variant's)");
   app.add_option("--optimizer", c.optimizer, "optimiser")
@@ -81,14 +99,14 @@ void add_train_options(CLI::App& app, Config& c) {
   app.add_option("--decoder-init-norm", c.decoder_init_norm, "initial decoder row norm");
   app.add_option("--dead-window-tokens", c.dead_window_tokens,
                  "a latent is dead after this many tokens without firing")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--shuffle-buffer", c.shuffle_buffer, "rows in the file-data shuffle buffer")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--dp", c.dp, "data-parallel ranks (default: all ranks)");
   app.add_option("--lp", c.lp, "latent-parallel ranks (each holds width / lp latents)")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--comm", c.comm,
                  "collectives on device buffers: NCCL (GPU builds) or MPI; auto picks NCCL "
@@ -100,15 +118,15 @@ void add_train_options(CLI::App& app, Config& c) {
       ->check(CLI::IsMember({"global", "local"}))
       ->capture_default_str();
   app.add_option("--eval-every", c.eval_every, "evaluate every N steps (0: at the end only)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app.add_option("--eval-tokens", c.eval_tokens, "tokens in the evaluation set")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--progress-every", c.progress_every, "progress line every N steps (0: auto)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   app.add_option("--loss-curve-points", c.loss_curve_points, "points kept in the loss curve")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--ground-truth", c.ground_truth,
                  "true dictionary (.npy [F, d]) for MMCS when training on files");
@@ -201,11 +219,11 @@ void add_options(CLI::App& app, Config& cfg, Subcommand which) {
     app.add_option("--test-dead-latents", cfg.test_dead_latents)->delimiter(',')->group("");
   if (which == Subcommand::eval) {
     app.add_option("--eval-tokens", cfg.eval_tokens, "tokens to evaluate on")
-        ->check(CLI::PositiveNumber)
+        ->check(kPositive)
         ->capture_default_str();
     app.add_option("--ground-truth", cfg.ground_truth, "true dictionary (.npy [F, d]) for MMCS");
     app.add_option("--batch-size", cfg.batch_size, "evaluation batch size")
-        ->check(CLI::PositiveNumber)
+        ->check(kPositive)
         ->capture_default_str();
   }
 }
@@ -226,7 +244,10 @@ std::string toml_value_to_string(const toml::node& node, const std::string& wher
 }
 
 // The TOML file's keys become `--key=value` arguments (snake_case accepted for kebab-case names).
-std::vector<std::string> toml_to_args(const CLI::App& sub, const std::string& path) {
+std::vector<std::string> toml_to_args(const CLI::App& sub, const std::string& path,
+                                      std::map<std::string, std::string>& origin) {
+  if (std::filesystem::is_directory(path))
+    throw Error(path + ": --config needs a TOML file, not a directory");
   toml::table table;
   try {
     table = toml::parse_file(path);
@@ -251,7 +272,10 @@ std::vector<std::string> toml_to_args(const CLI::App& sub, const std::string& pa
       throw Error(where + " is not an option of '" + sub.get_name() + "' (see " + sub.get_name() +
                   " --help)");
     }
+    origin["--" + key] = path + " (key '" + std::string(key_view.str()) + "')";
     if (auto array = node.as_array()) {
+      if (option->get_items_expected_max() <= 1)
+        throw Error(where + " takes one value, not an array");
       for (const auto& item : *array)
         args.push_back("--" + key + "=" + toml_value_to_string(item, where));
     } else if (option->get_type_size() == 0) {  // a flag
@@ -277,6 +301,7 @@ int parse_command_line(CLI::App& app, int argc, char** argv) {
       if (s->get_name() == args[i]) sub = s, sub_pos = i;
   }
   std::vector<std::string> expanded;
+  std::map<std::string, std::string> origin;  // option -> the config file (and key) it came from
   for (size_t i = 0; i < args.size(); ++i) {
     std::string file;
     if (sub && i > sub_pos && args[i] == "--config") {
@@ -287,7 +312,7 @@ int parse_command_line(CLI::App& app, int argc, char** argv) {
     } else {
       continue;
     }
-    auto from_file = toml_to_args(*sub, file);
+    auto from_file = toml_to_args(*sub, file, origin);
     expanded.insert(expanded.end(), from_file.begin(), from_file.end());
   }
   std::vector<std::string> final_args;
@@ -312,6 +337,9 @@ int parse_command_line(CLI::App& app, int argc, char** argv) {
     std::string msg = e.what();
     for (auto& ch : msg)
       if (ch == '\n') ch = ' ';
+    // A bad value from a config file: say which file and key it came from.
+    for (const auto& [option, where] : origin)
+      if (msg.rfind(option + ":", 0) == 0) throw Error(where + ": " + msg);
     throw Error(msg + " (see --help)");
   }
   return -1;

@@ -46,8 +46,10 @@ Resolved resolve_hyper(const Config& c, const VariantDefaults& d) {
                                  : capped(d.sparsity_warmup_steps));
   if (!(r.lr > 0)) throw Error("--lr must be positive");
   if (r.sparsity_coeff < 0) throw Error("--sparsity-coeff must be >= 0");
-  if (r.adam_beta1 < 0 || r.adam_beta1 >= 1 || r.adam_beta2 < 0 || r.adam_beta2 >= 1)
-    throw Error("Adam betas must be in [0, 1)");
+  if (r.adam_beta1 < 0 || r.adam_beta1 >= 1)
+    throw Error("--adam-beta1 must be in [0, 1), got " + std::to_string(r.adam_beta1));
+  if (r.adam_beta2 < 0 || r.adam_beta2 >= 1)
+    throw Error("--adam-beta2 must be in [0, 1), got " + std::to_string(r.adam_beta2));
   if (!(r.bandwidth > 0)) throw Error("--bandwidth must be positive");
   if (!(r.threshold_init > 0)) throw Error("--threshold-init must be positive");
   if (r.lr_decay_frac < 0 || r.lr_decay_frac > 1) throw Error("--lr-decay-frac must be in [0, 1]");
@@ -209,7 +211,11 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
       data_->total_rows() < 0 ? cfg.norm_tokens : std::min(cfg.norm_tokens, data_->total_rows());
   std::vector<float> head(n_norm * d);
   data_->head(head.data(), n_norm);
-  norm_scale_ = estimate_norm_scale(cfg.normalize, head, n_norm, d);
+  try {
+    norm_scale_ = estimate_norm_scale(cfg.normalize, head, n_norm, d);
+  } catch (const Error& e) {
+    throw Error(cfg.data + ": " + e.what());  // name the data
+  }
 
   model_->allocate(local_batch_, cfg.batch_size, comm.rank(comm::Group::dp) * local_batch_);
   model_->initialize(hyper_at(0), cfg.seed);
@@ -220,7 +226,15 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
   if (cfg.test_weaken_latents > 0) weaken_latents(*model_, cfg.test_weaken_latents);
   if (!cfg.init.empty()) {
     nlohmann::json file_cfg;
-    model_->import_tensors(read_weights(cfg.init, &file_cfg), norm_scale_, cfg.init);
+    auto tensors = read_weights(cfg.init, &file_cfg);
+    // cfg.json says which SAE the file holds (BatchTopK is saved as a JumpReLU SAE).
+    const std::string saved = file_cfg.contains("saescale")
+                                  ? file_cfg["saescale"].value("variant", cfg.variant)
+                                  : cfg.variant;
+    if (saved != cfg.variant)
+      throw Error(cfg.init + ": the weights are a " + saved + " SAE (cfg.json) but --variant is " +
+                  cfg.variant + ": use --variant " + saved);
+    model_->import_tensors(std::move(tensors), norm_scale_, cfg.init);
   }
   const int64_t P = model_->params().total();
   const bool first_moment = cfg.optimizer == "adam" && hyper_.adam_beta1 != 0;
@@ -231,7 +245,9 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
 
   eval_rows_.resize(cfg.eval_tokens * d);
   eval_n_ = data_->eval_set(eval_rows_.data(), cfg.eval_tokens);
-  if (eval_n_ < 1) throw Error("no rows left for evaluation (need more data or --eval-tokens)");
+  if (eval_n_ < 1)
+    throw Error(cfg.data + ": " + std::to_string(data_->total_rows()) +
+                " rows leave none for evaluation (the last fifth is held out): give at least 5");
   for (auto& v : eval_rows_) v = static_cast<float>(v * norm_scale_);
   for (const double t : cfg.target_fvu) {
     if (!(t > 0)) throw Error("--target-fvu must be positive (got " + std::to_string(t) + ")");

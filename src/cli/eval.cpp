@@ -28,11 +28,16 @@ int eval(const Config& cfg) {
   if (width == 0) throw Error(cfg.init + ": no 2-D tensor 'W_enc' in the weights");
 
   // Weights are stored for raw activations (the scalar folded in), so evaluate without scaling.
+  if (cfg.d_model && cfg.d_model != d)
+    throw Error("--d-model " + std::to_string(cfg.d_model) + " but the weights in " + cfg.init +
+                " have d_in = " + std::to_string(d));
+  // Files say their own d (checked below); synthetic data is generated at the weights' d.
+  const bool synthetic = cfg.data == "synthetic" || cfg.data.rfind("synthetic:", 0) == 0;
   auto data = open_data_source(
-      {cfg.data, cfg.d_model ? cfg.d_model : d, cfg.seed, 1, cfg.eval_tokens, cfg.ground_truth});
+      {cfg.data, synthetic ? d : 0, cfg.seed, 1, cfg.eval_tokens, cfg.ground_truth});
   if (data->dim() != d)
-    throw Error("data has d = " + std::to_string(data->dim()) +
-                " but the weights have d_in = " + std::to_string(d));
+    throw Error(cfg.data + ": rows have d = " + std::to_string(data->dim()) +
+                " but the weights in " + cfg.init + " have d_in = " + std::to_string(d));
   const int64_t total = data->total_rows();
   const int64_t n = total < 0 ? cfg.eval_tokens : std::min(cfg.eval_tokens, total);
   std::vector<float> rows(n * d);

@@ -29,6 +29,9 @@ int grad(const Config& cfg) {
     weights = read_weights(cfg.init, &file_cfg);
     for (const auto& t : weights)
       if (t.name == "W_enc" && t.shape.size() == 2) width = t.shape[1];
+    if (cfg.width > 0 && cfg.width != width)
+      throw Error("--width " + std::to_string(cfg.width) + " but the weights in " + cfg.init +
+                  " have " + std::to_string(width) + " latents");
   }
   Model model(cfg.variant, d, width);
   std::vector<float> rows(n * d);

@@ -576,37 +576,7 @@ const std::vector<Case> kCases = {
 // Cases that do not meet the contract yet, and why (see the report in the commit that added this
 // test). They run; a violation is reported as SKIPPED with what was seen; meeting the contract
 // fails the test until the entry is removed.
-const std::map<std::string, std::string> kKnownBroken = {
-    {"toml_value_of_wrong_type",
-     "src/config.cpp: the error is CLI11's '--steps: Value ten not in range 0.000000 to 1.79e308' "
-     "and does not name the config file"},
-    {"toml_array_for_a_single_value",
-     "src/config.cpp: exit 0; an array for a single-valued option becomes repeated options and "
-     "the last one silently wins"},
-    {"config_is_a_directory",
-     "src/config.cpp: exit 0; a directory given as --config is silently read as an empty config"},
-    {"adam_beta1_one",
-     "src/trainer.cpp resolve_hyper: 'Adam betas must be in [0, 1)' does not name --adam-beta1"},
-    {"data_too_few_rows_for_evaluation",
-     "src/trainer.cpp: 'no rows left for evaluation (need more data or --eval-tokens)' does not "
-     "name "
-     "the file or its row count (and a larger --eval-tokens cannot help: the held-out part is a "
-     "fifth of the rows, so at least 5 rows are needed)"},
-    {"data_not_finite",
-     "src/trainer.cpp estimate_norm_scale: 'cannot normalise: the first tokens of the data are all "
-     "zero or not finite' does not name the data file"},
-    {"data_all_zero",
-     "src/trainer.cpp estimate_norm_scale: 'cannot normalise: ...' does not name the data file"},
-    {"init_batchtopk_export_as_topk",
-     "src/model.cpp/variants: exit 0; a JumpReLU-layout file (cfg.json architecture jumprelu, "
-     "folded b_enc, threshold) loads silently as topk, ignoring cfg.json and the threshold"},
-    {"eval_data_d_mismatch",
-     "src/cli/eval.cpp passes the weights' d as --d-model, so the error reads 'rows have d = 16 "
-     "but "
-     "--d-model is 8' (no --d-model was given) instead of naming the weights' d_in"},
-    {"grad_init_width_mismatch",
-     "src/cli/grad.cpp: exit 0; --width 64 is silently replaced by the --init file's width 32"},
-};
+const std::map<std::string, std::string> kKnownBroken = {};
 
 // ---------------------------------------------------------------------------------------------
 // The check.
