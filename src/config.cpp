@@ -278,10 +278,10 @@ std::vector<std::string> toml_to_args(const CLI::App& sub, const std::string& pa
         throw Error(where + " takes one value, not an array");
       for (const auto& item : *array)
         args.push_back("--" + key + "=" + toml_value_to_string(item, where));
-    } else if (option->get_type_size() == 0) {  // a flag
+    } else if (option->get_expected_max() == 0) {  // a flag: true gives it, false leaves it out
       const auto b = node.as_boolean();
       if (!b) throw Error(where + " is a flag: use true or false");
-      if (b->get() != (key.rfind("no-", 0) == 0)) args.push_back("--" + key);
+      if (b->get()) args.push_back("--" + key);
     } else {
       args.push_back("--" + key + "=" + toml_value_to_string(node, where));
     }
@@ -341,6 +341,9 @@ int parse_command_line(CLI::App& app, int argc, char** argv) {
     for (const auto& [option, where] : origin)
       if (msg.rfind(option + ":", 0) == 0) throw Error(where + ": " + msg);
     throw Error(msg + " (see --help)");
+  } catch (const std::exception& e) {  // CLI11 lets std::stoll's out_of_range through (flags)
+    throw Error(std::string("cannot read the command line: ") + e.what() +
+                " (a value out of range, or a value given to a flag?)");
   }
   return -1;
 }

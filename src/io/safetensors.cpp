@@ -170,7 +170,10 @@ SafetensorsInfo parse_safetensors(const unsigned char* data, size_t size, const 
     for (const auto& d : *sh) {
       uint64_t v = 0;
       if (!get_uint(d, &v) || v > uint64_t{std::numeric_limits<int64_t>::max()}) {
-        throw Error(what + "shape " + sh->dump() + " must hold non-negative integers");
+        // Not the whole shape: a hostile one can nest deep enough to exhaust the stack in dump().
+        throw Error(what + "shape must hold non-negative integers (element " +
+                    std::to_string(t.shape.size()) + " is " +
+                    (d.is_primitive() ? d.dump() : std::string("an ") + d.type_name()) + ")");
       }
       t.shape.push_back(static_cast<int64_t>(v));
     }
