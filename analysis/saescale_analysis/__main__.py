@@ -15,7 +15,7 @@ import pandas as pd
 from .results import _expand, load_results, to_frame
 from .scaling import format_scaling
 from .schema import SCHEMA_FILE, validate_file
-from .table import format_phases, format_table
+from .table import format_costs, format_phases, format_table
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
                         description="For each run: step median, GEMM floor and floor_ratio, then "
                         "every timed phase (median, p10-p90, share of the step), slowest first.")
     ph.add_argument("files", nargs="+", metavar="FILE", help=files_help)
+
+    co = sub.add_parser("costs", help="print where each run's step goes and its memory",
+                        description="One row per run: GEMMs, activation/selection, auxiliary "
+                        "passes, optimizer and the rest as % of the median step; the GEMMs' "
+                        "achieved GFLOP/s against the run's own GEMM ceiling; the measured memory "
+                        "peak against the analytic breakdown.")
+    co.add_argument("files", nargs="+", metavar="FILE", help=files_help)
+    co.add_argument("--markdown", action="store_true", help="print a markdown table instead of plain text")
 
     sc = sub.add_parser("scaling", help="print a scaling table (runs of one shape on several grids)",
                         description="For each run: its dp x lp grid, median step, speedup and "
@@ -153,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "phases":
         print("\n\n".join(format_phases(r) for r in results))
+        return EXIT_OK
+
+    if args.command == "costs":
+        print(format_costs(results, markdown=args.markdown))
         return EXIT_OK
 
     if args.command == "scaling":

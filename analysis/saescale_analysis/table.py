@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import pandas as pd
@@ -125,3 +126,39 @@ def format_phases(result: dict) -> str:
         lines.append(f"  memory: measured peak {peak / 2**20:.1f} MiB, analytic breakdown "
                      f"{planned / 2**20:.1f} MiB ({100 * planned / peak:.1f}%)")
     return "\n".join(lines)
+
+
+def format_costs(results: list[dict], markdown: bool = False) -> str:
+    """One row per run: where the step's time goes (GEMMs, activation/selection, auxiliary
+    passes, optimizer, the rest, as % of the median step), the GEMMs' achieved rate against the
+    run's own GEMM ceiling, and the measured memory peak against the analytic breakdown."""
+    header = ["run", "step ms", "GEMMs %", "activation %", "auxiliary %", "optimizer %",
+              "other %", "GEMM GFLOP/s", "of ceiling", "peak MiB", "breakdown MiB"]
+    rows = []
+    for r in results:
+        timing = r.get("timing", {})
+        step = timing.get("step_s", {}).get("median") or math.nan
+        phases = timing.get("phases_s", {})
+        med = {name: s.get("median", 0.0) for name, s in phases.items()}
+        gemm = sum(v for k, v in med.items() if k.endswith("_gemm"))
+        aux = med.get("auxiliary_forward", 0.0) + med.get("auxiliary_backward", 0.0)
+        act = med.get("activation", 0.0)
+        opt = med.get("optimizer", 0.0)
+        other = sum(med.values()) - gemm - aux - act - opt
+        flops = sum(s.get("flops") or 0.0 for k, s in phases.items() if k.endswith("_gemm"))
+        rate = flops / gemm / 1e9 if gemm > 0 else math.nan
+        ceiling = (timing.get("ceilings") or {}).get("gemm_gflops_per_s")
+        memory = r.get("memory", {})
+        peak, planned = memory.get("peak_device_bytes"), memory.get("breakdown_total")
+        name = os.path.splitext(os.path.basename(r.get("_path", "?")))[0]
+        rows.append([name, _fmt(step, ".1f", 1e3),
+                     *(_fmt(v / step, ".1f", 100.0) for v in (gemm, act, aux, opt, other)),
+                     _fmt(rate, ".1f"), "-" if not ceiling else f"{100 * rate / ceiling:.0f}%",
+                     _fmt(peak, ".1f", 1 / 2**20), _fmt(planned, ".1f", 1 / 2**20)])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 1)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])

@@ -368,3 +368,21 @@ def test_scaling_speedup_efficiency_and_communication(rng):
         assert row[header.index("sent MiB/step")] == "3.50"
     assert rows[0][header.index("speedup")] == "1.00x"
     assert format_scaling(runs, markdown=True).count("\n") == len(runs) + 1
+
+
+def test_costs_shares_rates_and_memory(rng):
+    from saescale_analysis.table import format_costs
+    r = make_result(rng, "jumprelu")
+    step = 0.1
+    r["timing"]["step_s"]["median"] = step
+    r["timing"]["phases_s"] = {
+        "encode_gemm": {"median": 0.03, "flops": 3e9}, "decode_gemm": {"median": 0.03, "flops": 3e9},
+        "activation": {"median": 0.02}, "optimizer": {"median": 0.01}, "renormalize": {"median": 0.01}}
+    r["timing"]["ceilings"] = {"gemm_gflops_per_s": 200.0}
+    r["memory"]["peak_device_bytes"] = 2**30
+    r["memory"]["breakdown_total"] = 2**29
+    r["_path"] = "/x/jumprelu.json"
+    line = format_costs([r]).splitlines()[2].split()
+    assert line == ["jumprelu", "100.0", "60.0", "20.0", "0.0", "10.0", "10.0", "100.0", "50%",
+                    "1024.0", "512.0"]
+    assert format_costs([r], markdown=True).splitlines()[2].startswith("| jumprelu |")
