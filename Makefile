@@ -10,9 +10,9 @@ CMAKE_ARGS ?=
 
 DEBIAN_PACKAGES := build-essential cmake git libtrilinos-kokkos-dev libopenblas-dev \
   libopenmpi-dev openmpi-bin libcli11-dev nlohmann-json3-dev libtomlplusplus-dev \
-  libgtest-dev libbenchmark-dev libbenchmark-tools python3-venv python3-pip
+  libgtest-dev libbenchmark-dev libbenchmark-tools python3-venv python3-pip clang libclang-rt-dev
 
-.PHONY: all deps deps-system deps-python build test test-cpp test-python demo format clean help
+.PHONY: all deps deps-system deps-python build test test-cpp test-python test-fuzz demo format clean help
 
 all: build
 
@@ -57,7 +57,11 @@ test-cpp: build
 test-python: deps-python
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/python
 
-test: deps test-cpp test-python
+# libFuzzer targets of the file and config parsers (clang, ASan + UBSan), a bounded time each.
+test-fuzz: deps-system
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash tests/fuzz/run.sh
+
+test: deps test-cpp test-python test-fuzz
 
 demo: deps build
 	PYTHON=$(VENV)/bin/python BUILD=$(BUILD) bash runs/demo.sh
