@@ -72,8 +72,10 @@ std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_
   if (dp > 1) plan["comm_gradients"].calls = 3;  // buckets: before W_dec, W_dec, after it
   const double clip = cfg.clip_norm.value_or(variant->defaults().clip_norm);
   if (clip > 0) allreduce("clip", "lp", lp, 8);
-  allreduce("statistics", "dp", dp, M * 8);    // fired counts per latent
-  allreduce("statistics", "world", world, 8);  // active count (L0)
+  allreduce("statistics", "dp", dp, M * 8);  // fired counts per latent
+  // What every rank must decide together, in one all-reduce (Trainer::step): the L0 count,
+  // non-finite values per gradient tensor, a stop signal, a checkpoint due by the clock.
+  allreduce("statistics", "world", world, 8.0 * (variant->param_specs(d, 1).size() + 3));
   return plan;
 }
 
