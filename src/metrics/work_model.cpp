@@ -82,6 +82,7 @@ std::map<std::string, Work> work_model(const WorkShape& s) {
   if (subtracts) bias.flops += 2 * d * M, bias.bytes += kF * (d * M + M + d);  // the GEMV
   w["bias_gradients"] = bias;
   if (s.variant != "relu") w["decoder_projection"] = projection_work(M, d);
+  w["check"] = {P, kF * P};  // non-finite gradients: one pass
   if (s.clip) w["clip"] = {2 * P, kF * P};
   w["optimizer"] = s.adam ? adam_work(P, s.adam_first_moment) : Work{2 * P, kF * 3 * P};
   if (s.variant != "relu") w["renormalize"] = renormalize_work(M, d);
