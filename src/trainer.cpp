@@ -398,43 +398,52 @@ void Trainer::step(int64_t step) {
   if (m.variant().unit_norm_decoder())
     timers_.run("renormalize", [&] { kernels::renormalize_rows(params.matrix("W_dec")); });
 
-  int64_t active = 0;
+  Agreement agreed;
   timers_.run("statistics", [&] {
     auto& stats = m.buffers().stats;
     comm_.allreduce_sum("statistics", comm::Group::dp, stats.fired_total());
     kernels::update_tokens_since_fired(tokens_since_fired_, stats.fired_total(), B,
                                        cfg_.dead_window_tokens, m.buffers().dead);
     m.variant().post_step(params, m.buffers());
+    int64_t active = 0;
     auto counts = stats.active_total();
     Kokkos::parallel_reduce(
         "saescale::statistics::l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
         KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);
-    // One all-reduce agrees on everything ranks must decide together: the L0 numerator,
-    // non-finite gradients, a stop signal, a checkpoint that is due by the clock.
-    const size_t tensors = non_finite.size();
-    const double minutes =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint_).count() /
-        60;
-    non_finite.push_back(active);
-    // SIGTERM counts in the low 32 bits, SIGUSR1 in the high ones (a sum over ranks)
-    const int signal = g_stop_signal;
-    non_finite.push_back(signal == SIGUSR1 ? int64_t(1) << 32 : signal != 0 ? 1 : 0);
-    non_finite.push_back(checkpoint_every_minutes_ > 0 && minutes >= checkpoint_every_minutes_);
-    comm_.allreduce_host_sum("statistics", comm::Group::world, non_finite.data(),
-                             static_cast<int>(non_finite.size()));
-    active = non_finite[tensors];
-    const int64_t signals = non_finite[tensors + 1];
-    stop_signal_ = signals == 0 ? 0 : (signals >> 32) > 0 ? SIGUSR1 : SIGTERM;
-    checkpoint_due_ = non_finite[tensors + 2] > 0;
-    non_finite.resize(tensors);
+    agreed = agree_on_step(active, std::move(non_finite));
   });
-  for (size_t t = 0; t < non_finite.size(); ++t)
-    if (non_finite[t] > 0)
+  stop_signal_ = agreed.stop_signal;
+  checkpoint_due_ = agreed.checkpoint_due;
+  for (size_t t = 0; t < agreed.non_finite.size(); ++t)
+    if (agreed.non_finite[t] > 0)
       throw RunFailed("step " + std::to_string(step + 1) + ": the gradient of " +
-                      m.params().specs()[t].name + " has " + std::to_string(non_finite[t]) +
+                      m.params().specs()[t].name + " has " + std::to_string(agreed.non_finite[t]) +
                       " non-finite values (NaN/Inf): lower --lr, set --clip-norm, or check "
                       "the data");
-  log_.push_back({step, loss.total(), loss.mse, double(active) / B});
+  log_.push_back({step, loss.total(), loss.mse, double(agreed.active) / B});
+}
+
+// What every rank must decide together after a step, in one all-reduce: the L0 numerator, the
+// non-finite gradient values per tensor, a stop signal (SIGTERM counted in the low 32 bits, SIGUSR1
+// in the high ones: a sum over ranks) and a checkpoint due by the clock.
+Trainer::Agreement Trainer::agree_on_step(int64_t active, std::vector<int64_t> non_finite) {
+  const size_t tensors = non_finite.size();
+  const int signal = g_stop_signal;
+  const double minutes =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint_).count() /
+      60;
+  std::vector<int64_t> v = std::move(non_finite);
+  v.push_back(active);
+  v.push_back(signal == SIGUSR1 ? int64_t(1) << 32 : signal != 0 ? 1 : 0);
+  v.push_back(checkpoint_every_minutes_ > 0 && minutes >= checkpoint_every_minutes_);
+  comm_.allreduce_host_sum("statistics", comm::Group::world, v.data(), static_cast<int>(v.size()));
+  Agreement a;
+  a.active = v[tensors];
+  a.stop_signal = v[tensors + 1] == 0 ? 0 : (v[tensors + 1] >> 32) > 0 ? SIGUSR1 : SIGTERM;
+  a.checkpoint_due = v[tensors + 2] > 0;
+  v.resize(tensors);
+  a.non_finite = std::move(v);
+  return a;
 }
 
 double Trainer::dead_fraction() const {

@@ -66,6 +66,13 @@ class Trainer {
   // Data-parallel gradient all-reduce, in buckets of the flat gradient buffer.
   void start_gradient_buckets(bool decoder);
   bool root() const { return comm_.rank(comm::Group::world) == 0; }
+  struct Agreement {
+    int64_t active = 0;               // (token, latent) pairs active in the step, all ranks
+    std::vector<int64_t> non_finite;  // per gradient tensor
+    int stop_signal = 0;
+    bool checkpoint_due = false;
+  };
+  Agreement agree_on_step(int64_t active, std::vector<int64_t> non_finite);
   nlohmann::json checkpoint_identity() const;
   void save_checkpoint(int64_t next_step, double seconds);
   void load_checkpoint();
