@@ -1,6 +1,6 @@
 """Command-line interface: python -m saescale_analysis COMMAND FILES...
 
-Commands: table, phases, scaling, check-learning, validate.
+Commands: table, phases, costs, scaling, check-learning, validate, regress.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from . import regress
 from .results import _expand, load_results, to_frame
 from .scaling import format_scaling
 from .schema import SCHEMA_FILE, validate_file
@@ -24,8 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m saescale_analysis",
         description="Summarise and check saescale results files (schema saescale.result/1).",
-        epilog="Exit status: 0 success, 1 check-learning found failing runs or validate found "
-        "invalid files, 2 usage error, unreadable file or wrong schema.",
+        epilog="Exit status: 0 success, 1 check-learning found failing runs, validate found "
+        "invalid files or regress found a regression, 2 usage error, unreadable file or wrong "
+        "schema.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     files_help = "results JSON files or quoted glob patterns (e.g. 'results/*.json')"
@@ -76,7 +78,83 @@ def _parser() -> argparse.ArgumentParser:
         "Prints one line per error: FILE: JSON-PATH: MESSAGE. Exit status: 0 all valid, "
         "1 some file invalid, 2 a file is unreadable or not JSON (or jsonschema is missing).")
     v.add_argument("files", nargs="+", metavar="FILE", help=files_help)
+
+    r = sub.add_parser(
+        "regress", help="throughput regression gate: CURRENT runs against BASELINE runs",
+        usage="python -m saescale_analysis regress [options] (BASELINE | --system S --scale X) "
+        "CURRENT",
+        description="Match runs by benchmark (variant, d_model, width, batch_size, precision, "
+        "dp x lp grid, comm backend on several ranks, optimizer, fencing; for topk/batchtopk "
+        "also k, topk_algo, aux_k, dead window and batch scope) and compare their per-step times "
+        "(every timed step of every file of a benchmark, pooled; one sample per file where "
+        "a file has no benchmarks entries). A benchmark is a REGRESSION only when its median "
+        "throughput fell by --threshold or more AND a two-sided Mann-Whitney U test gives "
+        "p < --alpha; 'improved' likewise the other way; with fewer than --min-repetitions "
+        "samples on a side the verdict is 'not enough repetitions'. Benchmarks found on one "
+        "side only are listed ('no baseline', 'not in current').",
+        epilog="BASELINE and CURRENT are each a results file, a directory (its *.json) or a "
+        "quoted glob. Exit status: 0 no regression (also when some benchmarks had too few "
+        "repetitions or are missing: their rows say so; --strict fails those), 1 a regression, "
+        "2 usage error or unreadable input.")
+    r.add_argument("inputs", nargs="+", metavar="BASELINE CURRENT", help=argparse.SUPPRESS)
+    r.add_argument("--threshold", type=float, default=0.05, metavar="F",
+                   help="smallest throughput loss that counts, as a fraction (default: "
+                   "%(default)s, i.e. -5%% tokens/s = +5.26%% median step time)")
+    r.add_argument("--alpha", type=float, default=0.05, metavar="A",
+                   help="significance level of the Mann-Whitney U test (default: %(default)s)")
+    r.add_argument("--min-repetitions", type=int, default=9, metavar="N",
+                   help="fewest samples per side to conclude anything (default: %(default)s)")
+    r.add_argument("--per-run", action="store_true",
+                   help="one sample per results file (its median step) instead of every step: "
+                   "tests run-to-run variation, needs --min-repetitions files per side")
+    r.add_argument("--system", metavar="S", help="compare against the baseline of system S "
+                   "(analysis/baselines/S/X/*.json) instead of a BASELINE argument")
+    r.add_argument("--scale", metavar="X", help="the baseline's scale (with --system)")
+    r.add_argument("--baselines-root", metavar="DIR", default=str(regress.BASELINES_ROOT),
+                   help="where baselines live (default: analysis/baselines)")
+    r.add_argument("--strict", action="store_true",
+                   help="also fail (exit 1) on 'not enough repetitions' and on baseline "
+                   "benchmarks missing from CURRENT")
+    r.add_argument("--markdown", action="store_true", help="print a markdown table instead of plain text")
+    r.set_defaults(subparser=r)  # usage errors print regress's usage
     return p
+
+
+def _regress(args: argparse.Namespace) -> int:
+    """The regress subcommand: the table, a summary line, notes; exit 1 on a regression."""
+    parser = args.subparser
+    if (args.system is None) != (args.scale is None):
+        parser.error("--system and --scale must be given together")
+    want = 1 if args.system is not None else 2
+    if len(args.inputs) != want:
+        parser.error("regress takes BASELINE CURRENT, or --system S --scale X CURRENT "
+                     f"(got {len(args.inputs)} path(s); quote globs)")
+    if not 0 <= args.threshold < 1:
+        parser.error("--threshold must be in [0, 1)")
+    if not 0 < args.alpha < 1:
+        parser.error("--alpha must be in (0, 1)")
+    if args.min_repetitions < 1:
+        parser.error("--min-repetitions must be >= 1")
+    try:
+        if args.system is not None:
+            base_spec = regress.baseline_dir(args.system, args.scale, args.baselines_root)
+        else:
+            base_spec = args.inputs[0]
+        baseline = regress.load_side(base_spec, per_run=args.per_run)
+        current = regress.load_side(args.inputs[-1], per_run=args.per_run)
+    except (OSError, ValueError) as e:
+        print(f"saescale_analysis: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    rows = regress.compare(baseline, current, args.threshold, args.alpha, args.min_repetitions)
+    print(regress.format_regress(rows, markdown=args.markdown))
+    print()
+    print(regress.summary(rows, args.threshold, args.alpha, args.min_repetitions, args.per_run))
+    for line in regress.system_notes(baseline, current):
+        print(line)
+    for side, name in ((baseline, "baseline"), (current, "current")):
+        for path in side.skipped:
+            print(f"note: {name} run skipped: {path}")
+    return EXIT_FAIL if regress.failed(rows, strict=args.strict) else EXIT_OK
 
 
 def _validate(specs: Sequence[str]) -> int:
@@ -152,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--max-l0-ratio must be >= 1")
     if args.command == "validate":
         return _validate(args.files)
+    if args.command == "regress":
+        return _regress(args)
     try:
         results = load_results(args.files)
         df = to_frame(results)
