@@ -114,8 +114,6 @@ class Variant {
   // The variant whose layout the exported weights have (BatchTopK: a JumpReLU SAE).
   virtual const char* exported_variant() const { return name(); }
 
-  // Dense GEMMs per step in units of one encoder GEMM (2 B d M FLOPs): the FLOP model.
-  virtual double gemm_units() const { return 5; }
   // SAELens architecture name for cfg.json.
   virtual const char* architecture() const { return "standard"; }
 };

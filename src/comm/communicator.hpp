@@ -69,14 +69,13 @@ class Communicator {
   void start_bucket(const char* phase, Group g, real* data, int64_t n);
   void wait_buckets(const char* phase);
 
-  // Bytes and calls per phase since the last reset: {"<phase>": {calls, payload_bytes,
+  // Bytes and calls per phase, counted while timers are set: {"<phase>": {calls, payload_bytes,
   // sent_bytes}}, where sent_bytes is the per-rank ring volume (see above).
   struct Volume {
     int64_t calls = 0;
     double payload_bytes = 0, sent_bytes = 0;
   };
   const std::map<std::string, Volume>& volume() const { return volume_; }
-  void reset_volume() { volume_.clear(); }
   // For checkpoints: the counts so far.
   nlohmann::json save_volume() const;
   void load_volume(const nlohmann::json& state);

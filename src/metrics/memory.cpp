@@ -42,8 +42,6 @@ bool track_allocations() {
   return true;
 }
 
-bool tracking_allocations() { return g_tracking; }
-
 int64_t peak_bytes(const std::string& space) {
   if (!g_tracking) return -1;
   auto it = spaces().find(space);

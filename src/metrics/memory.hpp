@@ -12,7 +12,6 @@ namespace saescale::metrics {
 
 // Installs the callbacks (after Kokkos is initialised). Returns false when tracking is off.
 bool track_allocations();
-bool tracking_allocations();
 // Peak bytes allocated at once in a memory space ("Host", "Cuda", ...); -1 when not tracked.
 int64_t peak_bytes(const std::string& space);
 int64_t current_bytes(const std::string& space);

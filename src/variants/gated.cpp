@@ -27,7 +27,6 @@ class Gated final : public Variant {
   }
   bool subtracts_decoder_bias() const override { return true; }
   bool has_auxiliary_loss() const override { return true; }
-  double gemm_units() const override { return 7; }
 
   std::vector<ParamSpec> param_specs(int64_t d, int64_t width) const override {
     return {{"W_enc", {d, width}, 1}, {"b_gate", {width}, 0},   {"r_mag", {width}, 0},

@@ -143,7 +143,6 @@ class BatchTopK final : public SelectionVariant {
     if (min_selected_ <= 0) return;
     threshold_ = threshold_ > 0 ? 0.99 * threshold_ + 0.01 * min_selected_ : min_selected_;
   }
-  double inference_threshold() const { return threshold_; }
   nlohmann::json state() const override { return {{"threshold", threshold_}}; }
   void load_state(const nlohmann::json& s) override { threshold_ = s.at("threshold"); }
 
