@@ -1,5 +1,6 @@
 #include "config.hpp"
 
+#include <cctype>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -149,6 +150,21 @@ void add_train_options(CLI::App& app, Config& c) {
                  "--eval-every)")
       ->delimiter(',')
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--tag", c.tags,
+                 "label the run: KEY=VALUE copied into the results' context.tags (repeatable; "
+                 "studies use study, sweep, row, system)")
+      ->check(CLI::Validator(
+          [](std::string& tag) -> std::string {
+            const auto eq = tag.find('=');
+            if (eq == std::string::npos || eq == 0) return "--tag '" + tag + "': give KEY=VALUE";
+            for (const char ch : tag.substr(0, eq))
+              if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '_' && ch != '-' &&
+                  ch != '.')
+                return "--tag '" + tag + "': KEY may hold letters, digits, '_', '-', '.'";
+            return "";
+          },
+          "KEY=VALUE"))
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--test-weaken-latents", c.test_weaken_latents)->group("");  // tests: AuxK revival
   // tests: an error on one rank at one step must abort every rank, not hang them
   app.add_option("--test-fail-step", c.test_fail_step)->group("");
@@ -163,6 +179,17 @@ void add_train_options(CLI::App& app, Config& c) {
 }
 
 }  // namespace
+
+nlohmann::json Config::tags_json() const {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& tag : tags) {
+    const auto eq = tag.find('=');
+    const std::string key = tag.substr(0, eq);
+    if (out.contains(key)) throw Error("--tag " + key + " given twice");
+    out[key] = tag.substr(eq + 1);
+  }
+  return out;
+}
 
 nlohmann::json Config::to_json() const {
   return {{"variant", variant},

@@ -52,6 +52,7 @@ struct Config {
   bool resume = false;
   bool fence = true;               // fence every phase (off: only the step total is meaningful)
   std::vector<double> target_fvu;  // record when the evaluation FVU first reaches each
+  std::vector<std::string> tags;   // KEY=VALUE labels copied into the results' context.tags
   // test-only (hidden options)
   std::vector<int64_t> test_dead_latents;  // grad: the AuxK dead set
   int64_t test_weaken_latents = 0;         // train: scale the first N encoder columns by 0.05
@@ -63,6 +64,7 @@ struct Config {
       0;  // train: die inside the N-th checkpoint, before its manifest
 
   nlohmann::json to_json() const;
+  nlohmann::json tags_json() const;  // context.tags: {KEY: VALUE}
 };
 
 // Hyper-parameters after applying the variant's defaults and the run length (what is recorded).

@@ -1,5 +1,6 @@
 // `saescale plan`: what a training step would communicate and hold per rank, from the shapes
 // alone (nothing is allocated), for any size and grid: the same functions the trainer reports.
+#include <algorithm>
 #include <cstdio>
 
 #include "cli/commands.hpp"
@@ -8,6 +9,7 @@
 #include "data/synthetic.hpp"
 #include "error.hpp"
 #include "io/results.hpp"
+#include "metrics/work_model.hpp"
 #include "trainer.hpp"
 #include "variant.hpp"
 
@@ -46,10 +48,18 @@ int plan(const Config& cfg) {
     std::printf("  %-22s %-9s %6.0f %14.3f %14.3f\n", name.c_str(), p.group.c_str(), p.calls,
                 p.payload_bytes / 1048576.0, p.sent_bytes / 1048576.0);
     total += p.sent_bytes;
+    nlohmann::json collectives = nlohmann::json::array();
+    for (const auto& c : p.collectives)
+      collectives.push_back({{"kind", c.kind},
+                             {"group", c.group},
+                             {"ranks", c.ranks},
+                             {"bytes", c.bytes},
+                             {"calls", c.calls}});
     out_phases[name] = {{"group", p.group},
                         {"calls", p.calls},
                         {"payload_bytes", p.payload_bytes},
-                        {"sent_bytes", p.sent_bytes}};
+                        {"sent_bytes", p.sent_bytes},
+                        {"collectives", collectives}};
   }
   std::printf("  %-22s %-9s %6s %14s %14.3f\n", "total", "", "", "", total / 1048576.0);
   int64_t bytes = 0;
@@ -61,13 +71,35 @@ int plan(const Config& cfg) {
   std::printf(" total %.3f GiB\n", bytes / 1073741824.0);
   if (!cfg.out.empty()) {
     check_output_path(cfg.out, cfg.force);
+    // One rank's shapes and the work model's FLOPs and bytes per phase on them (AuxK planned as
+    // active, as the communication is): what a projection scales measured phase times by.
+    const bool selection = cfg.variant == "topk" || cfg.variant == "batchtopk";
+    metrics::WorkShape shape;
+    shape.variant = cfg.variant;
+    shape.B = double(cfg.batch_size / dp);
+    shape.d = double(cfg.d_model);
+    shape.M = double(cfg.width / lp);
+    for (const auto& spec : variant->param_specs(cfg.d_model, cfg.width / lp))
+      shape.P += double(spec.numel());
+    shape.k = double(cfg.k);
+    shape.aux_k = selection ? double(std::min(cfg.aux_k, cfg.width)) : 0.0;
+    shape.topk_algo = cfg.topk_algo;
+    shape.adam = cfg.optimizer == "adam";
+    shape.adam_first_moment = beta1 != 0;
+    shape.clip = cfg.clip_norm.value_or(variant->defaults().clip_norm) > 0;
+    nlohmann::json work = nlohmann::json::object();
+    for (const auto& [phase, w] : metrics::work_model(shape))
+      work[phase] = {{"flops", w.flops}, {"bytes", w.bytes}};
     nlohmann::json config = cfg.to_json();
-    write_results(cfg.out, {{"schema", "saescale.plan/1"},
-                            {"config", config},
-                            {"grid", {{"dp", dp}, {"lp", lp}}},
-                            {"communication_per_step", out_phases},
-                            {"sent_bytes_per_step", total},
-                            {"memory_per_rank", memory}});
+    write_results(
+        cfg.out, {{"schema", "saescale.plan/1"},
+                  {"config", config},
+                  {"grid", {{"dp", dp}, {"lp", lp}}},
+                  {"local_shape", {{"B", shape.B}, {"M", shape.M}, {"d", shape.d}, {"P", shape.P}}},
+                  {"work_per_step", work},
+                  {"communication_per_step", out_phases},
+                  {"sent_bytes_per_step", total},
+                  {"memory_per_rank", memory}});
     std::printf("plan: %s\n", cfg.out.c_str());
   }
   return 0;

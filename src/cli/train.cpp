@@ -52,7 +52,9 @@ int train(const Config& cfg) {
   comm::Grid grid = comm::Grid::create(cfg.dp, cfg.lp);  // a bad grid fails alike on every rank
   const bool root = grid.world_rank() == 0;
   comm::Backend backend{};
+  nlohmann::json tags;
   comm::agree(grid, [&] {
+    tags = cfg.tags_json();
     if (root) check_output_path(cfg.out, cfg.force || (cfg.resume && preempted_results(cfg.out)));
     backend = comm::parse_backend(cfg.comm);
   });
@@ -73,6 +75,7 @@ int train(const Config& cfg) {
   results["context"] = run_context(grid.world_size(), grid.dp(), grid.lp());
   results["context"]["comm"] = comm::backend_name(comm.backend());
   results["context"]["placement"] = placement;
+  results["context"]["tags"] = tags;
   const std::string status = results["status"];
   if (root && !cfg.out.empty()) {
     write_results(cfg.out, results);

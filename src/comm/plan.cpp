@@ -33,6 +33,7 @@ std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_
     p.calls += calls;
     p.payload_bytes += calls * bytes;
     p.sent_bytes += calls * allreduce_sent_bytes(bytes, ranks);
+    p.collectives.push_back({"allreduce", group, ranks, bytes, calls});
   };
   const auto allgather = [&](const char* phase, const char* group, int ranks, double block) {
     if (ranks < 2) return;
@@ -42,6 +43,7 @@ std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_
     p.calls += 1;
     p.payload_bytes += block * ranks;
     p.sent_bytes += allgather_sent_bytes(block, ranks);
+    p.collectives.push_back({"allgather", group, ranks, block, 1});
   };
 
   // Forward: selection, decode, auxiliary losses, loss.
@@ -69,7 +71,12 @@ std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_
   // Backward and update.
   if (variant->subtracts_decoder_bias()) allreduce("bias_gradient", "lp", lp, d * 4);
   allreduce("gradients", "dp", dp, local_parameters(*variant, d, cfg.width / lp) * 4.0, 1);
-  if (dp > 1) plan["comm_gradients"].calls = 3;  // buckets: before W_dec, W_dec, after it
+  if (dp > 1) {  // three buckets (before W_dec, W_dec, after it) split the same bytes
+    auto& g = plan["comm_gradients"];
+    g.calls = 3;
+    g.collectives.back().calls = 3;
+    g.collectives.back().bytes /= 3;  // ring time is linear in bytes: 3 equal messages, same total
+  }
   const double clip = cfg.clip_norm.value_or(variant->defaults().clip_norm);
   if (clip > 0) allreduce("clip", "lp", lp, 8);
   allreduce("statistics", "dp", dp, M * 8);  // fired counts per latent

@@ -4,6 +4,7 @@
 #pragma once
 #include <map>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -11,9 +12,18 @@
 
 namespace saescale::comm {
 
+// One kind of collective of a phase: `calls` per step, each moving `bytes` (all-reduce: the
+// vector; all-gather: one rank's block) among `ranks` ranks of `group`.
+struct PlannedCollective {
+  std::string kind, group;  // kind: allreduce, allgather; group: dp, lp, world
+  int ranks = 0;
+  double bytes = 0, calls = 0;
+};
+
 struct PlannedPhase {
   std::string group;                                    // the collectives' group(s)
   double calls = 0, payload_bytes = 0, sent_bytes = 0;  // per step; sent: per rank, ring volumes
+  std::vector<PlannedCollective> collectives;           // what the totals are made of
 };
 
 // Per phase ("comm_decode", ...). AuxK is planned as active (some latents dead, k_aux latents

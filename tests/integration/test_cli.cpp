@@ -77,6 +77,56 @@ TEST_F(Cli, InfoIsJson) {
   EXPECT_TRUE(j.contains("git_commit"));
 }
 
+// --tag KEY=VALUE labels a run: the study tooling (runs/, the report) groups results by them.
+TEST_F(Cli, TagsGoIntoTheContext) {
+  const auto r =
+      saescale("train --d-model 8" + small_ +
+               "--tag sweep=weak --tag row=dp-jumprelu --tag note=a=b --out " + dir_ + "/t.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(std::ifstream(dir_ + "/t.json"));
+  EXPECT_EQ(j["context"]["tags"],
+            (nlohmann::json{{"sweep", "weak"}, {"row", "dp-jumprelu"}, {"note", "a=b"}}));
+  ts::expect_valid_results(dir_ + "/t.json");
+  const auto untagged = saescale("train --d-model 8" + small_ + "--out " + dir_ + "/u.json");
+  ASSERT_EQ(untagged.code, 0) << untagged.err;
+  EXPECT_EQ(nlohmann::json::parse(std::ifstream(dir_ + "/u.json"))["context"]["tags"],
+            nlohmann::json::object());
+}
+
+// The plan's JSON breaks every communication phase into its collectives (what a latency-bandwidth
+// projection needs) and gives the work model on one rank's shapes; the pieces add up to the totals.
+TEST_F(Cli, PlanJsonCollectivesAddUp) {
+  for (const char* variant : {"jumprelu", "gated", "topk", "batchtopk"}) {
+    const auto r = saescale(std::string("plan --variant ") + variant +
+                            " --d-model 64 --width 1024 --batch-size 256 --dp 2 --lp 4 "
+                            "--force --out " +
+                            dir_ + "/plan.json");
+    ASSERT_EQ(r.code, 0) << r.err;
+    const auto j = nlohmann::json::parse(std::ifstream(dir_ + "/plan.json"));
+    EXPECT_EQ(j["local_shape"]["B"].get<double>(), 128);
+    EXPECT_EQ(j["local_shape"]["M"].get<double>(), 256);
+    EXPECT_GT(j["work_per_step"]["encode_gemm"]["flops"].get<double>(), 2.0 * 128 * 64 * 256 - 1);
+    ASSERT_FALSE(j["communication_per_step"].empty());
+    for (const auto& [phase, p] : j["communication_per_step"].items()) {
+      double calls = 0, payload = 0, sent = 0;
+      for (const auto& c : p["collectives"]) {
+        const double n = c["ranks"].get<double>(), bytes = c["bytes"].get<double>(),
+                     k = c["calls"].get<double>();
+        const bool gather = c["kind"] == "allgather";
+        EXPECT_TRUE(gather || c["kind"] == "allreduce") << phase;
+        EXPECT_EQ(c["ranks"].get<int>(), c["group"] == "dp" ? 2 : c["group"] == "lp" ? 4 : 8);
+        calls += k;
+        payload += k * bytes * (gather ? n : 1);
+        sent += k * bytes * (gather ? n - 1 : 2 * (n - 1) / n);
+      }
+      EXPECT_DOUBLE_EQ(calls, p["calls"].get<double>()) << variant << " " << phase;
+      EXPECT_NEAR(payload, p["payload_bytes"].get<double>(), 1e-9 * payload)
+          << variant << " " << phase;
+      EXPECT_NEAR(sent, p["sent_bytes"].get<double>(), 1e-9 * sent) << variant << " " << phase;
+    }
+  }
+}
+
 TEST_F(Cli, GenDataTrainSaveEvalRoundTrip) {
   auto r = saescale(
       "gen-data --d-model 16 --tokens 3000 --shard-tokens 1000 --data synthetic:features=32,l0=3 "
