@@ -71,8 +71,9 @@ int run(int argc, char** argv) {
   if (const int code = parse_command_line(app, static_cast<int>(ours.size()), ours.data());
       code >= 0)
     return code;
-  int ranks = 1;
-  SAESCALE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &ranks));
+  int ranks = 1, mpi_started = 0;
+  SAESCALE_MPI_CHECK(MPI_Initialized(&mpi_started));
+  if (mpi_started) SAESCALE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &ranks));
   for (auto* sub : {grad, eval, gen_data, plan})
     if (sub->parsed() && ranks > 1)
       throw Error("saescale " + sub->get_name() +
@@ -83,7 +84,7 @@ int run(int argc, char** argv) {
     device_chosen |= std::string(a).rfind("--kokkos-device-id", 0) == 0 ||
                      std::string(a).rfind("--kokkos-map-device-id-by", 0) == 0;
   std::string device_arg;
-  if (const int device = device_for_this_rank(); device >= 0) {
+  if (const int device = mpi_started ? device_for_this_rank() : -1; device >= 0) {
     comm::set_device_id(device);
     if (!device_chosen) {
       device_arg = "--kokkos-device-id=" + std::to_string(device);
@@ -104,16 +105,27 @@ int run(int argc, char** argv) {
   return cli::info();
 }
 
+// `saescale plan` computes from shapes alone: it skips MPI_Init, which costs ~0.4 s for an Open MPI
+// singleton (it starts orted) — the scaling projection asks for hundreds of plans.
+bool needs_mpi(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (argv[i][0] != '-') return std::string(argv[i]) != "plan";  // the subcommand
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
+  const bool mpi = needs_mpi(argc, argv);
+  if (mpi && MPI_Init(&argc, &argv) != MPI_SUCCESS) {
     std::fprintf(stderr, "saescale: error: MPI_Init failed\n");
     return 1;
   }
-  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);  // errors reach SAESCALE_MPI_CHECK
   int rank = 0;
-  if (MPI_Comm_rank(MPI_COMM_WORLD, &rank) != MPI_SUCCESS) rank = 0;  // then report from here
+  if (mpi) {
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);  // errors reach SAESCALE_MPI_CHECK
+    if (MPI_Comm_rank(MPI_COMM_WORLD, &rank) != MPI_SUCCESS) rank = 0;  // then report from here
+  }
   // Errors that reach here are the same on every rank (options, the agreed setup of
   // cli/train.cpp): rank 0 reports them once. Failures during training abort all ranks there.
   int code = 1;
@@ -124,6 +136,6 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     if (rank == 0) std::fprintf(stderr, "saescale: internal error: %s\n", e.what());
   }
-  MPI_Finalize();
+  if (mpi) MPI_Finalize();
   return code;
 }

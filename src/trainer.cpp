@@ -885,6 +885,7 @@ nlohmann::json Trainer::run() {
   timing["total_train_s"] = train_seconds;
   timing["data_s"] = data_seconds_;
   timing["fenced"] = cfg_.fence;
+  timing["auxiliary_ran"] = auxiliary_ran_;  // AuxK found dead latents in some step
   timing["communication"] = communication_json(timing["phases_s"]);
   timing["ceilings"] = measure_ceilings(median);
   timing["gemm_floor_s"] = timing["ceilings"]["gemm_floor_s"];

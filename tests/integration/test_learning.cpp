@@ -118,6 +118,9 @@ TEST(AuxK, RevivesDeadLatents) {
   const double peak = *std::max_element(on.begin(), on.end());
   EXPECT_LT(on.back(), 0.8 * peak);
   EXPECT_LT(on.back(), off.back() - 0.2);
+  // The results say whether AuxK's passes ran (what a projection of the step's cost needs).
+  EXPECT_TRUE(with["timing"]["auxiliary_ran"].get<bool>());
+  EXPECT_FALSE(without["timing"]["auxiliary_ran"].get<bool>());
 }
 
 class PrintTable : public ::testing::Environment {
