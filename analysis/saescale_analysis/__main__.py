@@ -1,6 +1,6 @@
 """Command-line interface: python -m saescale_analysis COMMAND FILES...
 
-Commands: table, phases, costs, scaling, check-learning, validate, regress.
+Commands: table, phases, costs, scaling, check-learning, validate, regress, report.
 """
 
 from __future__ import annotations
@@ -117,7 +117,47 @@ def _parser() -> argparse.ArgumentParser:
                    "benchmarks missing from CURRENT")
     r.add_argument("--markdown", action="store_true", help="print a markdown table instead of plain text")
     r.set_defaults(subparser=r)  # usage errors print regress's usage
+
+    rp = sub.add_parser(
+        "report", help="write a study's report: report.html, report.md and PNG figures",
+        description="Read every results file below STUDY (at any depth; other JSON files are "
+        "ignored), group the runs by sweep and row (context.tags.sweep/row; untagged runs: the "
+        "sweep is the first directory below STUDY when it is weak, strong, variants or width, "
+        "else variants, and the row is the variant) and write DIR/report.md, DIR/report.html "
+        "(self-contained: figures embedded) and one PNG per figure: the setup, the step time "
+        "by phase group per variant relative to JumpReLU, memory, FVU against L0, time to "
+        "fidelity, weak and strong scaling with efficiency and Karp-Flatt, step time against "
+        "width, box plots of the step times, the scaling projection and a table of every run "
+        "(median with a 95% confidence interval). Only runs with status ok enter the figures; "
+        "the others are listed. Sections without data are left out, with one line saying so.",
+        epilog="Exit status: 0 report written, 2 usage error, STUDY missing or holding no "
+        "results file, or the report could not be written.")
+    rp.add_argument("study", metavar="STUDY", help="the study directory")
+    rp.add_argument("--out", metavar="DIR", help="output directory (default: STUDY/report)")
+    rp.add_argument("--saescale", metavar="PATH",
+                    help="the saescale binary, for the projection section's `saescale plan` "
+                    "(default: saescale on PATH)")
+    rp.add_argument("--title", metavar="T", help="the report's title (default: from study.json "
+                    "or the directory name)")
     return p
+
+
+def _report(args: argparse.Namespace) -> int:
+    """The report subcommand: write the files, print where they are."""
+    from . import report  # matplotlib loads only for this command
+
+    try:
+        written = report.write_report(args.study, args.out, args.saescale, args.title)
+    except OSError as e:  # a missing or empty study, an unwritable output directory
+        print(f"saescale_analysis: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    figures = sum(len(s.figures) for s in written.sections)
+    print(f"report: {written.html} and {written.markdown} ({len(written.sections)} sections, "
+          f"{figures} figures; {sum(len(p.runs) for p in written.study.points)} runs, "
+          f"{len(written.study.left_out)} left out)")
+    for line in written.omitted:
+        print(f"note: {line}")
+    return EXIT_OK
 
 
 def _regress(args: argparse.Namespace) -> int:
@@ -232,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _validate(args.files)
     if args.command == "regress":
         return _regress(args)
+    if args.command == "report":
+        return _report(args)
     try:
         results = load_results(args.files)
         df = to_frame(results)

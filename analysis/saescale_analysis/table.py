@@ -128,6 +128,36 @@ def format_phases(result: dict) -> str:
     return "\n".join(lines)
 
 
+#: Where a step's time goes, in stacking order (the groups of :func:`phase_group`).
+PHASE_GROUPS = ("GEMMs", "activation/selection", "auxiliary", "optimizer", "communication", "other")
+
+
+def phase_group(name: str) -> str:
+    """The group of one timed phase: the GEMMs, the elementwise activation or top-k selection,
+    the auxiliary passes (Gated's auxiliary reconstruction, AuxK), the optimizer, the
+    collectives (comm_*), and the rest (loss, bias gradients, checks, projections, ...)."""
+    if name.endswith("_gemm"):
+        return "GEMMs"
+    if name == "activation":
+        return "activation/selection"
+    if name in ("auxiliary_forward", "auxiliary_backward"):
+        return "auxiliary"
+    if name == "optimizer":
+        return "optimizer"
+    if name.startswith("comm_"):
+        return "communication"
+    return "other"
+
+
+def group_phases(phases: dict[str, dict[str, Any]], stat: str = "median") -> dict[str, float]:
+    """Sum of one statistic (median, mean, ...) of the phases of each group, in
+    :data:`PHASE_GROUPS` order (0.0 for a group without phases)."""
+    out = dict.fromkeys(PHASE_GROUPS, 0.0)
+    for name, s in phases.items():
+        out[phase_group(name)] += s.get(stat) or 0.0
+    return out
+
+
 def format_costs(results: list[dict], markdown: bool = False) -> str:
     """One row per run: where the step's time goes (GEMMs, activation/selection, auxiliary
     passes, optimizer, the rest, as % of the median step), the GEMMs' achieved rate against the
@@ -139,12 +169,9 @@ def format_costs(results: list[dict], markdown: bool = False) -> str:
         timing = r.get("timing", {})
         step = timing.get("step_s", {}).get("median") or math.nan
         phases = timing.get("phases_s", {})
-        med = {name: s.get("median", 0.0) for name, s in phases.items()}
-        gemm = sum(v for k, v in med.items() if k.endswith("_gemm"))
-        aux = med.get("auxiliary_forward", 0.0) + med.get("auxiliary_backward", 0.0)
-        act = med.get("activation", 0.0)
-        opt = med.get("optimizer", 0.0)
-        other = sum(med.values()) - gemm - aux - act - opt
+        groups = group_phases(phases)
+        gemm, act, aux, opt = (groups[g] for g in PHASE_GROUPS[:4])
+        other = groups["communication"] + groups["other"]  # this table keeps collectives in "other"
         flops = sum(s.get("flops") or 0.0 for k, s in phases.items() if k.endswith("_gemm"))
         rate = flops / gemm / 1e9 if gemm > 0 else math.nan
         ceiling = (timing.get("ceilings") or {}).get("gemm_gflops_per_s")
