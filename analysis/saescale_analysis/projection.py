@@ -27,7 +27,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,12 +37,14 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
+from .figures import VARIANT_ORDER, variant_colour
+from .scaling import efficiency
 from .sections import Section
 
 #: Projected GPU counts (the issue's 8 ... 1024; the measured rank counts are added to them).
 DEFAULT_GPUS: tuple[int, ...] = tuple(2**i for i in range(3, 11))
 #: Variants in the order the report uses (colours follow it).
-VARIANTS: tuple[str, ...] = ("relu", "jumprelu", "gated", "topk", "batchtopk")
+VARIANTS = VARIANT_ORDER
 SCALING_SWEEPS: tuple[str, ...] = ("weak", "strong")
 MODES: tuple[str, ...] = ("dp", "lp")
 
@@ -524,13 +525,6 @@ def projection_grid(sweep: str, mode: str, base: Run, p: int) -> tuple[int, int,
     return None if base.M % p else (base.B, base.M, 1, p)
 
 
-def efficiency(sweep: str, t0: float, p0: int, t: float, p: int) -> float:
-    """Weak: T(p0)/T(p). Strong: S(p)·p0/p with S(p) = T(p0)/T(p) (hpc conventions)."""
-    if not (t > 0 and t0 > 0):
-        return math.nan
-    return t0 / t if sweep == "weak" else t0 / t * p0 / p
-
-
 def project(bases: dict[tuple[str, str, str], Base], ab: AlphaBeta, planner: Planner,
             gpus: Sequence[int] = DEFAULT_GPUS, extra: dict[tuple[str, str], set[int]] | None = None
             ) -> tuple[pd.DataFrame, list[str]]:
@@ -571,7 +565,7 @@ def project(bases: dict[tuple[str, str, str], Base], ab: AlphaBeta, planner: Pla
         rows.append(dict(sweep=base.sweep, variant=base.variant, mode=base.mode, gpus=p, dp=dp, lp=lp,
                          B=B, M=M, local_B=B // dp, local_M=M // lp, compute_s=pred.compute_s,
                          comm_s=pred.communication_s, other_s=pred.other_s, step_s=pred.step_s,
-                         efficiency=efficiency(base.sweep, t0.get(key, math.nan), base.run.ranks,
+                         efficiency=_efficiency(base.sweep, t0.get(key, math.nan), base.run.ranks,
                                                pred.step_s, p), p0=base.run.ranks))
     cols = ["sweep", "variant", "mode", "gpus", "dp", "lp", "B", "M", "local_B", "local_M",
             "compute_s", "comm_s", "other_s", "step_s", "efficiency", "p0"]
@@ -618,12 +612,11 @@ def _pct(x: float) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{100 * x:.0f}%"
 
 
-def _colour(variant: str) -> str:
-    import matplotlib.pyplot as plt
-
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    i = VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS) + zlib.crc32(variant.encode()) % 5
-    return cycle[i % len(cycle)]
+def _efficiency(sweep: str, t0: float, p0: int, t: float, p: int) -> float:
+    """Weak: T(p0)/T(p). Strong: S(p)·p0/p with S(p) = T(p0)/T(p); NaN without both times."""
+    if not (t > 0 and t0 > 0):
+        return math.nan
+    return efficiency(sweep, t0, t, p0, p)[1]
 
 
 def _measured_points(runs: Sequence[Run], bases: dict[tuple[str, str, str], Base]) -> pd.DataFrame:
@@ -634,7 +627,7 @@ def _measured_points(runs: Sequence[Run], bases: dict[tuple[str, str, str], Base
         if not r.mode or base is None or base.source.split("/")[0] != r.sweep:
             continue
         rows.append(dict(sweep=r.sweep, variant=r.variant, mode=r.mode, gpus=r.ranks, step_s=r.step_s,
-                         efficiency=efficiency(r.sweep, base.run.step_s, base.run.ranks, r.step_s, r.ranks)))
+                         efficiency=_efficiency(r.sweep, base.run.step_s, base.run.ranks, r.step_s, r.ranks)))
     return pd.DataFrame(rows, columns=["sweep", "variant", "mode", "gpus", "step_s", "efficiency"])
 
 
@@ -650,18 +643,18 @@ def _plot_projection(proj: pd.DataFrame, measured: pd.DataFrame, sweep: str, col
     for (variant, mode), g in proj[proj.sweep == sweep].groupby(["variant", "mode"], sort=False):
         g = g.sort_values("gpus")
         y = g[column] * (1e3 if column == "step_s" else 100)
-        ax.plot(g.gpus, y, "-" if mode == "dp" else "--", color=_colour(variant),
+        ax.plot(g.gpus, y, "-" if mode == "dp" else "--", color=variant_colour(variant),
                 label=f"{variant} {mode}")
         if column == "step_s" and mode == "dp":  # T(p0) flat (weak) or T(p0)·p0/p (strong)
             p0, t0 = int(g.p0.iloc[0]), float(g.step_s.iloc[0]) * 1e3
             ideal = t0 if sweep == "weak" else t0 * p0 / g.gpus
-            ax.plot(g.gpus, np.broadcast_to(ideal, g.gpus.shape), ":", color=_colour(variant),
+            ax.plot(g.gpus, np.broadcast_to(ideal, g.gpus.shape), ":", color=variant_colour(variant),
                     alpha=0.5, lw=1, label=ideal_label)
             ideal_label = "_nolegend_"
     m = measured[measured.sweep == sweep]
     for (variant, mode), g in m.groupby(["variant", "mode"], sort=False):
         y = g[column] * (1e3 if column == "step_s" else 100)
-        ax.plot(g.gpus, y, "o" if mode == "dp" else "s", color=_colour(variant), mfc="none",
+        ax.plot(g.gpus, y, "o" if mode == "dp" else "s", color=variant_colour(variant), mfc="none",
                 linestyle="none", label=f"{variant} {mode} measured")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("GPUs (ranks)")

@@ -32,6 +32,7 @@ from scipy.stats import binom
 from . import figures
 from .regress import BenchKey, bench_key, step_samples
 from .results import SCHEMA, PathLike
+from .scaling import efficiency
 from .sections import Section
 from .table import PHASE_GROUPS, group_phases
 
@@ -74,28 +75,6 @@ def harmonic_mean(rates: Iterable[float]) -> float:
     with harmonic means, so the result is the rate of the runs taken together)."""
     r = np.asarray(list(rates), dtype=float)
     return float(r.size / np.sum(1.0 / r)) if r.size and np.all(r > 0) else math.nan
-
-
-def efficiency(kind: str, t0: float, t: float, p0: int, p: int) -> tuple[float, float, float]:
-    """(speedup, parallel efficiency, Karp-Flatt serial fraction) of time t on p ranks against
-    time t0 on the base p0 ranks.
-
-    Strong scaling (fixed global problem): speedup S = t0/t, efficiency S p0/p. Weak scaling
-    (fixed work per rank): efficiency t0/t, and the speedup is the scaled speedup (p/p0) t0/t.
-    The Karp-Flatt metric e = (1/S - 1/q) / (1 - 1/q), q = p/p0, is the serial fraction that
-    would explain S; a growing e means overhead that grows with the ranks. NaN at p = p0.
-    """
-    if kind not in ("weak", "strong"):
-        raise ValueError(f"unknown scaling kind {kind!r}")
-    q = p / p0
-    if kind == "strong":
-        speedup = t0 / t
-        eff = speedup / q
-    else:
-        eff = t0 / t
-        speedup = q * eff
-    serial = (1 / speedup - 1 / q) / (1 - 1 / q) if q != 1 else math.nan
-    return speedup, eff, serial
 
 
 # --- the study ----------------------------------------------------------------------------------

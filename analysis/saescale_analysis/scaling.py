@@ -6,6 +6,28 @@ import math
 from typing import Any
 
 
+def efficiency(kind: str, t0: float, t: float, p0: int, p: int) -> tuple[float, float, float]:
+    """(speedup, parallel efficiency, Karp-Flatt serial fraction) of time t on p ranks against
+    time t0 on the base p0 ranks.
+
+    Strong scaling (fixed global problem): speedup S = t0/t, efficiency S p0/p. Weak scaling
+    (fixed work per rank): efficiency t0/t, and the speedup is the scaled speedup (p/p0) t0/t.
+    The Karp-Flatt metric e = (1/S - 1/q) / (1 - 1/q), q = p/p0, is the serial fraction that
+    would explain S; a growing e means overhead that grows with the ranks. NaN at p = p0.
+    """
+    if kind not in ("weak", "strong"):
+        raise ValueError(f"unknown scaling kind {kind!r}")
+    q = p / p0
+    if kind == "strong":
+        speedup = t0 / t
+        eff = speedup / q
+    else:
+        eff = t0 / t
+        speedup = q * eff
+    serial = (1 / speedup - 1 / q) / (1 - 1 / q) if q != 1 else math.nan
+    return speedup, eff, serial
+
+
 def _grid(result: dict[str, Any]) -> tuple[int, int]:
     grid = result.get("context", {}).get("grid", {}) or {}
     return int(grid.get("dp", 1) or 1), int(grid.get("lp", 1) or 1)
@@ -35,7 +57,7 @@ def scaling_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[st
                    if name.startswith("comm_"))
         sent = sum(v.get("sent_bytes_per_step", 0.0) for v in timing.get("communication", {}).values())
         one = base.get(key(r), math.nan)
-        speedup = one / step if step else math.nan
+        speedup = efficiency("strong", one, step, 1, dp * lp)[0] if step else math.nan
         rows.append([
             str(key(r)[0]), f"dp {dp} x lp {lp}", str(dp * lp),
             f"{step * 1e3:.2f}" if step else "-",

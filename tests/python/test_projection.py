@@ -25,7 +25,7 @@ from saescale_analysis.projection import (
     choose_bases,
     collective_time,
     communication_times,
-    efficiency,
+    _efficiency,
     fit_alpha_beta,
     fit_check,
     fit_sweeps,
@@ -228,9 +228,9 @@ def test_projection_grid_and_efficiency_conventions() -> None:
     assert projection_grid("strong", "dp", base, 16) is None      # 1000 % 16
     assert projection_grid("strong", "lp", base, 1024) == (1000, 2048, 1, 1024)
     assert projection_grid("strong", "lp", base, 4096) is None    # 2048 % 4096
-    assert efficiency("weak", 1.0, 1, 1.25, 8) == pytest.approx(0.8)
-    assert efficiency("strong", 1.0, 1, 0.25, 8) == pytest.approx(0.5)   # S = 4 on 8
-    assert efficiency("strong", 1.0, 2, 0.25, 8) == pytest.approx(1.0)   # S = 4 on 4x the ranks
+    assert _efficiency("weak", 1.0, 1, 1.25, 8) == pytest.approx(0.8)
+    assert _efficiency("strong", 1.0, 1, 0.25, 8) == pytest.approx(0.5)   # S = 4 on 8
+    assert _efficiency("strong", 1.0, 2, 0.25, 8) == pytest.approx(1.0)   # S = 4 on 4x the ranks
 
 
 # ---- projection and fit check of a synthetic study ----------------------------------------
