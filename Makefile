@@ -10,9 +10,10 @@ CMAKE_ARGS ?=
 
 DEBIAN_PACKAGES := build-essential cmake git libtrilinos-kokkos-dev libopenblas-dev \
   libopenmpi-dev openmpi-bin libcli11-dev nlohmann-json3-dev libtomlplusplus-dev \
-  libgtest-dev libbenchmark-dev libbenchmark-tools python3-venv python3-pip clang libclang-rt-dev
+  libgtest-dev libbenchmark-dev libbenchmark-tools python3-venv python3-pip clang libclang-rt-dev \
+  slurm-wlm munge
 
-.PHONY: all deps deps-system deps-python build test test-cpp test-python test-fuzz demo format clean help
+.PHONY: all deps deps-system deps-python build test test-cpp test-python test-slurm test-fuzz demo format clean help
 
 all: build
 
@@ -57,11 +58,17 @@ test-cpp: build
 test-python: deps-python
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/python
 
+# The cluster workflow end to end on a real Slurm: a one-node cluster (munge, slurmctld, slurmd)
+# started and stopped by the test, Makefile.cluster and runs/ as users run them (root; about
+# 1-2 minutes). SAESCALE_SKIP_SLURM=1 skips it.
+test-slurm: build deps-python
+	BUILD=$(BUILD) VENV=$(VENV) bash tests/slurm/e2e.sh
+
 # libFuzzer targets of the file and config parsers (clang, ASan + UBSan), a bounded time each.
 test-fuzz: deps-system
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash tests/fuzz/run.sh
 
-test: deps test-cpp test-python test-fuzz
+test: deps test-cpp test-python test-slurm test-fuzz
 
 demo: deps build
 	PYTHON=$(VENV)/bin/python BUILD=$(BUILD) bash runs/demo.sh

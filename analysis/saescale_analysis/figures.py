@@ -55,10 +55,19 @@ def _log_y(ax) -> None:
     ax.autoscale_view()
     lo, hi = ax.get_ylim()
     span = hi / lo
+    labelled = range(1, 10) if span < 10 else (1, 2, 5) if span < 1000 else (1,)
 
     def minor(v: float, _: int) -> str:
         mantissa = round(v / 10 ** math.floor(math.log10(v)), 6)
-        return f"{v:g}" if span < 10 or (span < 1000 and mantissa in (2, 5)) else ""
+        return f"{v:g}" if mantissa in labelled else ""
+
+    # Widen the limits to the next labelled tick on each side, so both ends carry a label.
+    def ticks(v: float) -> list[float]:
+        e = math.floor(math.log10(v))
+        return [m * 10.0 ** k for k in (e - 1, e, e + 1) for m in labelled]
+
+    ax.set_ylim(max(t for t in ticks(lo) if t <= lo * (1 + 1e-9)),
+                min(t for t in ticks(hi) if t >= hi * (1 - 1e-9)))
 
     ax.yaxis.set_major_formatter(_plain())
     ax.yaxis.set_minor_formatter(FuncFormatter(minor))
