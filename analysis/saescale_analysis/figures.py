@@ -42,12 +42,12 @@ def _save(fig: Figure, path: Path, right: float = 1.0) -> Path:
     return path
 
 
-def _plain() -> FuncFormatter:
+def plain_numbers() -> FuncFormatter:
     """Tick labels as plain numbers (a new formatter per axis: formatters bind to one axis)."""
     return FuncFormatter(lambda v, _: f"{v:g}")
 
 
-def _log_y(ax) -> None:
+def log_y(ax) -> None:
     """Log y axis (call after plotting) labelled in plain numbers (0.2, 0.5, 1, 10), not powers
     of ten. Minor ticks are labelled too where the axis spans few decades (all of them within
     one decade, 2 and 5 within three), so a narrow axis is not left with one label or none."""
@@ -69,7 +69,7 @@ def _log_y(ax) -> None:
     ax.set_ylim(max(t for t in ticks(lo) if t <= lo * (1 + 1e-9)),
                 min(t for t in ticks(hi) if t >= hi * (1 - 1e-9)))
 
-    ax.yaxis.set_major_formatter(_plain())
+    ax.yaxis.set_major_formatter(plain_numbers())
     ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
@@ -85,7 +85,7 @@ def _rank_axis(ax, ranks: Sequence[int]) -> None:
     ax.set_xscale("log", base=2)
     ticks = sorted(set(ranks))
     ax.set_xticks(ticks)
-    ax.xaxis.set_major_formatter(_plain())
+    ax.xaxis.set_major_formatter(plain_numbers())
     ax.xaxis.set_minor_formatter(NullFormatter())
     if len(ticks) == 1:
         ax.set_xlim(ticks[0] / 1.5, ticks[0] * 1.5)
@@ -173,7 +173,7 @@ def scaling(path: Path, lines: Sequence[ScalingLine], title: str, ideal: str) ->
                       label=line.label, **style)
         ax_t.plot(line.ranks, [t * 1e3 for t in line.ideal_s], color=colour, ls=":", lw=1)
         ax_e.plot(line.ranks, [100 * e for e in line.efficiency], label=line.label, **style)
-    _log_y(ax_t)
+    log_y(ax_t)
     ax_t.set_ylabel("median step time (ms)")
     ax_t.set_title(f"step time (dotted: ideal, {ideal})", fontsize=10)
     top = max([100.0] + [100 * e for line in lines for e in line.efficiency if not math.isnan(e)])
@@ -257,7 +257,7 @@ def time_to_fidelity(path: Path, targets: Sequence[float],
                             ha="center", va="bottom", rotation=90, fontsize=7)
     measured = [v for values in times.values() for v in values if not isinstance(v, str) and v > 0]
     if measured and max(measured) > 30 * min(measured):
-        _log_y(ax)
+        log_y(ax)
     ax.set_xticks(range(len(targets)), [f"FVU <= {t:g}" for t in targets])
     ax.set_ylabel("training time to reach it (s)")
     ax.set_title("time to fidelity (steps only, evaluation excluded)", fontsize=10)
@@ -290,7 +290,7 @@ def boxplots(path: Path, panels: Sequence[BoxPanel], title: str) -> Path:
         ax.tick_params(axis="x", labelrotation=30 if widest > 4 else 0)
         values = [v for s in panel.samples for v in s if v > 0]
         if values and max(values) > 10 * min(values):
-            _log_y(ax)
+            log_y(ax)
         ax.set_ylabel("step time (ms)")
         ax.set_title(panel.title, fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
@@ -309,8 +309,8 @@ def width(path: Path, series: dict[str, list[tuple[int, float, float, float]]]) 
         ax.errorbar(m, [t * 1e3 for t in median], yerr=_yerr_ms(median, lo, hi), marker="o",
                     capsize=3, color=variant_colour(variant), label=variant)
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(_plain())
-    _log_y(ax)
+    ax.xaxis.set_major_formatter(plain_numbers())
+    log_y(ax)
     ax.set_xlabel("latents M")
     ax.set_ylabel("median step time (ms)")
     ax.set_title("step time against SAE width", fontsize=10)

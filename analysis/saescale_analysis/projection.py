@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
-from .figures import VARIANT_ORDER, variant_colour
+from .figures import VARIANT_ORDER, log_y, plain_numbers, variant_colour
 from .scaling import efficiency
 from .sections import Section
 
@@ -657,9 +657,10 @@ def _plot_projection(proj: pd.DataFrame, measured: pd.DataFrame, sweep: str, col
         ax.plot(g.gpus, y, "o" if mode == "dp" else "s", color=variant_colour(variant), mfc="none",
                 linestyle="none", label=f"{variant} {mode} measured")
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(plain_numbers())
     ax.set_xlabel("GPUs (ranks)")
     if column == "step_s":
-        ax.set_yscale("log")
+        log_y(ax)
         ax.set_ylabel("step time (ms, median)")
     else:
         ax.set_ylim(0, 105)
