@@ -26,6 +26,10 @@ KERNELS = {
     "adam/beta1:0.9": WORK,
     "renormalize_rows": WORK,
     "project_decoder_gradient": WORK,
+    **{f"sparse/{n}": ("bytes_per_second", "k") for n in ("compact_rows", "latent_index")},
+    **{f"sparse/{n}": WORK + ("k",) for n in ("decode", "decoder_gradient_atomic",
+                                              "decoder_gradient_sorted", "activation_gradient",
+                                              "encoder_gradient")},
 }
 ALLREDUCE_BYTES = [8 * 4**i for i in range(12)] + [64 << 20]  # 8 B, x4 ... 32 MiB, 64 MiB
 CONTEXT = ("saescale_version", "git_commit", "compiler", "build_type", "kokkos_version",

@@ -18,6 +18,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <functional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,7 @@
 #include "kernels/gemm.hpp"
 #include "kernels/optim.hpp"
 #include "kernels/select/topk.hpp"
+#include "kernels/sparse.hpp"
 #include "metrics/work_model.hpp"
 
 namespace {
@@ -40,9 +42,8 @@ using metrics::Work;
 
 struct Shape {
   int64_t B = 2048, d = 512, M = 8192;  // the README's benchmark size
+  int64_t k = 32;  // TopK's k (BatchTopK selects k * B); entries per row of the sparse kernels
 };
-
-constexpr int64_t kTopK = 32;  // TopK's default k; BatchTopK selects k * B over the batch
 
 // ---- inputs ---------------------------------------------------------------------------------
 
@@ -220,7 +221,7 @@ void gated_backward(benchmark::State& state, const Shape& s) {
 // so the mask has TopK's density (AuxK off: no dead latents).
 void topk_backward(benchmark::State& state, const Shape& s) {
   ActivationBuffers a(s);
-  kernels::row_topk(a.pi, a.b_enc, kTopK, kernels::TopkAlgo::radix, a.f);
+  kernels::row_topk(a.pi, a.b_enc, s.k, kernels::TopkAlgo::radix, a.f);
   const Vector g_b_enc("g_b_enc", s.M);
   const auto g_pi_slots = slots("g_pi_slots", s.M);
   time_kernel(state, metrics::activation_backward_work("topk", s.B, s.M), [&] {
@@ -236,22 +237,22 @@ void topk_backward(benchmark::State& state, const Shape& s) {
 void row_topk(benchmark::State& state, const Shape& s, kernels::TopkAlgo algo) {
   ActivationBuffers a(s);
   const auto active = a.stats.active_total(), fired = a.stats.fired_total();
-  state.counters["k"] = static_cast<double>(kTopK);
+  state.counters["k"] = static_cast<double>(s.k);
   time_kernel(state, metrics::row_selection_work(s.B, s.M, kernels::topk_algo_name(algo)), [&] {
     Kokkos::deep_copy(active, 0);
     Kokkos::deep_copy(fired, 0);
-    kernels::row_topk(a.pi, a.b_enc, kTopK, algo, a.f, {}, active, fired, kFireThreshold);
+    kernels::row_topk(a.pi, a.b_enc, s.k, algo, a.f, {}, active, fired, kFireThreshold);
   });
 }
 
 void batch_topk(benchmark::State& state, const Shape& s, kernels::TopkAlgo algo) {
   ActivationBuffers a(s);
   const auto active = a.stats.active_total(), fired = a.stats.fired_total();
-  state.counters["k"] = static_cast<double>(kTopK * s.B);
+  state.counters["k"] = static_cast<double>(s.k * s.B);
   time_kernel(state, metrics::batch_selection_work(s.B, s.M, kernels::topk_algo_name(algo)), [&] {
     Kokkos::deep_copy(active, 0);
     Kokkos::deep_copy(fired, 0);
-    kernels::batch_topk(a.pi, a.b_enc, kTopK * s.B, algo, a.f, active, fired, kFireThreshold);
+    kernels::batch_topk(a.pi, a.b_enc, s.k * s.B, algo, a.f, active, fired, kFireThreshold);
   });
 }
 
@@ -289,6 +290,120 @@ void gemm_benchmark(benchmark::State& state, const GemmCase& c) {
   const Matrix out = random_matrix("C", c.m, c.n);
   time_kernel(state, metrics::gemm_work(c.m, c.n, c.k),
               [&] { gemm(c.ta, c.tb, c.alpha, a, b, c.beta, out); });
+}
+
+// ---- sparse kernels (kernels/sparse.hpp), each next to the GEMM it replaces -------------------
+
+// f with exactly k entries per row at k distinct latents drawn uniformly (a trained SAE's latents
+// are far from uniform: a few fire often, so real buckets are less even), values in (0, 1].
+struct SparseInputs {
+  sparse::SparseRows rows;
+  Matrix f;  // the same entries, dense [B, M] (only compact_rows reads it)
+  double nnz;
+
+  SparseInputs(const Shape& s, bool with_dense)
+      : rows(sparse::SparseRows::allocate("f_rows", s.B, s.k)), nnz(double(s.B) * s.k) {
+    std::mt19937_64 gen(seed_for("f_rows"));
+    std::uniform_real_distribution<float> value(0.01f, 1.0f);
+    auto idx = Kokkos::create_mirror_view(rows.idx);
+    auto val = Kokkos::create_mirror_view(rows.val);
+    auto count = Kokkos::create_mirror_view(rows.count);
+    std::vector<int32_t> chosen;
+    for (int64_t b = 0; b < s.B; ++b) {
+      chosen.clear();
+      std::uniform_int_distribution<int32_t> latent(0, static_cast<int32_t>(s.M - 1));
+      while (static_cast<int64_t>(chosen.size()) < s.k) {
+        const int32_t m = latent(gen);
+        if (std::find(chosen.begin(), chosen.end(), m) == chosen.end()) chosen.push_back(m);
+      }
+      std::sort(chosen.begin(), chosen.end());
+      for (int64_t j = 0; j < s.k; ++j) idx(b, j) = chosen[j], val(b, j) = value(gen);
+      count(b) = static_cast<int32_t>(s.k);
+    }
+    Kokkos::deep_copy(rows.idx, idx);
+    Kokkos::deep_copy(rows.val, val);
+    Kokkos::deep_copy(rows.count, count);
+    if (!with_dense) return;
+    f = Matrix("f", s.B, s.M);
+    auto fh = Kokkos::create_mirror_view(f);
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t j = 0; j < s.k; ++j) fh(b, idx(b, j)) = val(b, j);
+    Kokkos::deep_copy(f, fh);
+  }
+};
+
+void sparse_counters(benchmark::State& state, const Shape& s) {
+  state.counters["k"] = static_cast<double>(s.k);
+}
+
+void sparse_compact(benchmark::State& state, const Shape& s) {
+  const SparseInputs in(s, true);
+  const auto rows = sparse::SparseRows::allocate("compact_rows", s.B, s.k);
+  sparse_counters(state, s);
+  time_kernel(state, metrics::sparse_compact_work(s.B, s.M, in.nnz),
+              [&] { sparse::compact_rows(in.f, rows); });
+  if (sparse::overflow_rows(rows) != 0) state.SkipWithError("compact_rows overflowed");
+}
+
+void sparse_latent_index(benchmark::State& state, const Shape& s) {
+  const SparseInputs in(s, false);
+  const auto index = sparse::LatentIndex::allocate("latent_index", s.M, s.B, s.k);
+  sparse_counters(state, s);
+  time_kernel(state, metrics::latent_index_work(s.B, s.M, in.nnz),
+              [&] { sparse::build_latent_index(in.rows, index); });
+}
+
+// e = (x - b_dec) - f W_dec, as the decode GEMM: alpha = -1, beta = 1.
+void sparse_decode(benchmark::State& state, const Shape& s) {
+  const SparseInputs in(s, false);
+  const Matrix w_dec = random_matrix("W_dec", s.M, s.d), e = random_matrix("e", s.B, s.d);
+  sparse_counters(state, s);
+  time_kernel(state, metrics::sparse_decode_work(s.B, s.d, s.M, in.nnz, true),
+              [&] { sparse::sparse_decode(in.rows, w_dec, e, 1, -1); });
+}
+
+// g_W_dec = -2/B f^T e: atomic, or sorted (the by-latent index built inside the timed region).
+void sparse_decoder_gradient(benchmark::State& state, const Shape& s, bool sorted) {
+  const SparseInputs in(s, false);
+  const Matrix e = random_matrix("e", s.B, s.d), g_w_dec("g_W_dec", s.M, s.d);
+  const auto index = sparse::LatentIndex::allocate("latent_index", s.M, s.B, s.k);
+  const real alpha = -2.0f / s.B;
+  Work work = metrics::sparse_decoder_gradient_work(s.B, s.d, s.M, in.nnz);
+  if (sorted) {
+    const Work sort = metrics::latent_index_work(s.B, s.M, in.nnz);
+    work.bytes += sort.bytes;
+  }
+  sparse_counters(state, s);
+  time_kernel(state, work, [&] {
+    if (sorted) {
+      sparse::build_latent_index(in.rows, index);
+      sparse::sparse_decoder_gradient_sorted(in.rows, index, e, alpha, 0, g_w_dec);
+    } else {
+      sparse::sparse_decoder_gradient_atomic(in.rows, e, alpha, 0, g_w_dec);
+    }
+  });
+}
+
+// g_f = -2/B e W_dec^T at f's entries.
+void sparse_activation_gradient(benchmark::State& state, const Shape& s) {
+  const SparseInputs in(s, false);
+  const Matrix w_dec = random_matrix("W_dec", s.M, s.d), e = random_matrix("e", s.B, s.d);
+  const Matrix g_val("g_f_values", s.B, s.k);
+  sparse_counters(state, s);
+  time_kernel(state, metrics::sparse_activation_gradient_work(s.B, s.d, s.M, in.nnz),
+              [&] { sparse::sparse_activation_gradient(in.rows, e, w_dec, -2.0f / s.B, g_val); });
+}
+
+// g_W_enc = x^T g_pi at f's entries, with f's index (built once: it is the decoder gradient's).
+void sparse_encoder_gradient(benchmark::State& state, const Shape& s) {
+  const SparseInputs in(s, false);
+  const auto g_pi = in.rows.with_values(random_matrix("g_pi_values", s.B, s.k, -1e-3f, 1e-3f));
+  const auto index = sparse::LatentIndex::allocate("latent_index", s.M, s.B, s.k);
+  sparse::build_latent_index(in.rows, index);
+  const Matrix x = random_matrix("x", s.B, s.d), g_w_enc("g_W_enc", s.d, s.M);
+  sparse_counters(state, s);
+  time_kernel(state, metrics::sparse_encoder_gradient_work(s.B, s.d, s.M, in.nnz),
+              [&] { sparse::sparse_encoder_gradient(g_pi, index, x, 1, 0, g_w_enc); });
 }
 
 // ---- optimiser and decoder constraint --------------------------------------------------------
@@ -384,6 +499,16 @@ void register_benchmarks(const Shape& s) {
   }
   for (const auto& c : step_gemms(s))
     kernel(c.name, [c](benchmark::State& st) { gemm_benchmark(st, c); });
+  kernel("sparse/compact_rows", [s](benchmark::State& st) { sparse_compact(st, s); });
+  kernel("sparse/latent_index", [s](benchmark::State& st) { sparse_latent_index(st, s); });
+  kernel("sparse/decode", [s](benchmark::State& st) { sparse_decode(st, s); });
+  kernel("sparse/decoder_gradient_atomic",
+         [s](benchmark::State& st) { sparse_decoder_gradient(st, s, false); });
+  kernel("sparse/decoder_gradient_sorted",
+         [s](benchmark::State& st) { sparse_decoder_gradient(st, s, true); });
+  kernel("sparse/activation_gradient",
+         [s](benchmark::State& st) { sparse_activation_gradient(st, s); });
+  kernel("sparse/encoder_gradient", [s](benchmark::State& st) { sparse_encoder_gradient(st, s); });
   kernel("adam/beta1:0", [s](benchmark::State& st) { adam(st, s, 0.0f); });
   kernel("adam/beta1:0.9", [s](benchmark::State& st) { adam(st, s, 0.9f); });
   kernel("renormalize_rows", [s](benchmark::State& st) { renormalize(st, s); });
@@ -416,14 +541,16 @@ void add_context(const Shape& s, int ranks) {
   benchmark::AddCustomContext("shape.B", std::to_string(s.B));
   benchmark::AddCustomContext("shape.d", std::to_string(s.d));
   benchmark::AddCustomContext("shape.M", std::to_string(s.M));
-  benchmark::AddCustomContext("topk.k", std::to_string(kTopK));
+  benchmark::AddCustomContext("topk.k", std::to_string(s.k));
 }
 
 // ---- main ------------------------------------------------------------------------------------
 
 constexpr const char* kUsage =
-    "usage: saescale-kernels [--shape=B,d,M] [--kokkos-...] [--benchmark_...]\n"
-    "  --shape=B,d,M  batch rows, model dimension, latents (default 2048,512,8192)\n"
+    "usage: saescale-kernels [--shape=B,d,M[,k]] [--kokkos-...] [--benchmark_...]\n"
+    "  --shape=B,d,M[,k]  batch rows, model dimension, latents (default 2048,512,8192); k: TopK's\n"
+    "                     k and the sparse kernels' entries per row (default 32). Issue 8's\n"
+    "                     sparse shape: --shape=2048,512,32768,32\n"
     "Under mpiexec every rank runs every benchmark; rank 0 alone prints and writes files.\n\n";
 
 // Argument errors: the same on every rank, so rank 0 alone reports them.
@@ -437,17 +564,19 @@ struct Options {
   std::vector<char*> kokkos_args, benchmark_args;  // argv[0] first
 };
 
-// "B,d,M": three positive integers, M at least TopK's k.
+// "B,d,M" or "B,d,M,k": positive integers, M at least k (default 32).
 Shape parse_shape(const std::string& text) {
-  int64_t B = 0, d = 0, M = 0;
+  int64_t B = 0, d = 0, M = 0, k = 32;
   char trailing = 0;
-  if (std::sscanf(text.c_str(), "%" SCNd64 ",%" SCNd64 ",%" SCNd64 "%c", &B, &d, &M, &trailing) !=
-          3 ||
-      B <= 0 || d <= 0 || M <= 0)
-    throw UsageError("--shape expects three positive integers B,d,M (got '" + text + "')");
-  if (M < kTopK)
-    throw UsageError("--shape: M must be at least TopK's k = " + std::to_string(kTopK));
-  return {B, d, M};
+  const char* text_c = text.c_str();
+  const bool four = std::sscanf(text_c, "%" SCNd64 ",%" SCNd64 ",%" SCNd64 ",%" SCNd64 "%c", &B, &d,
+                                &M, &k, &trailing) == 4;
+  const bool three = !four && std::sscanf(text_c, "%" SCNd64 ",%" SCNd64 ",%" SCNd64 "%c", &B, &d,
+                                          &M, &trailing) == 3;
+  if (!(three || four) || B <= 0 || d <= 0 || M <= 0 || k <= 0)
+    throw UsageError("--shape expects positive integers B,d,M or B,d,M,k (got '" + text + "')");
+  if (M < k) throw UsageError("--shape: M must be at least k = " + std::to_string(k));
+  return {B, d, M, k};
 }
 
 // Kokkos sees only --kokkos-* arguments, Google Benchmark the rest but --shape; ranks other than
@@ -463,7 +592,7 @@ Options parse_arguments(int argc, char** argv, int rank, int ranks) {
     else if (arg.rfind("--shape=", 0) == 0)
       o.shape = parse_shape(arg.substr(8));
     else if (arg == "--shape")
-      throw UsageError("--shape expects --shape=B,d,M");
+      throw UsageError("--shape expects --shape=B,d,M[,k]");
     else if (ranks > 1 && arg.rfind(interleaving, 0) == 0 && arg != interleaving + "=false")
       throw UsageError(interleaving + " orders the benchmarks differently on every rank, so " +
                        "their collectives would not match: use it on one rank");

@@ -48,6 +48,38 @@ Work adam_work(double P, bool first_moment) {
 Work renormalize_work(double M, double d) { return {3 * M * d, kF * 2 * M * d}; }
 Work projection_work(double M, double d) { return {4 * M * d, kF * 3 * M * d}; }
 
+namespace {
+constexpr double kEntry = 8;  // an ELL entry: int32 latent index + fp32 value
+double rows_touched(double M, double nnz) { return nnz < M ? nnz : M; }
+}  // namespace
+
+Work sparse_compact_work(double B, double M, double nnz) {
+  return {0, kF * B * M + kEntry * nnz + 4 * B};
+}
+
+Work latent_index_work(double B, double M, double nnz) {
+  return {0, 4 * (nnz + B) + 4 * (M + 1) + 4 * nnz};  // idx and counts in; offsets, ids out
+}
+
+Work sparse_decode_work(double B, double d, double M, double nnz, bool reads_out) {
+  return {2 * nnz * d,
+          kEntry * nnz + 4 * B + kF * rows_touched(M, nnz) * d + kF * B * d * (reads_out ? 2 : 1)};
+}
+
+Work sparse_decoder_gradient_work(double B, double d, double M, double nnz) {
+  return {2 * nnz * d, kEntry * nnz + 4 * B + kF * B * d + kF * M * d};  // G in, g_W_dec out
+}
+
+Work sparse_activation_gradient_work(double B, double d, double M, double nnz) {
+  // G and the touched W_dec rows in; one value out per entry
+  return {2 * nnz * d, kEntry * nnz + 4 * B + kF * B * d + kF * rows_touched(M, nnz) * d};
+}
+
+Work sparse_encoder_gradient_work(double B, double d, double M, double nnz) {
+  // values and index (ids, offsets) in, X_in in, g_W_enc [d, M] out
+  return {2 * nnz * d, kEntry * nnz + 4 * (M + 1) + kF * B * d + kF * d * M};
+}
+
 std::map<std::string, Work> work_model(const WorkShape& s) {
   const double B = s.B, d = s.d, M = s.M, P = s.P;
   const bool subtracts = s.variant != "relu" && s.variant != "jumprelu";

@@ -38,4 +38,16 @@ Work adam_work(double P, bool first_moment);
 Work renormalize_work(double M, double d);
 Work projection_work(double M, double d);
 
+// Sparse kernels (kernels/sparse.hpp) over nnz stored entries of a [B, M] matrix with a [B, cap]
+// ELL layout (index int32 + value fp32 = 8 bytes per entry). A gather or scatter over W_dec's rows
+// counts min(nnz, M) distinct rows, each read once (the minimum; which rows depends on the data).
+// Gradients write all of their [M, d] output (untouched rows zeroed or beta-scaled); out of the
+// decode is read too when beta != 0.
+Work sparse_compact_work(double B, double M, double nnz);  // dense f in; entries, counts out
+Work latent_index_work(double B, double M, double nnz);    // entries in; offsets, entry ids out
+Work sparse_decode_work(double B, double d, double M, double nnz, bool reads_out);
+Work sparse_decoder_gradient_work(double B, double d, double M, double nnz);
+Work sparse_activation_gradient_work(double B, double d, double M, double nnz);
+Work sparse_encoder_gradient_work(double B, double d, double M, double nnz);
+
 }  // namespace saescale::metrics
