@@ -208,6 +208,22 @@ inline void sparse_decoder_gradient_atomic(const SparseRows& rows, const Matrix&
   }
 }
 
+// dense [B, M] = 0 but at the rows' entries: dense(b, idx(b, j)) = val(b, j). Puts g_f back in
+// the dense layout the variants' backward kernels read (one O(B M) write pass).
+inline void scatter_rows(const SparseRows& rows, const Matrix& dense) {
+  if (static_cast<int64_t>(dense.extent(0)) != rows.rows())
+    throw Error("scatter_rows: the dense matrix and the sparse rows differ in rows");
+  Kokkos::deep_copy(dense, real(0));
+  const IndexMatrix idx = rows.idx;
+  const Matrix val = rows.val;
+  const IndexVector count = rows.count;
+  Kokkos::parallel_for(
+      "saescale::sparse::scatter_rows", Kokkos::RangePolicy<ExecSpace>(0, rows.rows()),
+      KOKKOS_LAMBDA(int64_t b) {
+        for (int64_t j = 0; j < count(b); ++j) dense(b, idx(b, j)) = val(b, j);
+      });
+}
+
 // The entries of a SparseRows grouped by latent (a counting sort): latent m's entries are the
 // flat entry ids e = b * capacity + j in entries[offsets(m), offsets(m + 1)), in increasing e
 // (i.e. increasing row) order. Depends only on idx and count, so f's index serves every matrix

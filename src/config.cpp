@@ -70,6 +70,15 @@ void add_model_options(CLI::App& app, Config& c) {
   app.add_option("--precision", c.precision, "GEMM precision (tf32/bf16 need cuBLAS)")
       ->check(CLI::IsMember({"fp32", "tf32", "bf16"}))
       ->capture_default_str();
+  app.add_option("--sparse", c.sparse,
+                 "sparse-aware decode and backward products over f's non-zeros (a product whose "
+                 "rows exceed --sparse-capacity runs dense that step)")
+      ->check(CLI::IsMember({"off", "on"}))
+      ->capture_default_str();
+  app.add_option("--sparse-capacity", c.sparse_capacity,
+                 "entries kept per row on the sparse path (default: k for topk, 32 k otherwise: "
+                 "their rows vary)")
+      ->check(kNonNegative);
   app.add_option("--seed", c.seed, "random seed (data, init, shuffling)")->capture_default_str();
   app.add_option("--init", c.init, "start from these weights (.safetensors with cfg.json)");
   app.add_option("--out", c.out, "results file to write (JSON)");
@@ -180,6 +189,10 @@ void add_train_options(CLI::App& app, Config& c) {
 
 }  // namespace
 
+int64_t Config::sparse_capacity_or_default() const {
+  return sparse_capacity > 0 ? sparse_capacity : variant == "topk" ? k : 32 * k;
+}
+
 nlohmann::json Config::tags_json() const {
   nlohmann::json out = nlohmann::json::object();
   for (const auto& tag : tags) {
@@ -220,6 +233,8 @@ nlohmann::json Config::to_json() const {
           {"norm_tokens", norm_tokens},
           {"dead_window_tokens", dead_window_tokens},
           {"precision", precision},
+          {"sparse", sparse},
+          {"sparse_capacity", sparse_capacity},
           {"dp", dp},
           {"lp", lp},
           {"comm", comm},

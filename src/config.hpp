@@ -32,6 +32,9 @@ struct Config {
   int64_t norm_tokens = 65536;
   int64_t dead_window_tokens = 10'000'000;
   std::string precision = "fp32";
+  std::string sparse = "off";   // sparse-aware products after the encoder: off, on
+  int64_t sparse_capacity = 0;  // entries per row; 0: k for TopK, 32 k otherwise
+  int64_t sparse_capacity_or_default() const;
   int64_t dp = 0, lp = 1;              // dp 0: number of ranks / lp
   std::string comm = "auto";           // collectives on device buffers: auto, mpi, nccl
   std::string batch_scope = "global";  // BatchTopK: global batch or each rank's rows

@@ -91,7 +91,10 @@ void Model::encode(Precision p) {
 
 double Model::activate(const Hyper& h) { return variant_->forward(params_, buf_, h); }
 
-void Model::decode(Precision p) { residual(buf_, buf_.f, params_, buf_.e, p, "decode"); }
+void Model::decode(Precision p) {
+  const bool sparse_rows = use_sparse("decode", sparse_ && sparse_->f_fits);
+  residual(buf_, buf_.f, params_, buf_.e, p, "decode", sparse_rows ? &sparse_->f : nullptr);
+}
 
 double Model::auxiliary_forward(const Hyper& h, Precision p) {
   return variant_->auxiliary_forward(params_, buf_, h, p);
@@ -110,20 +113,82 @@ double Model::squared_error() const {
 // W_dec's gradient is final (but for AuxK) early in the backward pass: its data-parallel
 // all-reduce can start while the encoder side is still being computed.
 void Model::backward_decoder_gemm(const Hyper& h, Precision p) {
-  gemm(Trans::T, Trans::N, static_cast<real>(-2.0 / buf_.global_batch), buf_.f, buf_.e, 0,
-       params_.grad_matrix("W_dec"), p);
+  const real scale = static_cast<real>(-2.0 / buf_.global_batch);
+  if (use_sparse("decoder_gradient", sparse_ && sparse_->f_fits))
+    sparse::sparse_decoder_gradient_sorted(sparse_->f, sparse_->f_index, buf_.e, scale, 0,
+                                           params_.grad_matrix("W_dec"));
+  else
+    gemm(Trans::T, Trans::N, scale, buf_.f, buf_.e, 0, params_.grad_matrix("W_dec"), p);
   variant_->decoder_gradient_extra(params_, buf_, h);
 }
 
 void Model::backward_activation_gemm(Precision p) {
-  gemm(Trans::N, Trans::T, static_cast<real>(-2.0 / buf_.global_batch), buf_.e,
-       params_.matrix("W_dec"), 0, buf_.g, p);
+  const real scale = static_cast<real>(-2.0 / buf_.global_batch);
+  if (use_sparse("activation_gradient", sparse_ && sparse_->g_f_fits)) {
+    // g_f at the entries backward() reads, zero elsewhere (where its factor is zero).
+    const auto& s = *sparse_;
+    const auto rows = (s.g_f_is_f ? s.f : s.g_f).with_values(s.g_f_values);
+    sparse::sparse_activation_gradient(rows, buf_.e, params_.matrix("W_dec"), scale, s.g_f_values);
+    sparse::scatter_rows(rows, buf_.g);
+  } else {
+    gemm(Trans::N, Trans::T, scale, buf_.e, params_.matrix("W_dec"), 0, buf_.g, p);
+  }
 }
 
 void Model::variant_backward(const Hyper& h) { variant_->backward(params_, buf_, h); }
 
 void Model::backward_encoder_gemm(Precision p) {
+  if (sparse_) {  // g_pi's non-zeros (f's, plus AuxK's or Gated's gate entries)
+    auto& s = *sparse_;
+    sparse::compact_rows(buf_.g, s.g_pi);
+    if (use_sparse("encoder_gradient", sparse::overflow_rows(s.g_pi) == 0)) {
+      sparse::build_latent_index(s.g_pi, s.g_pi_index);
+      sparse::sparse_encoder_gradient(s.g_pi, s.g_pi_index, buf_.x_in, 1, 0,
+                                      params_.grad_matrix("W_enc"));
+      return;
+    }
+  }
   gemm(Trans::T, Trans::N, 1, buf_.x_in, buf_.g, 0, params_.grad_matrix("W_enc"), p);
+}
+
+void Model::enable_sparse(int64_t capacity) {
+  if (batch() <= 0) throw Error("enable_sparse: allocate the batch first");
+  const int64_t B = batch(), cap = std::max<int64_t>(1, std::min(capacity, width_));
+  if (B * cap >= (int64_t(1) << 31))
+    throw Error("--sparse-capacity " + std::to_string(cap) + " x " + std::to_string(B) +
+                " rows per rank must stay below 2^31 entries");
+  auto s = std::make_unique<SparseState>();
+  s->capacity = cap;
+  s->f = sparse::SparseRows::allocate("saescale::sparse::f", B, cap);
+  s->g_f = sparse::SparseRows::allocate("saescale::sparse::g_f", B, cap);
+  s->g_pi = sparse::SparseRows::allocate("saescale::sparse::g_pi", B, cap);
+  s->g_f_values = Matrix("saescale::sparse::g_f_values", B, cap);
+  s->f_index = sparse::LatentIndex::allocate("saescale::sparse::f_index", width_, B, cap);
+  s->g_pi_index = sparse::LatentIndex::allocate("saescale::sparse::g_pi_index", width_, B, cap);
+  sparse_ = std::move(s);
+}
+
+void Model::compact(const Hyper& h) {
+  auto& s = *sparse_;
+  sparse::compact_rows(buf_.f, s.f);
+  s.f_fits = sparse::overflow_rows(s.f) == 0;
+  if (s.f_fits) sparse::build_latent_index(s.f, s.f_index);
+  // g is free until backward_activation_gemm writes it: the variant's marks go there.
+  s.g_f_is_f = !variant_->mark_gradient_entries(params_, buf_, h, buf_.g);
+  if (!s.g_f_is_f) sparse::compact_rows(buf_.g, s.g_f);
+  s.g_f_fits = s.g_f_is_f ? s.f_fits : sparse::overflow_rows(s.g_f) == 0;
+}
+
+bool Model::use_sparse(const char* product, bool fits) {
+  if (!sparse_) return false;
+  auto& c = sparse_->counts[product];
+  ++(fits ? c.sparse : c.dense);
+  return fits;
+}
+
+const std::map<std::string, Model::SparseCounts>& Model::sparse_counts() const {
+  static const std::map<std::string, SparseCounts> none;
+  return sparse_ ? sparse_->counts : none;
 }
 
 void Model::bias_gradients() {
@@ -144,6 +209,7 @@ LossParts Model::forward(const Hyper& h, Precision p) {
   LossParts loss;
   encode(p);
   loss.penalty = activate(h);
+  if (sparse_) compact(h);
   decode(p);
   loss.auxiliary = auxiliary_forward(h, p);
   loss.mse = squared_error() / buf_.global_batch;

@@ -2,10 +2,12 @@
 // step that every variant shares (GEMMs, loss, bias gradients). Trainer::step() strings them
 // together; `grad` and `eval` use the same pieces, so what is validated is what is timed.
 #pragma once
+#include <map>
 #include <memory>
 #include <string>
 
 #include "kernels/gemm.hpp"
+#include "kernels/sparse.hpp"
 #include "variant.hpp"
 
 namespace saescale {
@@ -54,6 +56,21 @@ class Model {
   void backward_encoder_gemm(Precision p);  // g_W_enc = x_in^T g_pi
   void bias_gradients();                    // g_b_dec (also through x_in)
 
+  // ---- the sparse-aware path (--sparse on) ---------------------------------------------------
+  // After the activation, compact() gathers f's non-zeros, and the entries of g_f the variant's
+  // backward reads, into rows of at most `capacity` entries; decode and the three backward
+  // products then gather and scatter over them (kernels/sparse.hpp, O(B L0 d)) instead of
+  // running GEMMs (O(B M d)). A product whose rows overflow the capacity this step runs as the
+  // dense GEMM: the results count how many products ran each way.
+  void enable_sparse(int64_t capacity);
+  bool sparse() const { return sparse_ != nullptr; }
+  void compact(const Hyper& h);
+  struct SparseCounts {
+    int64_t sparse = 0, dense = 0;
+  };
+  // Per product (decode, decoder_gradient, activation_gradient, encoder_gradient).
+  const std::map<std::string, SparseCounts>& sparse_counts() const;
+
   // Loss and raw gradients of the batch in buffers().x (no projection/clipping/optimiser).
   // Loss parts are this rank's (sum them with reduce_loss); gradients are complete over the latent
   // shards but not yet summed over data-parallel ranks.
@@ -78,6 +95,18 @@ class Model {
   int64_t d_, global_width_, width_;
   ParamStore params_;
   StepBuffers buf_;
+
+  struct SparseState {
+    int64_t capacity = 0;
+    sparse::SparseRows f, g_f, g_pi;  // f's entries; the g_f entries backward reads; g_pi's
+    sparse::LatentIndex f_index, g_pi_index;
+    Matrix g_f_values;                      // g_f at the g_f entries
+    bool g_f_is_f = true;                   // backward reads g_f at f's entries only
+    bool f_fits = false, g_f_fits = false;  // this step's rows within the capacity
+    std::map<std::string, SparseCounts> counts;
+  };
+  std::unique_ptr<SparseState> sparse_;
+  bool use_sparse(const char* product, bool fits);  // counts the product's path
 };
 
 // Weights directory: DIR/sae_weights.safetensors + DIR/cfg.json (what SAELens loads). Collective

@@ -218,6 +218,7 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
   }
 
   model_->allocate(local_batch_, cfg.batch_size, comm.rank(comm::Group::dp) * local_batch_);
+  if (cfg.sparse == "on") model_->enable_sparse(cfg.sparse_capacity_or_default());
   model_->initialize(hyper_at(0), cfg.seed);
   if (model_->variant().b_dec_from_data() && cfg.b_dec_init != "zero") {
     for (auto& v : head) v = static_cast<float>(v * norm_scale_);
@@ -331,6 +332,7 @@ void Trainer::step(int64_t step) {
 
   timers_.run("encode_gemm", [&] { m.encode(p); });
   timers_.run("activation", [&] { local.penalty = m.activate(h); });
+  if (m.sparse()) timers_.run("sparse_compact", [&] { m.compact(h); });
   timers_.run("decode_gemm", [&] { m.decode(p); });
   if (m.variant().has_auxiliary_loss())
     timers_.run("auxiliary_forward", [&] { local.auxiliary = m.auxiliary_forward(h, p); });
@@ -536,10 +538,31 @@ nlohmann::json Trainer::measure_ceilings(double step_median) {
   return out;
 }
 
+// The work model describes the dense step: with --sparse on, the products that ran sparse (or
+// sometimes sparse, sometimes dense) are left out of it — they carry no rates and no FLOPs.
+std::map<std::string, metrics::Work> Trainer::dense_work(const metrics::WorkShape& shape) const {
+  auto work = metrics::work_model(shape);
+  if (model_->sparse())
+    for (const char* phase : {"decode_gemm", "backward_decoder_gemm", "backward_activation_gemm",
+                              "backward_encoder_gemm"})
+      work.erase(phase);
+  return work;
+}
+
+// --sparse: the capacity and, per product, how many times it ran sparse and how many dense
+// (its rows overflowed the capacity). null with --sparse off.
+nlohmann::json Trainer::sparse_json() const {
+  if (!model_->sparse()) return nullptr;
+  nlohmann::json products = nlohmann::json::object();
+  for (const auto& [name, c] : model_->sparse_counts())
+    products[name] = {{"sparse", c.sparse}, {"dense", c.dense}};
+  return {{"capacity", cfg_.sparse_capacity_or_default()}, {"products", products}};
+}
+
 // Every phase's work (metrics/work_model.hpp; communication: the bytes sent) and the rates its
 // median achieved, on this rank's shapes. Unfenced phase times are launch times: no rates then.
 void Trainer::annotate_phases(nlohmann::json& timing) const {
-  const auto work = metrics::work_model(work_shape(false));
+  const auto work = dense_work(work_shape(false));
   for (auto& [phase, stats] : timing["phases_s"].items()) {
     double flops = 0, bytes = 0;
     if (auto it = work.find(phase); it != work.end()) {
@@ -879,13 +902,14 @@ nlohmann::json Trainer::run() {
   timing["tokens_per_s"] = median > 0 ? B / median : 0.0;
   // The whole step's FLOPs (all ranks) from the work model.
   double flops = 0;
-  for (const auto& [phase, w] : metrics::work_model(work_shape(true))) flops += w.flops;
+  for (const auto& [phase, w] : dense_work(work_shape(true))) flops += w.flops;
   timing["flops_per_step"] = flops;
   timing["warmup_steps"] = cfg_.warmup_steps;
   timing["total_train_s"] = train_seconds;
   timing["data_s"] = data_seconds_;
   timing["fenced"] = cfg_.fence;
   timing["auxiliary_ran"] = auxiliary_ran_;  // AuxK found dead latents in some step
+  timing["sparse"] = sparse_json();
   timing["communication"] = communication_json(timing["phases_s"]);
   timing["ceilings"] = measure_ceilings(median);
   timing["gemm_floor_s"] = timing["ceilings"]["gemm_floor_s"];

@@ -59,6 +59,8 @@ class Trainer {
   double dead_fraction() const;
   nlohmann::json measure_ceilings(double step_median);
   metrics::WorkShape work_shape(bool global) const;
+  std::map<std::string, metrics::Work> dense_work(const metrics::WorkShape& shape) const;
+  nlohmann::json sparse_json() const;
   void annotate_phases(nlohmann::json& timing) const;
   nlohmann::json memory_json() const;
   nlohmann::json config_json() const;

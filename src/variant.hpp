@@ -11,6 +11,7 @@
 #include "kernels/activations/latent_stats.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/select/topk.hpp"
+#include "kernels/sparse.hpp"
 #include "params.hpp"
 
 namespace saescale {
@@ -54,8 +55,10 @@ struct StepBuffers {
 // out = x - (f W_dec + b_dec). Under latent parallelism each shard holds part of f W_dec: the lp
 // leader starts from x - b_dec, the others from 0, and the shards' partial residuals are summed
 // (`phase` names the all-reduce).
+// With `rows` (f's non-zeros, kernels/sparse.hpp) the product is a gather over them instead of a
+// GEMM.
 void residual(const StepBuffers& s, const Matrix& f, const ParamStore& p, const Matrix& out,
-              Precision prec, const char* phase);
+              Precision prec, const char* phase, const sparse::SparseRows* rows = nullptr);
 
 struct Hyper {
   double sparsity_coeff;  // lambda after the warm-up schedule
@@ -83,6 +86,14 @@ class Variant {
   virtual double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) = 0;
   // g_pi from g_f in place over s.g; per-latent parameter gradients (b_enc, thresholds, ...).
   virtual void backward(ParamStore& p, StepBuffers& s, const Hyper& h) = 0;
+  // The sparse path (Model::compact) computes g_f only at the entries backward() reads with a
+  // non-zero factor: the active ones (f != 0), unless the variant marks more here — every
+  // non-zero of `marks` [B, M] — and returns true (JumpReLU: also the inactive entries inside the
+  // straight-through window, whose threshold gradient reads g_f).
+  virtual bool mark_gradient_entries(const ParamStore&, const StepBuffers&, const Hyper&,
+                                     const Matrix& /*marks*/) const {
+    return false;
+  }
   // Extra gradient terms of W_dec beyond f^T g_xhat (ReLU's norm-weighted penalty).
   virtual void decoder_gradient_extra(ParamStore&, const StepBuffers&, const Hyper&) {}
 

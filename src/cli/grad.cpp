@@ -42,6 +42,7 @@ int grad(const Config& cfg) {
   h.topk_algo = kernels::parse_topk_algo(cfg.topk_algo);
 
   model.allocate(n);
+  if (cfg.sparse == "on") model.enable_sparse(cfg.sparse_capacity_or_default());
   model.initialize(h, cfg.seed);
   if (!weights.empty()) model.import_tensors(std::move(weights), s, cfg.init);
   // The AuxK dead set is empty in `grad` unless the test-only option names one.
@@ -61,12 +62,17 @@ int grad(const Config& cfg) {
   const LossParts loss = model.forward_backward(h, precision);
   auto tensors = model.params().to_tensors(/*gradients=*/true);
   tensors.push_back({"loss", {}, {static_cast<float>(loss.total())}});
+  // Which path each product took (--sparse on): "decode=sparse,encoder_gradient=dense,...".
+  std::string paths;
+  for (const auto& [product, c] : model.sparse_counts())
+    paths += (paths.empty() ? "" : ",") + product + "=" + (c.dense ? "dense" : "sparse");
   io::write_safetensors(cfg.out, tensors,
                         {{"variant", cfg.variant},
                          {"rows", std::to_string(n)},
                          {"mse", std::to_string(loss.mse)},
                          {"penalty", std::to_string(loss.penalty)},
-                         {"norm_scale", std::to_string(s)}});
+                         {"norm_scale", std::to_string(s)},
+                         {"sparse_paths", paths.empty() ? "off" : paths}});
   std::printf("grad: %s on %lld rows: loss %.8g (mse %.8g + sparsity %.8g) -> %s\n",
               cfg.variant.c_str(), (long long)n, loss.total(), loss.mse, loss.penalty,
               cfg.out.c_str());

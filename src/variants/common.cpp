@@ -42,12 +42,15 @@ std::vector<ParamSpec> Variant::param_specs(int64_t d, int64_t width) const {
 }
 
 void residual(const StepBuffers& s, const Matrix& f, const ParamStore& p, const Matrix& out,
-              Precision prec, const char* phase) {
+              Precision prec, const char* phase, const sparse::SparseRows* rows) {
   if (s.lp_leader())
     kernels::subtract_row("saescale::residual::init", s.x, p.vector("b_dec"), out);
   else
     Kokkos::deep_copy(out, 0.f);
-  gemm(Trans::N, Trans::N, -1, f, p.matrix("W_dec"), 1, out, prec);
+  if (rows)
+    sparse::sparse_decode(*rows, p.matrix("W_dec"), out, 1, -1);
+  else
+    gemm(Trans::N, Trans::N, -1, f, p.matrix("W_dec"), 1, out, prec);
   s.comm->allreduce_sum(phase, comm::Group::lp, Vector(out.data(), out.size()));
 }
 

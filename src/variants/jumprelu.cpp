@@ -59,6 +59,24 @@ class JumpRelu final : public Variant {
     return h.sparsity_coeff * static_cast<double>(active) / s.global_batch;
   }
 
+  // g_f is read at the active entries and, for the threshold, inside the window |u| < eps/2.
+  bool mark_gradient_entries(const ParamStore& p, const StepBuffers& s, const Hyper& h,
+                             const Matrix& marks) const override {
+    const Matrix pi = s.pi;
+    const Vector bias = p.vector("b_enc"), theta = theta_;
+    const real half_window = static_cast<real>(h.bandwidth / 2);
+    const int64_t M = pi.extent(1);
+    Kokkos::parallel_for(
+        "saescale::sparse::jumprelu_marks",
+        Kokkos::RangePolicy<ExecSpace>(0, static_cast<int64_t>(pi.extent(0)) * M),
+        KOKKOS_LAMBDA(int64_t e) {
+          const int64_t b = e / M, i = e - b * M;
+          const real u = pi(b, i) + bias(i) - theta(i);
+          marks(b, i) = u > -half_window ? real(1) : real(0);  // active (u > 0) or in the window
+        });
+    return true;
+  }
+
   void backward(ParamStore& p, StepBuffers& s, const Hyper& h) override {
     // theta_ still holds exp(t) from forward: parameters do not change in between.
     for_each_tile(

@@ -93,6 +93,25 @@ TEST_F(Cli, TagsGoIntoTheContext) {
             nlohmann::json::object());
 }
 
+// --sparse on: TopK's rows never overflow capacity k, so every product of every step runs on the
+// sparse rows, and the results say so (and still validate).
+TEST_F(Cli, SparsePathIsRecorded) {
+  const auto r = saescale("train --variant topk --k 4 --d-model 8" + small_ + "--sparse on --out " +
+                          dir_ + "/s.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(std::ifstream(dir_ + "/s.json"));
+  const auto& sparse = j["timing"]["sparse"];
+  EXPECT_EQ(sparse["capacity"].get<int>(), 4);
+  for (const char* product :
+       {"decode", "decoder_gradient", "activation_gradient", "encoder_gradient"}) {
+    EXPECT_GE(sparse["products"][product]["sparse"].get<int>(), 3) << product;
+    EXPECT_EQ(sparse["products"][product]["dense"].get<int>(), 0) << product;
+  }
+  EXPECT_FALSE(j["timing"]["phases_s"]["decode_gemm"].contains("flops"));  // not the dense work
+  EXPECT_TRUE(j["timing"]["phases_s"].contains("sparse_compact"));
+  ts::expect_valid_results(dir_ + "/s.json");
+}
+
 // The plan's JSON breaks every communication phase into its collectives (what a latency-bandwidth
 // projection needs) and gives the work model on one rank's shapes; the pieces add up to the totals.
 TEST_F(Cli, PlanJsonCollectivesAddUp) {

@@ -245,6 +245,99 @@ TEST(DataSources, RankSlicesMakeUpTheGlobalBatch) {
   }
 }
 
+// ---- the sparse-aware path (--sparse on) ------------------------------------------------------
+
+// Non-zeros per row of a [B, M] matrix on the host.
+std::vector<int64_t> row_counts(const Matrix& a, double above = 0) {
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), a);
+  std::vector<int64_t> n(h.extent(0), 0);
+  for (size_t b = 0; b < h.extent(0); ++b)
+    for (size_t m = 0; m < h.extent(1); ++m) n[b] += std::abs(h(b, m)) > above;
+  return n;
+}
+
+// The sparse products (decode, the decoder and encoder gradients, g_f at the entries backward
+// reads) give the dense path's loss and gradients for every variant, on random parameters with
+// every encoder bias negative, b_dec zero and a few inputs scaled down so that some rows have no
+// active latent, and with the capacity set to the largest row so that some rows are exactly at it.
+// One entry less and the products that no longer fit fall back to the dense GEMMs, with the same
+// result.
+TEST(SparsePath, MatchesTheDenseProductsForEveryVariant) {
+  const int64_t d = 24, M = 96, B = 40;
+  for (const std::string variant : {"relu", "jumprelu", "gated", "topk", "batchtopk"}) {
+    Hyper h = hyper();
+    h.k = 6;
+    std::mt19937 rng(testing_support::test_seed());
+    std::normal_distribution<float> n(0, 1);
+    std::vector<float> x(B * d);
+    for (int64_t i = 0; i < B * d; ++i) x[i] = n(rng) * (i / d < 3 ? 1e-3f : 1.0f);
+    auto setup = [&](Model& m) {
+      m.allocate(B);
+      m.initialize(h, 7);
+      randomize(m);
+      for (const char* bias : {"b_enc", "b_gate", "b_mag"}) {
+        if (!m.params().has(bias)) continue;
+        auto v = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), m.params().vector(bias));
+        for (size_t i = 0; i < v.extent(0); ++i) v(i) = -std::abs(v(i)) - 0.05f;
+        Kokkos::deep_copy(m.params().vector(bias), v);
+      }
+      Kokkos::deep_copy(m.params().vector("b_dec"), 0.f);  // TopK/BatchTopK encode x - b_dec
+      auto hx = Kokkos::create_mirror_view(Kokkos::HostSpace(), m.buffers().x);
+      std::copy(x.begin(), x.end(), hx.data());
+      Kokkos::deep_copy(m.buffers().x, hx);
+    };
+    Model dense(variant, d, M);
+    setup(dense);
+    const LossParts expected = dense.forward_backward(h, Precision::fp32);
+    const auto want = dense.params().to_tensors(true);
+    // The largest row of every entry set the sparse path builds: f, g_pi and (JumpReLU) the
+    // entries of g_f inside the straight-through window, u > -eps/2.
+    const auto f_rows = row_counts(dense.buffers().f), g_pi_rows = row_counts(dense.buffers().g);
+    int64_t capacity = 0;
+    for (int64_t b = 0; b < B; ++b) capacity = std::max({capacity, f_rows[b], g_pi_rows[b]});
+    if (variant == "jumprelu") {
+      auto pi = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), dense.buffers().pi);
+      auto bias =
+          Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), dense.params().vector("b_enc"));
+      auto t = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(),
+                                                   dense.params().vector("log_threshold"));
+      for (int64_t b = 0; b < B; ++b) {
+        int64_t marked = 0;
+        for (int64_t m = 0; m < M; ++m)
+          marked += pi(b, m) + bias(m) - std::exp(t(m)) > -h.bandwidth / 2;
+        capacity = std::max(capacity, marked);
+      }
+    }
+    EXPECT_EQ(*std::min_element(f_rows.begin(), f_rows.end()), 0) << variant << ": no empty row";
+    ASSERT_LT(capacity, M) << variant << ": not sparse enough to test anything";
+
+    for (const int64_t cap : {capacity, capacity - 1}) {
+      Model sparse(variant, d, M);
+      setup(sparse);
+      sparse.enable_sparse(cap);
+      const LossParts got = sparse.forward_backward(h, Precision::fp32);
+      EXPECT_NEAR(got.total(), expected.total(), 1e-6 * std::abs(expected.total())) << variant;
+      const auto have = sparse.params().to_tensors(true);
+      for (size_t t = 0; t < want.size(); ++t) {
+        double scale = 0;
+        for (float v : want[t].values) scale = std::max(scale, double(std::abs(v)));
+        for (size_t i = 0; i < want[t].values.size(); ++i)
+          ASSERT_NEAR(have[t].values[i], want[t].values[i], 1e-5 * scale + 1e-12)
+              << variant << " capacity " << cap << ": d" << want[t].name << "[" << i << "]";
+      }
+      int64_t sparse_products = 0, dense_products = 0;
+      for (const auto& [product, c] : sparse.sparse_counts())
+        sparse_products += c.sparse, dense_products += c.dense;
+      if (cap == capacity) {  // everything fits: all four products ran sparse
+        EXPECT_EQ(sparse_products, 4) << variant;
+        EXPECT_EQ(dense_products, 0) << variant;
+      } else {  // the fullest row overflows: at least one product fell back to its GEMM
+        EXPECT_GT(dense_products, 0) << variant;
+      }
+    }
+  }
+}
+
 // ---- the measurement harness ------------------------------------------------------------------
 
 Config harness_config(const std::string& variant) {

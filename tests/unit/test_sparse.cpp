@@ -131,6 +131,18 @@ TEST(Sparse, CompactRowsKeepsFirstEntriesInLatentOrderAndCountsOverflow) {
   EXPECT_EQ(sparse::overflow_rows(fx.rows), fx.h.over);
 }
 
+// compact then scatter gives back the dense matrix (rows within capacity), zeros elsewhere even
+// where the destination held something before.
+TEST(Sparse, ScatterRowsRoundTrip) {
+  Fixture fx;
+  Matrix out = nan_matrix(kB, kM);
+  sparse::scatter_rows(fx.rows, out);
+  const auto expected = dense_of(fx.rows, kM);
+  auto got = host(out);
+  for (int64_t b = 0; b < kB; ++b)
+    for (int64_t m = 0; m < kM; ++m) ASSERT_EQ(got(b, m), expected[b * kM + m]) << b << "," << m;
+}
+
 TEST(Sparse, DecodeMatchesDenseReference) {
   Fixture fx;
   const auto f = dense_of(fx.rows, kM);
