@@ -10,25 +10,13 @@
 #include "kernels/gemm.hpp"
 #include "kernels/optim.hpp"
 #include "kernels/reduce.hpp"
-#include "support/random.hpp"
+#include "support/random_views.hpp"
 
 namespace saescale {
 namespace {
 
-std::mt19937& rng() {
-  static std::mt19937 r(testing_support::test_seed());
-  return r;
-}
-
-Matrix random_matrix(int64_t rows, int64_t cols, double scale = 1.0) {
-  Matrix m("m", rows, cols);
-  auto h = Kokkos::create_mirror_view(m);
-  std::normal_distribution<double> n(0, scale);
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) h(i, j) = static_cast<float>(n(rng()));
-  Kokkos::deep_copy(m, h);
-  return m;
-}
+using testing_support::random_matrix;
+using testing_support::rng;
 
 Vector random_vector(int64_t n, double scale = 1.0, double mean = 0.0) {
   Vector v("v", n);
