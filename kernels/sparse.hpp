@@ -68,6 +68,16 @@ inline int64_t overflow_rows(const SparseRows& rows) {
   return n;
 }
 
+// Mean entries per row (a reduction and a device-to-host copy).
+inline double mean_count(const SparseRows& rows) {
+  const IndexVector count = rows.count;
+  int64_t total = 0;
+  Kokkos::parallel_reduce(
+      "saescale::sparse::mean_count", Kokkos::RangePolicy<ExecSpace>(0, rows.rows()),
+      KOKKOS_LAMBDA(int64_t b, int64_t & acc) { acc += count(b); }, total);
+  return double(total) / double(rows.rows());
+}
+
 // rows <- the non-zeros of f [B, M] in increasing latent order (see the overflow contract above).
 // Reads all of f: a dense O(B M) pass (selection kernels could emit the rows directly instead).
 inline void compact_rows(const Matrix& f, const SparseRows& rows) {

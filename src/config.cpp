@@ -72,8 +72,9 @@ void add_model_options(CLI::App& app, Config& c) {
       ->capture_default_str();
   app.add_option("--sparse", c.sparse,
                  "sparse-aware decode and backward products over f's non-zeros (a product whose "
-                 "rows exceed --sparse-capacity runs dense that step)")
-      ->check(CLI::IsMember({"off", "on"}))
+                 "rows exceed --sparse-capacity runs dense that step); auto: also dense while the "
+                 "rows average more entries than a calibration at start measured to pay")
+      ->check(CLI::IsMember({"off", "on", "auto"}))
       ->capture_default_str();
   app.add_option("--sparse-capacity", c.sparse_capacity,
                  "entries kept per row on the sparse path (default: k for topk, 32 k otherwise: "

@@ -1,8 +1,11 @@
 #include "model.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
+#include <random>
 
 #include "data/rng.hpp"
 #include "error.hpp"
@@ -141,7 +144,7 @@ void Model::backward_encoder_gemm(Precision p) {
   if (sparse_) {  // g_pi's non-zeros (f's, plus AuxK's or Gated's gate entries)
     auto& s = *sparse_;
     sparse::compact_rows(buf_.g, s.g_pi);
-    if (use_sparse("encoder_gradient", sparse::overflow_rows(s.g_pi) == 0)) {
+    if (use_sparse("encoder_gradient", rows_fit(s.g_pi))) {
       sparse::build_latent_index(s.g_pi, s.g_pi_index);
       sparse::sparse_encoder_gradient(s.g_pi, s.g_pi_index, buf_.x_in, 1, 0,
                                       params_.grad_matrix("W_enc"));
@@ -168,15 +171,60 @@ void Model::enable_sparse(int64_t capacity) {
   sparse_ = std::move(s);
 }
 
+bool Model::rows_fit(const sparse::SparseRows& rows) const {
+  return sparse::overflow_rows(rows) == 0 &&
+         (sparse_->limit >= double(rows.capacity()) || sparse::mean_count(rows) <= sparse_->limit);
+}
+
 void Model::compact(const Hyper& h) {
   auto& s = *sparse_;
   sparse::compact_rows(buf_.f, s.f);
-  s.f_fits = sparse::overflow_rows(s.f) == 0;
+  s.f_fits = rows_fit(s.f);
   if (s.f_fits) sparse::build_latent_index(s.f, s.f_index);
   // g is free until backward_activation_gemm writes it: the variant's marks go there.
   s.g_f_is_f = !variant_->mark_gradient_entries(params_, buf_, h, buf_.g);
   if (!s.g_f_is_f) sparse::compact_rows(buf_.g, s.g_f);
-  s.g_f_fits = s.g_f_is_f ? s.f_fits : sparse::overflow_rows(s.g_f) == 0;
+  s.g_f_fits = s.g_f_is_f ? s.f_fits : rows_fit(s.g_f);
+}
+
+void Model::set_sparse_limit(double entries) { sparse_->limit = entries; }
+
+void Model::fill_sparse_rows(int64_t entries, uint64_t seed) {
+  auto& s = *sparse_;
+  const int64_t B = batch(), L = std::min(entries, s.capacity);
+  auto idx = Kokkos::create_mirror_view(Kokkos::HostSpace(), s.f.idx);
+  auto val = Kokkos::create_mirror_view(Kokkos::HostSpace(), s.f.val);
+  auto count = Kokkos::create_mirror_view(Kokkos::HostSpace(), s.f.count);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> value(0, 1);
+  std::vector<sparse::Index> latents(width_);
+  std::iota(latents.begin(), latents.end(), 0);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < L; ++j)  // a partial Fisher-Yates shuffle: L distinct latents
+      std::swap(latents[j], latents[j + static_cast<int64_t>(rng() % uint64_t(width_ - j))]);
+    std::sort(latents.begin(), latents.begin() + L);
+    for (int64_t j = 0; j < L; ++j) idx(b, j) = latents[j], val(b, j) = value(rng);
+    count(b) = static_cast<sparse::Index>(L);
+  }
+  Kokkos::deep_copy(s.f.idx, idx);
+  Kokkos::deep_copy(s.f.val, val);
+  Kokkos::deep_copy(s.f.count, count);
+}
+
+void Model::run_sparse_products() {
+  auto& s = *sparse_;
+  const Matrix W_dec = params_.matrix("W_dec");
+  // The two B x M compaction passes of every sparse step (f's rows, g_pi's rows), into scratch.
+  sparse::compact_rows(buf_.g, s.g_f);
+  sparse::compact_rows(buf_.g, s.g_pi);
+  sparse::sparse_decode(s.f, W_dec, buf_.e, 1, -1);
+  sparse::build_latent_index(s.f, s.f_index);
+  sparse::sparse_decoder_gradient_sorted(s.f, s.f_index, buf_.e, 1, 0,
+                                         params_.grad_matrix("W_dec"));
+  const auto rows = s.f.with_values(s.g_f_values);
+  sparse::sparse_activation_gradient(rows, buf_.e, W_dec, 1, s.g_f_values);
+  sparse::scatter_rows(rows, buf_.g);
+  sparse::sparse_encoder_gradient(rows, s.f_index, buf_.x_in, 1, 0, params_.grad_matrix("W_enc"));
 }
 
 bool Model::use_sparse(const char* product, bool fits) {

@@ -63,6 +63,13 @@ class Model {
   // running GEMMs (O(B M d)). A product whose rows overflow the capacity this step runs as the
   // dense GEMM: the results count how many products ran each way.
   void enable_sparse(int64_t capacity);
+  // --sparse auto: a product also runs dense when its rows average more than `entries` per row
+  // (the calibrated crossover, Trainer::calibrate_sparse).
+  void set_sparse_limit(double entries);
+  // Calibration: f's sparse rows := `entries` random distinct latents per row (random values),
+  // then the four sparse products on them (what a sparse step spends beyond the dense one).
+  void fill_sparse_rows(int64_t entries, uint64_t seed);
+  void run_sparse_products();
   bool sparse() const { return sparse_ != nullptr; }
   void compact(const Hyper& h);
   struct SparseCounts {
@@ -102,11 +109,13 @@ class Model {
     sparse::LatentIndex f_index, g_pi_index;
     Matrix g_f_values;                      // g_f at the g_f entries
     bool g_f_is_f = true;                   // backward reads g_f at f's entries only
-    bool f_fits = false, g_f_fits = false;  // this step's rows within the capacity
+    bool f_fits = false, g_f_fits = false;  // this step's rows within capacity and limit
+    double limit = 1e300;                   // --sparse auto: most mean entries per row
     std::map<std::string, SparseCounts> counts;
   };
   std::unique_ptr<SparseState> sparse_;
-  bool use_sparse(const char* product, bool fits);  // counts the product's path
+  bool use_sparse(const char* product, bool fits);      // counts the product's path
+  bool rows_fit(const sparse::SparseRows& rows) const;  // within the capacity and the limit
 };
 
 // Weights directory: DIR/sae_weights.safetensors + DIR/cfg.json (what SAELens loads). Collective

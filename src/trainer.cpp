@@ -218,7 +218,7 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
   }
 
   model_->allocate(local_batch_, cfg.batch_size, comm.rank(comm::Group::dp) * local_batch_);
-  if (cfg.sparse == "on") model_->enable_sparse(cfg.sparse_capacity_or_default());
+  if (cfg.sparse != "off") model_->enable_sparse(cfg.sparse_capacity_or_default());
   model_->initialize(hyper_at(0), cfg.seed);
   if (model_->variant().b_dec_from_data() && cfg.b_dec_init != "zero") {
     for (auto& v : head) v = static_cast<float>(v * norm_scale_);
@@ -480,6 +480,60 @@ metrics::WorkShape Trainer::work_shape(bool global) const {
   return w;
 }
 
+// The median of `repetitions` fenced runs of `work` after one warm-up, the max over ranks (the
+// step waits for the slowest rank).
+double Trainer::fenced_median(const std::function<void()>& work, int repetitions) const {
+  std::vector<double> times;
+  for (int r = 0; r < repetitions + 1; ++r) {
+    ExecSpace().fence();
+    const auto t0 = std::chrono::steady_clock::now();
+    work();
+    ExecSpace().fence();
+    if (r > 0)  // the first is a warm-up
+      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  double median = summarize(times)["median"].get<double>();
+  if (comm_.grid().uses_mpi())
+    SAESCALE_MPI_CHECK(
+        MPI_Allreduce(MPI_IN_PLACE, &median, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+  return median;
+}
+
+// --sparse auto: where the sparse products stop paying on this machine at these shapes. The four
+// products the sparse path replaces are timed as GEMMs, and as sparse kernels (with the step's
+// two compaction passes) on random rows of two sizes; the sparse time grows linearly with the
+// entries per row (O(B L d)), so the crossover L* is where that line meets the GEMMs' time. A step
+// whose rows average more than L* entries then runs its products dense.
+nlohmann::json Trainer::calibrate_sparse() {
+  Model& m = *model_;
+  auto& s = m.buffers();
+  const int64_t cap = cfg_.sparse_capacity_or_default();
+  // Rows are filled up to the capacity: two sizes within it (one if the capacity is 1).
+  const int64_t large = std::min<int64_t>(cap, 64), small = std::max<int64_t>(1, large / 8);
+  const double dense = fenced_median(
+      [&] {
+        gemm(Trans::N, Trans::N, -1, s.f, m.params().matrix("W_dec"), 1, s.e, precision_);
+        gemm(Trans::T, Trans::N, 1, s.f, s.e, 0, m.params().grad_matrix("W_dec"), precision_);
+        gemm(Trans::N, Trans::T, 1, s.e, m.params().matrix("W_dec"), 0, s.g, precision_);
+        gemm(Trans::T, Trans::N, 1, s.x_in, s.g, 0, m.params().grad_matrix("W_enc"), precision_);
+      },
+      3);
+  const auto sparse_time = [&](int64_t entries) {
+    m.fill_sparse_rows(entries, cfg_.seed + entries);
+    return fenced_median([&] { m.run_sparse_products(); }, 3);
+  };
+  const double t_small = sparse_time(small), t_large = large > small ? sparse_time(large) : t_small;
+  const double per_entry = large > small ? (t_large - t_small) / double(large - small) : 0;
+  const double crossover = per_entry > 0     ? std::max(0.0, small + (dense - t_small) / per_entry)
+                           : t_small < dense ? double(cap)  // flat: sparse wins up to capacity
+                                             : 0.0;
+  m.set_sparse_limit(crossover);
+  return {
+      {"dense_products_s", dense},
+      {"sparse_products_s", {{std::to_string(small), t_small}, {std::to_string(large), t_large}}},
+      {"crossover_entries_per_row", crossover}};
+}
+
 // What this machine can do, measured in the same run: the step's five GEMMs on this rank's
 // shapes timed alone (the GEMM floor; the slowest rank's) and a BabelStream-style copy kernel
 // (memory bandwidth as this build's Kokkos kernels see it).
@@ -493,23 +547,6 @@ nlohmann::json Trainer::measure_ceilings(double step_median) {
   const int reps = static_cast<int>(std::clamp<int64_t>(cfg_.steps - cfg_.warmup_steps, 3, 20));
   Model& m = *model_;
   auto& s = m.buffers();
-  const auto fenced_median = [&](auto&& work, int repetitions) {
-    std::vector<double> times;
-    for (int r = 0; r < repetitions + 1; ++r) {
-      ExecSpace().fence();
-      const auto t0 = std::chrono::steady_clock::now();
-      work();
-      ExecSpace().fence();
-      if (r > 0)  // the first is a warm-up
-        times.push_back(
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    double median = summarize(times)["median"].get<double>();
-    if (comm_.grid().uses_mpi())  // the step waits for the slowest rank
-      SAESCALE_MPI_CHECK(
-          MPI_Allreduce(MPI_IN_PLACE, &median, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
-    return median;
-  };
   const double floor = fenced_median(
       [&] {
         gemm(Trans::N, Trans::N, 1, s.x_in, m.params().matrix("W_enc"), 0, s.pi, precision_);
@@ -556,7 +593,10 @@ nlohmann::json Trainer::sparse_json() const {
   nlohmann::json products = nlohmann::json::object();
   for (const auto& [name, c] : model_->sparse_counts())
     products[name] = {{"sparse", c.sparse}, {"dense", c.dense}};
-  return {{"capacity", cfg_.sparse_capacity_or_default()}, {"products", products}};
+  return {{"mode", cfg_.sparse},
+          {"capacity", cfg_.sparse_capacity_or_default()},
+          {"products", products},
+          {"calibration", sparse_calibration_}};
 }
 
 // Every phase's work (metrics/work_model.hpp; communication: the bytes sent) and the rates its
@@ -807,6 +847,12 @@ nlohmann::json Trainer::run() {
         comm_.size(comm::Group::dp), comm_.size(comm::Group::lp),
         comm::backend_name(comm_.backend()));
     std::fflush(stdout);
+  }
+  if (cfg_.sparse == "auto") {  // collective: every rank times the same shapes
+    sparse_calibration_ = calibrate_sparse();
+    if (root())
+      std::printf("sparse auto: products sparse while rows average <= %.1f entries (calibrated)\n",
+                  sparse_calibration_["crossover_entries_per_row"].get<double>());
   }
 
   const auto start = std::chrono::steady_clock::now();

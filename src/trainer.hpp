@@ -3,6 +3,8 @@
 #pragma once
 #include <chrono>
 #include <csignal>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -59,6 +61,8 @@ class Trainer {
   double dead_fraction() const;
   nlohmann::json measure_ceilings(double step_median);
   metrics::WorkShape work_shape(bool global) const;
+  double fenced_median(const std::function<void()>& work, int repetitions) const;
+  nlohmann::json calibrate_sparse();
   std::map<std::string, metrics::Work> dense_work(const metrics::WorkShape& shape) const;
   nlohmann::json sparse_json() const;
   void annotate_phases(nlohmann::json& timing) const;
@@ -119,6 +123,7 @@ class Trainer {
     double train_s = 0, wall_s = 0;
   };
   std::vector<Target> reached_;
+  nlohmann::json sparse_calibration_;  // --sparse auto: Trainer::calibrate_sparse()
 };
 
 }  // namespace saescale

@@ -48,7 +48,7 @@ int eval(const Config& cfg) {
   Hyper h{r.sparsity_coeff, r.bandwidth, r.threshold_init, r.decoder_init_norm, cfg.k, cfg.aux_k};
   h.topk_algo = kernels::parse_topk_algo(cfg.topk_algo);
   model.allocate(std::min(cfg.batch_size, n));
-  if (cfg.sparse == "on") model.enable_sparse(cfg.sparse_capacity_or_default());
+  if (cfg.sparse != "off") model.enable_sparse(cfg.sparse_capacity_or_default());
   model.initialize(h, cfg.seed);
   model.import_tensors(std::move(weights), 1.0, cfg.init);
   Fidelity f = evaluate(model, h, precision, rows, n);

@@ -42,7 +42,7 @@ int grad(const Config& cfg) {
   h.topk_algo = kernels::parse_topk_algo(cfg.topk_algo);
 
   model.allocate(n);
-  if (cfg.sparse == "on") model.enable_sparse(cfg.sparse_capacity_or_default());
+  if (cfg.sparse != "off") model.enable_sparse(cfg.sparse_capacity_or_default());
   model.initialize(h, cfg.seed);
   if (!weights.empty()) model.import_tensors(std::move(weights), s, cfg.init);
   // The AuxK dead set is empty in `grad` unless the test-only option names one.

@@ -114,9 +114,9 @@ nlohmann::json memory_plan(const Config& cfg, int64_t d, int dp, int lp, bool ad
   // --sparse on (Model::enable_sparse): three sets of rows (f, g_f, g_pi: int32 latent + float
   // value per slot, a count per row), g_f's values and two latent indices.
   const int64_t cap = std::max<int64_t>(1, std::min(cfg.sparse_capacity_or_default(), M));
-  const int64_t sparse_rows = cfg.sparse == "on" ? 3 * (B * cap * 8 + 4 * B + 8) + 4 * B * cap +
-                                                       2 * (4 * (2 * M + 1) + 4 * B * cap)
-                                                 : 0;
+  const int64_t sparse_rows = cfg.sparse != "off" ? 3 * (B * cap * 8 + 4 * B + 8) + 4 * B * cap +
+                                                        2 * (4 * (2 * M + 1) + 4 * B * cap)
+                                                  : 0;
   return {{"parameters", P * f},
           {"gradients", P * f},
           {"optimizer_state", moments * P * f},

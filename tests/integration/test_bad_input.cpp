@@ -238,7 +238,7 @@ const std::vector<Case> kCases = {
      {"--tag row", "twice"}},
     {"sparse_unknown_mode",
      nullptr,
-     "train --d-model 8 {tiny} --sparse auto {outputs}",
+     "train --d-model 8 {tiny} --sparse always {outputs}",
      {"--sparse"}},
     {"sparse_negative_capacity",
      nullptr,

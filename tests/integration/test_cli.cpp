@@ -112,6 +112,32 @@ TEST_F(Cli, SparsePathIsRecorded) {
   ts::expect_valid_results(dir_ + "/s.json");
 }
 
+// --sparse auto times the four products as GEMMs and as sparse kernels at start and runs them
+// sparse only while the rows average fewer entries than the crossover: TopK at k = 4 (far below
+// it) runs sparse; JumpReLU at initialisation (L0 about M/2, rows within the capacity given)
+// runs dense, where --sparse on would have run sparse.
+TEST_F(Cli, SparseAutoFollowsItsCalibration) {
+  const std::string shape =
+      " --d-model 64 --width 2048 --batch-size 256 --steps 6 --warmup-steps 1"
+      " --eval-tokens 256 --no-gemm-floor --sparse auto ";
+  auto products = [&](const std::string& args, const std::string& name, double* crossover) {
+    const auto r = saescale("train" + shape + args + " --out " + dir_ + "/" + name);
+    EXPECT_EQ(r.code, 0) << r.err;
+    const auto j = nlohmann::json::parse(std::ifstream(dir_ + "/" + name));
+    const auto& cal = j["timing"]["sparse"]["calibration"];
+    EXPECT_GT(cal["dense_products_s"].get<double>(), 0);
+    *crossover = cal["crossover_entries_per_row"].get<double>();
+    return j["timing"]["sparse"]["products"];
+  };
+  double crossover = 0;
+  const auto topk = products("--variant topk --k 4", "topk.json", &crossover);
+  ASSERT_GT(crossover, 4) << "sparse products at 4 entries per row should beat the GEMMs";
+  for (const auto& [product, c] : topk.items()) EXPECT_EQ(c["dense"].get<int>(), 0) << product;
+  const auto jumprelu = products("--variant jumprelu --sparse-capacity 2048", "j.json", &crossover);
+  ASSERT_LT(crossover, 900) << "a crossover this high makes the dense case below meaningless";
+  for (const auto& [product, c] : jumprelu.items()) EXPECT_EQ(c["sparse"].get<int>(), 0) << product;
+}
+
 // The plan's JSON breaks every communication phase into its collectives (what a latency-bandwidth
 // projection needs) and gives the work model on one rank's shapes; the pieces add up to the totals.
 TEST_F(Cli, PlanJsonCollectivesAddUp) {
