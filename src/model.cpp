@@ -209,23 +209,16 @@ void Model::fill_sparse_rows(int64_t entries, uint64_t seed) {
   Kokkos::deep_copy(s.f.idx, idx);
   Kokkos::deep_copy(s.f.val, val);
   Kokkos::deep_copy(s.f.count, count);
+  sparse::build_latent_index(s.f, s.f_index);
 }
 
-void Model::run_sparse_products() {
+void Model::choose_products(bool sparse) {
   auto& s = *sparse_;
-  const Matrix W_dec = params_.matrix("W_dec");
-  // The two B x M compaction passes of every sparse step (f's rows, g_pi's rows), into scratch.
-  sparse::compact_rows(buf_.g, s.g_f);
-  sparse::compact_rows(buf_.g, s.g_pi);
-  sparse::sparse_decode(s.f, W_dec, buf_.e, 1, -1);
-  sparse::build_latent_index(s.f, s.f_index);
-  sparse::sparse_decoder_gradient_sorted(s.f, s.f_index, buf_.e, 1, 0,
-                                         params_.grad_matrix("W_dec"));
-  const auto rows = s.f.with_values(s.g_f_values);
-  sparse::sparse_activation_gradient(rows, buf_.e, W_dec, 1, s.g_f_values);
-  sparse::scatter_rows(rows, buf_.g);
-  sparse::sparse_encoder_gradient(rows, s.f_index, buf_.x_in, 1, 0, params_.grad_matrix("W_enc"));
+  s.f_fits = s.g_f_fits = s.g_f_is_f = sparse;
+  s.limit = sparse ? 1e300 : -1;  // g_pi's rows (compacted by the encoder product) too
 }
+
+void Model::reset_sparse_counts() { sparse_->counts.clear(); }
 
 bool Model::use_sparse(const char* product, bool fits) {
   if (!sparse_) return false;

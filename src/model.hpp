@@ -67,9 +67,11 @@ class Model {
   // (the calibrated crossover, Trainer::calibrate_sparse).
   void set_sparse_limit(double entries);
   // Calibration: f's sparse rows := `entries` random distinct latents per row (random values),
-  // then the four sparse products on them (what a sparse step spends beyond the dense one).
+  // and the next products run on them (sparse) or as the GEMMs (the dense fallback), whatever the
+  // rows hold; reset_sparse_counts() then forgets what the calibration ran.
   void fill_sparse_rows(int64_t entries, uint64_t seed);
-  void run_sparse_products();
+  void choose_products(bool sparse);
+  void reset_sparse_counts();
   bool sparse() const { return sparse_ != nullptr; }
   void compact(const Hyper& h);
   struct SparseCounts {

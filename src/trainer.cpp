@@ -500,29 +500,32 @@ double Trainer::fenced_median(const std::function<void()>& work, int repetitions
 }
 
 // --sparse auto: where the sparse products stop paying on this machine at these shapes. The four
-// products the sparse path replaces are timed as GEMMs, and as sparse kernels (with the step's
-// two compaction passes) on random rows of two sizes; the sparse time grows linearly with the
-// entries per row (O(B L d)), so the crossover L* is where that line meets the GEMMs' time. A step
-// whose rows average more than L* entries then runs its products dense.
+// products the sparse path replaces (Model::decode and the three backward products, as a step
+// runs them) are timed on random rows of two sizes, sparse and as their dense fallback; the sparse
+// time grows linearly with the entries per row (O(B L d)), so the crossover L* is where that line
+// meets the dense time. A step whose rows average more than L* entries runs its products dense.
 nlohmann::json Trainer::calibrate_sparse() {
   Model& m = *model_;
-  auto& s = m.buffers();
+  const Hyper h = hyper_at(0);
   const int64_t cap = cfg_.sparse_capacity_or_default();
   // Rows are filled up to the capacity: two sizes within it (one if the capacity is 1).
   const int64_t large = std::min<int64_t>(cap, 64), small = std::max<int64_t>(1, large / 8);
-  const double dense = fenced_median(
-      [&] {
-        gemm(Trans::N, Trans::N, -1, s.f, m.params().matrix("W_dec"), 1, s.e, precision_);
-        gemm(Trans::T, Trans::N, 1, s.f, s.e, 0, m.params().grad_matrix("W_dec"), precision_);
-        gemm(Trans::N, Trans::T, 1, s.e, m.params().matrix("W_dec"), 0, s.g, precision_);
-        gemm(Trans::T, Trans::N, 1, s.x_in, s.g, 0, m.params().grad_matrix("W_enc"), precision_);
-      },
-      3);
-  const auto sparse_time = [&](int64_t entries) {
+  const auto products = [&](int64_t entries, bool sparse) {
     m.fill_sparse_rows(entries, cfg_.seed + entries);
-    return fenced_median([&] { m.run_sparse_products(); }, 3);
+    m.choose_products(sparse);
+    return fenced_median(
+        [&] {
+          m.decode(precision_);
+          m.backward_decoder_gemm(h, precision_);
+          m.backward_activation_gemm(precision_);
+          m.backward_encoder_gemm(precision_);
+        },
+        3);
   };
-  const double t_small = sparse_time(small), t_large = large > small ? sparse_time(large) : t_small;
+  const double dense = products(small, false);
+  const double t_small = products(small, true);
+  const double t_large = large > small ? products(large, true) : t_small;
+  m.reset_sparse_counts();
   const double per_entry = large > small ? (t_large - t_small) / double(large - small) : 0;
   const double crossover = per_entry > 0     ? std::max(0.0, small + (dense - t_small) / per_entry)
                            : t_small < dense ? double(cap)  // flat: sparse wins up to capacity
