@@ -17,6 +17,7 @@
 #pragma once
 #include <string>
 
+#include "kernels/activations/latent_stats.hpp"
 #include "kernels/optim.hpp"  // dot_lanes
 #include "kernels/tiling.hpp"
 #include "src/error.hpp"
@@ -34,9 +35,10 @@ using Team = Kokkos::TeamPolicy<ExecSpace>::member_type;
 // unspecified and never read.
 //
 // The overflow contract: compact_rows keeps at most `capacity` entries per row, the FIRST ones in
-// latent order, and stores in `overflow` how many rows had more. A caller that finds overflow > 0
-// must not use these rows for that step (they are a truncation of f) and falls back to the dense
-// path (or reallocates with a larger capacity and compacts again). TopK has at most k non-zeros
+// latent order, and stores in `overflow` how many rows had more and in `longest` the most entries
+// a row had. A caller that finds overflow > 0 must not use these rows for that step (they are a
+// truncation of f): it reallocates with a capacity of at least `longest` and compacts again (what
+// Model does), or falls back to the dense path. TopK has at most k non-zeros
 // per row (capacity k never overflows); ReLU, JumpReLU, Gated and BatchTopK have a variable count,
 // so their capacity is the caller's choice (e.g. a multiple of the running max of L0).
 struct SparseRows {
@@ -44,18 +46,20 @@ struct SparseRows {
   Matrix val;         // [B, capacity] values
   IndexVector count;  // [B] entries kept per row (<= capacity)
   Counter overflow;   // rows whose non-zeros exceeded the capacity (set by compact_rows)
+  Counter longest;    // the most non-zeros in a row, capacity or not (set by compact_rows)
 
   static SparseRows allocate(const std::string& label, int64_t rows, int64_t capacity) {
     if (rows <= 0 || capacity <= 0 || rows * capacity >= (int64_t(1) << 31))
       throw Error("sparse rows '" + label + "': rows x capacity must be in [1, 2^31)");
     return {IndexMatrix(label + "_idx", rows, capacity), Matrix(label + "_val", rows, capacity),
-            IndexVector(label + "_count", rows), Counter(label + "_overflow")};
+            IndexVector(label + "_count", rows), Counter(label + "_overflow"),
+            Counter(label + "_longest")};
   }
   // The same entry set (idx, count) with other values, e.g. g_pi at f's entries.
   SparseRows with_values(const Matrix& values) const {
     if (values.extent(0) != val.extent(0) || values.extent(1) != val.extent(1))
       throw Error("SparseRows::with_values: values must be [rows, capacity]");
-    return {idx, values, count, overflow};
+    return {idx, values, count, overflow, longest};
   }
   int64_t rows() const { return idx.extent(0); }
   int64_t capacity() const { return idx.extent(1); }
@@ -68,6 +72,30 @@ inline int64_t overflow_rows(const SparseRows& rows) {
   return n;
 }
 
+// The most entries a row had at the last compact_rows, kept or not (a synchronisation).
+inline int64_t longest_row(const SparseRows& rows) {
+  int64_t n = 0;
+  Kokkos::deep_copy(n, rows.longest);
+  return n;
+}
+
+// count(b) holds row b's full count: records the overflow and the longest row, then clips the
+// counts to the capacity.
+inline void clip_counts(const SparseRows& rows) {
+  const IndexVector count = rows.count;
+  const int64_t cap = rows.capacity();
+  Kokkos::parallel_reduce(
+      "saescale::sparse::overflow", Kokkos::RangePolicy<ExecSpace>(0, rows.rows()),
+      KOKKOS_LAMBDA(int64_t b, int64_t & n) { n += count(b) > cap; }, rows.overflow);
+  Kokkos::parallel_reduce(
+      "saescale::sparse::longest", Kokkos::RangePolicy<ExecSpace>(0, rows.rows()),
+      KOKKOS_LAMBDA(int64_t b, int64_t & n) { n = count(b) > n ? count(b) : n; },
+      Kokkos::Max<int64_t>(rows.longest));
+  Kokkos::parallel_for(
+      "saescale::sparse::clip_counts", Kokkos::RangePolicy<ExecSpace>(0, rows.rows()),
+      KOKKOS_LAMBDA(int64_t b) { count(b) = count(b) < cap ? count(b) : static_cast<Index>(cap); });
+}
+
 // Mean entries per row (a reduction and a device-to-host copy).
 inline double mean_count(const SparseRows& rows) {
   const IndexVector count = rows.count;
@@ -78,57 +106,100 @@ inline double mean_count(const SparseRows& rows) {
   return double(total) / double(rows.rows());
 }
 
-// rows <- the non-zeros of f [B, M] in increasing latent order (see the overflow contract above).
-// Reads all of f: a dense O(B M) pass (selection kernels could emit the rows directly instead).
-inline void compact_rows(const Matrix& f, const SparseRows& rows) {
-  const int64_t B = f.extent(0), M = f.extent(1), cap = rows.capacity();
+// rows <- the entries of a [B, M] matrix that `rule` defines instead of storing it: entry (b, i) is
+// kept when rule.keep(b, i), in increasing latent order, with value rule.value(b, i) (see the
+// overflow contract above). keep() runs B M times and must be cheap: on CPUs it is evaluated over
+// blocks of kBlock latents in a loop that vectorises, and only blocks with a kept entry are
+// visited again entry by entry (one read pass of whatever keep() reads, instead of a dense matrix
+// written and read back). With `stats` (zeroed here) the kept entries with a non-zero value are
+// counted per latent as the dense activation kernels count them: active (!= 0), fired
+// (> kFireThreshold), f_sum.
+template <class Rule>
+void rows_from_rule(const char* label, int64_t B, int64_t M, const Rule& rule,
+                    const SparseRows& rows, const LatentStats* stats = nullptr) {
   if (rows.rows() != B || M >= (int64_t(1) << 31))
-    throw Error("compact_rows: f has " + std::to_string(B) + " rows, the sparse rows " +
+    throw Error(std::string(label) + ": " + std::to_string(B) + " rows, the sparse rows have " +
                 std::to_string(rows.rows()));
+  const int64_t cap = rows.capacity();
   const IndexMatrix idx = rows.idx;
   const Matrix val = rows.val;
   const IndexVector count = rows.count;
+  const bool counting = stats != nullptr;
+  const LatentStats st = counting ? *stats : LatentStats{};
+  if (counting) {
+    Kokkos::deep_copy(st.active, 0);
+    Kokkos::deep_copy(st.fired, 0);
+    Kokkos::deep_copy(st.f_sum, 0.0);
+  }
   if constexpr (kColumnTiles) {
-    // A team per row; an exclusive scan over the row gives each non-zero its slot.
-    Kokkos::parallel_reduce(
-        "saescale::sparse::compact_rows", Kokkos::TeamPolicy<ExecSpace>(B, Kokkos::AUTO),
-        KOKKOS_LAMBDA(const Team& team, int64_t& overflowed) {
+    // A team per row; an exclusive scan over the row gives each kept entry its slot.
+    Kokkos::parallel_for(
+        label, Kokkos::TeamPolicy<ExecSpace>(B, Kokkos::AUTO), KOKKOS_LAMBDA(const Team& team) {
           const int64_t b = team.league_rank();
           Kokkos::parallel_scan(Kokkos::TeamThreadRange(team, M),
                                 [&](int64_t i, int64_t& before, bool final) {
-                                  const real v = f(b, i);
-                                  if (final && v != 0 && before < cap) {
-                                    idx(b, before) = static_cast<Index>(i);
-                                    val(b, before) = v;
+                                  const bool keep = rule.keep(b, i);
+                                  if (final && keep) {
+                                    const real v = rule.value(b, i);
+                                    if (before < cap) idx(b, before) = static_cast<Index>(i);
+                                    if (before < cap) val(b, before) = v;
+                                    if (counting && v != 0) {
+                                      Kokkos::atomic_add(&st.active(0, i), int64_t(1));
+                                      if (v > kFireThreshold)
+                                        Kokkos::atomic_add(&st.fired(0, i), int64_t(1));
+                                      Kokkos::atomic_add(&st.f_sum(0, i), double(v));
+                                    }
                                   }
-                                  before += v != 0;
+                                  before += keep;
                                   if (final && i == M - 1) count(b) = static_cast<Index>(before);
                                 });
-          team.team_barrier();
-          Kokkos::single(Kokkos::PerTeam(team), [&]() {
-            if (count(b) > cap) count(b) = static_cast<Index>(cap), overflowed += 1;
-          });
-        },
-        rows.overflow);
+        });
   } else {
-    // One row per work item: a plain loop (the branch is rarely taken when f is sparse).
-    Kokkos::parallel_reduce(
-        "saescale::sparse::compact_rows", Kokkos::RangePolicy<ExecSpace>(0, B),
-        KOKKOS_LAMBDA(int64_t b, int64_t & overflowed) {
-          const real* row = &f(b, 0);
-          int64_t n = 0;
-          for (int64_t i = 0; i < M; ++i) {
-            const real v = row[i];
-            if (v != 0) {
-              if (n < cap) idx(b, n) = static_cast<Index>(i), val(b, n) = v;
-              ++n;
+    // A work item per chunk of rows (one accumulator slot each, as for_each_tile).
+    constexpr int64_t kBlock = 32;
+    const int64_t slots = accumulator_slots(), chunk = (B + slots - 1) / slots;
+    Kokkos::parallel_for(
+        label, Kokkos::RangePolicy<ExecSpace>(0, slots), KOKKOS_LAMBDA(int64_t slot) {
+          const int64_t r0 = slot * chunk < B ? slot * chunk : B;
+          const int64_t r1 = r0 + chunk < B ? r0 + chunk : B;
+          for (int64_t b = r0; b < r1; ++b) {
+            int64_t n = 0;
+            for (int64_t i0 = 0; i0 < M; i0 += kBlock) {
+              const int64_t i1 = i0 + kBlock < M ? i0 + kBlock : M;
+              int kept = 0;
+              for (int64_t i = i0; i < i1; ++i) kept += rule.keep(b, i);
+              if (kept == 0) continue;
+              for (int64_t i = i0; i < i1; ++i) {
+                if (!rule.keep(b, i)) continue;
+                const real v = rule.value(b, i);
+                if (n < cap) idx(b, n) = static_cast<Index>(i), val(b, n) = v;
+                ++n;
+                if (counting && v != 0) {
+                  st.active(slot, i) += 1;
+                  st.fired(slot, i) += v > kFireThreshold;
+                  st.f_sum(slot, i) += v;
+                }
+              }
             }
+            count(b) = static_cast<Index>(n);
           }
-          count(b) = static_cast<Index>(n < cap ? n : cap);
-          overflowed += n > cap;
-        },
-        rows.overflow);
+        });
   }
+  clip_counts(rows);
+  if (counting) st.reduce();
+}
+
+// The stored non-zeros of f [B, M] as a rule.
+struct NonZeros {
+  Matrix f;
+  KOKKOS_INLINE_FUNCTION bool keep(int64_t b, int64_t i) const { return f(b, i) != 0; }
+  KOKKOS_INLINE_FUNCTION real value(int64_t b, int64_t i) const { return f(b, i); }
+};
+
+// rows <- the non-zeros of f [B, M] in increasing latent order (see the overflow contract above).
+// Reads all of f: a dense O(B M) pass (activation kernels that emit rows directly avoid it).
+inline void compact_rows(const Matrix& f, const SparseRows& rows) {
+  rows_from_rule("saescale::sparse::compact_rows", f.extent(0), f.extent(1), NonZeros{f}, rows);
 }
 
 // out [B, d] = beta out + alpha f W_dec, f given by `rows` (gather-sum: O(B L0 d)). beta = 0 does
@@ -355,6 +426,24 @@ inline void sparse_gradient_by_latent(const char* label, const SparseRows& rows,
   }
 }
 
+// out(m) = the sum of rows' values at latent m's entries (in row order, in double; 0 for latents
+// without entries): sum_b of a sparse [B, M] matrix, e.g. b_enc's gradient sum_b g_pi.
+inline void latent_sums(const char* label, const SparseRows& rows, const LatentIndex& index,
+                        const Vector& out) {
+  const int64_t cap = rows.capacity();
+  const Matrix val = rows.val;
+  const IndexVector offsets = index.offsets, entries = index.entries;
+  Kokkos::parallel_for(
+      label, Kokkos::RangePolicy<ExecSpace>(0, index.latents()), KOKKOS_LAMBDA(int64_t m) {
+        double sum = 0;
+        for (Index a = offsets(m); a < offsets(m + 1); ++a) {
+          const int64_t e = entries(a), b = e / cap;
+          sum += val(b, e - b * cap);
+        }
+        out(m) = static_cast<real>(sum);
+      });
+}
+
 // g_W_dec [M, d] = beta g_W_dec + alpha f^T G, from an index built on rows (build_latent_index).
 inline void sparse_decoder_gradient_sorted(const SparseRows& rows, const LatentIndex& index,
                                            const Matrix& G, real alpha, real beta,
@@ -363,7 +452,8 @@ inline void sparse_decoder_gradient_sorted(const SparseRows& rows, const LatentI
                             beta, g_W_dec);
 }
 
-// out_val(b, j) = alpha dot(G[b, :], W_dec[idx(b, j), :]) for j < count(b), 0 for the other slots:
+// out_val(b, j) = alpha dot(G[b, :], W_dec[idx(b, j), :]) for j < count(b) (other slots: 0 on
+// GPUs, unwritten on CPUs — never read):
 // g_f = alpha G W_dec^T only at the entries of `rows` (O(nnz d)). The entry set is the caller's:
 // f's active entries (ReLU, TopK, BatchTopK, Gated), or for JumpReLU the active entries plus the
 // inactive ones inside the straight-through window (its threshold gradient needs g_f there).
@@ -398,12 +488,9 @@ inline void sparse_activation_gradient(const SparseRows& rows, const Matrix& G, 
     Kokkos::parallel_for(
         "saescale::sparse::activation_gradient", Kokkos::RangePolicy<ExecSpace>(0, B),
         KOKKOS_LAMBDA(int64_t b) {
-          const int64_t n = count(b);
-          for (int64_t j = 0; j < cap; ++j)
-            out_val(b, j) = j < n
-                                ? static_cast<real>(
-                                      alpha * kernels::dot_lanes(&G(b, 0), &W_dec(idx(b, j), 0), d))
-                                : real(0);
+          for (int64_t j = 0; j < count(b); ++j)
+            out_val(b, j) =
+                static_cast<real>(alpha * kernels::dot_lanes(&G(b, 0), &W_dec(idx(b, j), 0), d));
         });
   }
 }

@@ -92,7 +92,33 @@ void Model::encode(Precision p) {
   gemm(Trans::N, Trans::N, 1, buf_.x_in, params_.matrix("W_enc"), 0, buf_.pi, p);
 }
 
-double Model::activate(const Hyper& h) { return variant_->forward(params_, buf_, h); }
+double Model::activate(const Hyper& h) {
+  if (sparse_ && variant_->emits_rows()) {
+    auto& s = *sparse_;
+    s.direct = false;
+    if (s.wait == 0) {
+      double penalty = variant_->forward_rows(params_, buf_, h, s.f);
+      if (grow_sparse(s.f)) penalty = variant_->forward_rows(params_, buf_, h, s.f);
+      if (rows_fit(s.f)) {
+        s.direct = true;
+        s.backoff = 0;
+        return penalty;
+      }
+      // More entries than the capacity can grow to, or above the --sparse auto limit: this step
+      // runs dense, and while the rows keep missing the next tries come 1, 2, 4, ... 64 steps
+      // later.
+      s.backoff = std::min<int64_t>(64, 2 * s.backoff + (s.backoff == 0));
+      s.wait = s.backoff;
+    } else {
+      --s.wait;
+    }
+  }
+  return variant_->forward(params_, buf_, h);
+}
+
+void Model::materialize_f() {
+  if (sparse_ && sparse_->direct) sparse::scatter_rows(sparse_->f, buf_.f);
+}
 
 void Model::decode(Precision p) {
   const bool sparse_rows = use_sparse("decode", sparse_ && sparse_->f_fits);
@@ -127,23 +153,45 @@ void Model::backward_decoder_gemm(const Hyper& h, Precision p) {
 
 void Model::backward_activation_gemm(Precision p) {
   const real scale = static_cast<real>(-2.0 / buf_.global_batch);
-  if (use_sparse("activation_gradient", sparse_ && sparse_->g_f_fits)) {
-    // g_f at the entries backward() reads, zero elsewhere (where its factor is zero).
+  if (use_sparse("activation_gradient", sparse_ && sparse_->f_fits)) {
+    // g_f at the entries backward() reads, zero elsewhere (where its factor is zero); the dense
+    // backward reads it from g.
     const auto& s = *sparse_;
-    const auto rows = (s.g_f_is_f ? s.f : s.g_f).with_values(s.g_f_values);
+    const auto rows = s.f.with_values(s.g_f_values);
     sparse::sparse_activation_gradient(rows, buf_.e, params_.matrix("W_dec"), scale, s.g_f_values);
-    sparse::scatter_rows(rows, buf_.g);
+    if (!rows_backward()) sparse::scatter_rows(rows, buf_.g);
   } else {
     gemm(Trans::N, Trans::T, scale, buf_.e, params_.matrix("W_dec"), 0, buf_.g, p);
   }
 }
 
-void Model::variant_backward(const Hyper& h) { variant_->backward(params_, buf_, h); }
+bool Model::rows_backward() const {
+  return sparse_ && sparse_->direct && !variant_->auxiliary_ran();
+}
+
+void Model::variant_backward(const Hyper& h) {
+  if (rows_backward()) {
+    auto& s = *sparse_;
+    variant_->backward_rows(params_, buf_, h, s.f.with_values(s.g_f_values), s.f_index,
+                            s.g_pi_values);
+  } else {
+    variant_->backward(params_, buf_, h);
+  }
+}
 
 void Model::backward_encoder_gemm(Precision p) {
-  if (sparse_) {  // g_pi's non-zeros (f's, plus AuxK's or Gated's gate entries)
+  if (sparse_) {
     auto& s = *sparse_;
+    if (rows_backward()) {  // g_pi at f's entries, from Variant::backward_rows
+      use_sparse("encoder_gradient", true);
+      sparse::sparse_encoder_gradient(s.f.with_values(s.g_pi_values), s.f_index, buf_.x_in, 1, 0,
+                                      params_.grad_matrix("W_enc"));
+      return;
+    }
+    // g_pi's non-zeros (f's, plus AuxK's or Gated's gate entries); f's rows are no longer read
+    // this step, so growing (which reallocates them too) is safe here.
     sparse::compact_rows(buf_.g, s.g_pi);
+    if (grow_sparse(s.g_pi)) sparse::compact_rows(buf_.g, s.g_pi);
     if (use_sparse("encoder_gradient", rows_fit(s.g_pi))) {
       sparse::build_latent_index(s.g_pi, s.g_pi_index);
       sparse::sparse_encoder_gradient(s.g_pi, s.g_pi_index, buf_.x_in, 1, 0,
@@ -160,15 +208,41 @@ void Model::enable_sparse(int64_t capacity) {
   if (B * cap >= (int64_t(1) << 31))
     throw Error("--sparse-capacity " + std::to_string(cap) + " x " + std::to_string(B) +
                 " rows per rank must stay below 2^31 entries");
-  auto s = std::make_unique<SparseState>();
-  s->capacity = cap;
-  s->f = sparse::SparseRows::allocate("saescale::sparse::f", B, cap);
-  s->g_f = sparse::SparseRows::allocate("saescale::sparse::g_f", B, cap);
-  s->g_pi = sparse::SparseRows::allocate("saescale::sparse::g_pi", B, cap);
-  s->g_f_values = Matrix("saescale::sparse::g_f_values", B, cap);
-  s->f_index = sparse::LatentIndex::allocate("saescale::sparse::f_index", width_, B, cap);
-  s->g_pi_index = sparse::LatentIndex::allocate("saescale::sparse::g_pi_index", width_, B, cap);
-  sparse_ = std::move(s);
+  sparse_ = std::make_unique<SparseState>();
+  sparse_->initial_capacity = cap;
+  allocate_sparse(cap);
+}
+
+void Model::allocate_sparse(int64_t cap) {
+  auto& s = *sparse_;
+  const int64_t B = batch();
+  s.capacity = cap;
+  s.f = sparse::SparseRows::allocate("saescale::sparse::f", B, cap);
+  s.g_pi = sparse::SparseRows::allocate("saescale::sparse::g_pi", B, cap);
+  s.g_f_values = Matrix("saescale::sparse::g_f_values", B, cap);
+  s.g_pi_values = Matrix("saescale::sparse::g_pi_values", B, cap);
+  s.f_index = sparse::LatentIndex::allocate("saescale::sparse::f_index", width_, B, cap);
+  s.g_pi_index = sparse::LatentIndex::allocate("saescale::sparse::g_pi_index", width_, B, cap);
+}
+
+// Rows overflowed: a capacity for the longest row and a quarter more (whole blocks of 8), when it
+// stays within width / 8 or twice the initial capacity, whichever is larger — the GEMMs win on
+// rows much fuller (see --sparse auto's calibration) — and B x capacity below 2^31. Every sparse
+// buffer is reallocated (its contents are lost).
+bool Model::grow_sparse(const sparse::SparseRows& overflowed) {
+  auto& s = *sparse_;
+  if (sparse::overflow_rows(overflowed) == 0) return false;
+  const int64_t longest = sparse::longest_row(overflowed);
+  const int64_t cap = std::min(width_, (longest + longest / 4 + 7) / 8 * 8);
+  if (cap <= s.capacity || cap > std::max<int64_t>(2 * s.initial_capacity, width_ / 8) ||
+      batch() * cap >= (int64_t(1) << 31))
+    return false;
+  allocate_sparse(cap);
+  ++s.grown;
+  // f's rows are gone. A growth for g_pi's rows happens after every product read them, and only
+  // in a step that is not direct or whose auxiliary loss ran — whose variant wrote the dense f.
+  s.direct = s.f_fits = false;
+  return true;
 }
 
 bool Model::rows_fit(const sparse::SparseRows& rows) const {
@@ -176,15 +250,16 @@ bool Model::rows_fit(const sparse::SparseRows& rows) const {
          (sparse_->limit >= double(rows.capacity()) || sparse::mean_count(rows) <= sparse_->limit);
 }
 
-void Model::compact(const Hyper& h) {
+void Model::compact() {
   auto& s = *sparse_;
-  sparse::compact_rows(buf_.f, s.f);
-  s.f_fits = rows_fit(s.f);
+  if (variant_->emits_rows()) {  // rows straight from the activation, or a dense step
+    s.f_fits = s.direct;
+  } else {
+    sparse::compact_rows(buf_.f, s.f);
+    if (grow_sparse(s.f)) sparse::compact_rows(buf_.f, s.f);
+    s.f_fits = rows_fit(s.f);
+  }
   if (s.f_fits) sparse::build_latent_index(s.f, s.f_index);
-  // g is free until backward_activation_gemm writes it: the variant's marks go there.
-  s.g_f_is_f = !variant_->mark_gradient_entries(params_, buf_, h, buf_.g);
-  if (!s.g_f_is_f) sparse::compact_rows(buf_.g, s.g_f);
-  s.g_f_fits = s.g_f_is_f ? s.f_fits : rows_fit(s.g_f);
 }
 
 void Model::set_sparse_limit(double entries) { sparse_->limit = entries; }
@@ -214,7 +289,8 @@ void Model::fill_sparse_rows(int64_t entries, uint64_t seed) {
 
 void Model::choose_products(bool sparse) {
   auto& s = *sparse_;
-  s.f_fits = s.g_f_fits = s.g_f_is_f = sparse;
+  s.f_fits = sparse;
+  s.direct = sparse && variant_->emits_rows();
   s.limit = sparse ? 1e300 : -1;  // g_pi's rows (compacted by the encoder product) too
 }
 
@@ -250,7 +326,7 @@ LossParts Model::forward(const Hyper& h, Precision p) {
   LossParts loss;
   encode(p);
   loss.penalty = activate(h);
-  if (sparse_) compact(h);
+  if (sparse_) compact();
   decode(p);
   loss.auxiliary = auxiliary_forward(h, p);
   loss.mse = squared_error() / buf_.global_batch;

@@ -57,11 +57,14 @@ class Model {
   void bias_gradients();                    // g_b_dec (also through x_in)
 
   // ---- the sparse-aware path (--sparse on) ---------------------------------------------------
-  // After the activation, compact() gathers f's non-zeros, and the entries of g_f the variant's
-  // backward reads, into rows of at most `capacity` entries; decode and the three backward
-  // products then gather and scatter over them (kernels/sparse.hpp, O(B L0 d)) instead of
-  // running GEMMs (O(B M d)). A product whose rows overflow the capacity this step runs as the
-  // dense GEMM: the results count how many products ran each way.
+  // f as rows of at most `capacity` entries per row: decode and the three backward products
+  // gather and scatter over them (kernels/sparse.hpp, O(B L0 d)) instead of running GEMMs
+  // (O(B M d)). A variant that emits rows (Variant::forward_rows: JumpReLU) writes them in its
+  // activation, without the dense f, and its backward runs over them (a direct step); for the
+  // others compact() gathers the dense f's non-zeros after the activation. A product whose rows
+  // overflow the capacity grows them (Model::grow_sparse); beyond its bound, or above the --sparse
+  // auto limit, the product runs as the dense GEMM this step (for a direct step: the whole step):
+  // the results count how many products ran each way.
   void enable_sparse(int64_t capacity);
   // --sparse auto: a product also runs dense when its rows average more than `entries` per row
   // (the calibrated crossover, Trainer::calibrate_sparse).
@@ -73,12 +76,18 @@ class Model {
   void choose_products(bool sparse);
   void reset_sparse_counts();
   bool sparse() const { return sparse_ != nullptr; }
-  void compact(const Hyper& h);
+  void compact();
+  // buffers().f as the dense f (a direct step never wrote it): for readers outside the step.
+  void materialize_f();
   struct SparseCounts {
     int64_t sparse = 0, dense = 0;
   };
   // Per product (decode, decoder_gradient, activation_gradient, encoder_gradient).
   const std::map<std::string, SparseCounts>& sparse_counts() const;
+  // The rows' capacity now (it grows when a row needs more, up to width / 8 or twice the initial
+  // capacity) and how many times it grew.
+  int64_t sparse_capacity() const { return sparse_ ? sparse_->capacity : 0; }
+  int64_t sparse_growths() const { return sparse_ ? sparse_->grown : 0; }
 
   // Loss and raw gradients of the batch in buffers().x (no projection/clipping/optimiser).
   // Loss parts are this rank's (sum them with reduce_loss); gradients are complete over the latent
@@ -106,18 +115,29 @@ class Model {
   StepBuffers buf_;
 
   struct SparseState {
-    int64_t capacity = 0;
-    sparse::SparseRows f, g_f, g_pi;  // f's entries; the g_f entries backward reads; g_pi's
+    int64_t capacity = 0, initial_capacity = 0;
+    int64_t grown = 0;  // times the rows grew to fit a longer row
+    // f's entries (with a variant that emits rows: every entry its backward reads, some with
+    // f = 0); g_pi's, compacted from the dense g.
+    sparse::SparseRows f, g_pi;
     sparse::LatentIndex f_index, g_pi_index;
-    Matrix g_f_values;                      // g_f at the g_f entries
-    bool g_f_is_f = true;                   // backward reads g_f at f's entries only
-    bool f_fits = false, g_f_fits = false;  // this step's rows within capacity and limit
-    double limit = 1e300;                   // --sparse auto: most mean entries per row
+    Matrix g_f_values, g_pi_values;  // g_f and (direct steps) g_pi at f's entries
+    bool f_fits = false;             // this step's rows within capacity and limit
+    // A direct step: the rows came from Variant::forward_rows and the backward runs over them
+    // (the dense f and g are not written). After a miss, `wait` steps run dense before a retry.
+    bool direct = false;
+    int64_t wait = 0, backoff = 0;
+    double limit = 1e300;  // --sparse auto: most mean entries per row
     std::map<std::string, SparseCounts> counts;
   };
   std::unique_ptr<SparseState> sparse_;
   bool use_sparse(const char* product, bool fits);      // counts the product's path
   bool rows_fit(const sparse::SparseRows& rows) const;  // within the capacity and the limit
+  void allocate_sparse(int64_t capacity);
+  // This step's backward runs over the rows (Variant::backward_rows): a direct step whose
+  // auxiliary loss did not run.
+  bool rows_backward() const;
+  bool grow_sparse(const sparse::SparseRows& overflowed);
 };
 
 // Weights directory: DIR/sae_weights.safetensors + DIR/cfg.json (what SAELens loads). Collective

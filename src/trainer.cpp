@@ -332,7 +332,7 @@ void Trainer::step(int64_t step) {
 
   timers_.run("encode_gemm", [&] { m.encode(p); });
   timers_.run("activation", [&] { local.penalty = m.activate(h); });
-  if (m.sparse()) timers_.run("sparse_compact", [&] { m.compact(h); });
+  if (m.sparse()) timers_.run("sparse_compact", [&] { m.compact(); });
   timers_.run("decode_gemm", [&] { m.decode(p); });
   if (m.variant().has_auxiliary_loss())
     timers_.run("auxiliary_forward", [&] { local.auxiliary = m.auxiliary_forward(h, p); });
@@ -550,6 +550,7 @@ nlohmann::json Trainer::measure_ceilings(double step_median) {
   const int reps = static_cast<int>(std::clamp<int64_t>(cfg_.steps - cfg_.warmup_steps, 3, 20));
   Model& m = *model_;
   auto& s = m.buffers();
+  m.materialize_f();  // the last step's f, as the GEMMs would read it
   const double floor = fenced_median(
       [&] {
         gemm(Trans::N, Trans::N, 1, s.x_in, m.params().matrix("W_enc"), 0, s.pi, precision_);
@@ -579,25 +580,31 @@ nlohmann::json Trainer::measure_ceilings(double step_median) {
 }
 
 // The work model describes the dense step: with --sparse on, the products that ran sparse (or
-// sometimes sparse, sometimes dense) are left out of it — they carry no rates and no FLOPs.
+// sometimes sparse, sometimes dense) are left out of it — they carry no rates and no FLOPs — and
+// so are the activation and the variant's backward of a variant that emits rows (they visit
+// the rows' entries, not B x M).
 std::map<std::string, metrics::Work> Trainer::dense_work(const metrics::WorkShape& shape) const {
   auto work = metrics::work_model(shape);
   if (model_->sparse())
     for (const char* phase : {"decode_gemm", "backward_decoder_gemm", "backward_activation_gemm",
                               "backward_encoder_gemm"})
       work.erase(phase);
+  if (model_->sparse() && model_->variant().emits_rows())
+    for (const char* phase : {"activation", "variant_backward"}) work.erase(phase);
   return work;
 }
 
-// --sparse: the capacity and, per product, how many times it ran sparse and how many dense
-// (its rows overflowed the capacity). null with --sparse off.
+// --sparse: the capacity (at the start and at the end: it grows to fit longer rows) and, per
+// product, how many times it ran sparse and how many dense. null with --sparse off.
 nlohmann::json Trainer::sparse_json() const {
   if (!model_->sparse()) return nullptr;
   nlohmann::json products = nlohmann::json::object();
   for (const auto& [name, c] : model_->sparse_counts())
     products[name] = {{"sparse", c.sparse}, {"dense", c.dense}};
   return {{"mode", cfg_.sparse},
-          {"capacity", cfg_.sparse_capacity_or_default()},
+          {"initial_capacity", cfg_.sparse_capacity_or_default()},
+          {"capacity", model_->sparse_capacity()},
+          {"growths", model_->sparse_growths()},
           {"products", products},
           {"calibration", sparse_calibration_}};
 }

@@ -86,14 +86,24 @@ class Variant {
   virtual double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) = 0;
   // g_pi from g_f in place over s.g; per-latent parameter gradients (b_enc, thresholds, ...).
   virtual void backward(ParamStore& p, StepBuffers& s, const Hyper& h) = 0;
-  // The sparse path (Model::compact) computes g_f only at the entries backward() reads with a
-  // non-zero factor: the active ones (f != 0), unless the variant marks more here — every
-  // non-zero of `marks` [B, M] — and returns true (JumpReLU: also the inactive entries inside the
-  // straight-through window, whose threshold gradient reads g_f).
-  virtual bool mark_gradient_entries(const ParamStore&, const StepBuffers&, const Hyper&,
-                                     const Matrix& /*marks*/) const {
-    return false;
+  // The sparse path (--sparse): a variant may write f straight as rows (kernels/sparse.hpp),
+  // without the dense f: every entry its backward reads with a non-zero factor (f's non-zeros;
+  // JumpReLU also the inactive entries inside the straight-through window, with value 0), the
+  // stats filled and the penalty term returned as forward() does. Rows that overflow `rows`'
+  // capacity are the Model's to handle (it runs forward() instead). backward_rows() is then
+  // backward() over them: g_f at the rows' entries in, g_pi at the same entries out, per-latent
+  // gradients from the latent index — unless the auxiliary loss ran this step (its gradient
+  // reaches other entries): then backward() runs on the dense g, so a variant with an auxiliary
+  // loss also writes the dense f in forward_rows (TopK's selection does). The others go through
+  // forward(), Model::compact and backward() on the dense g.
+  virtual bool emits_rows() const { return false; }
+  virtual double forward_rows(const ParamStore&, StepBuffers&, const Hyper&,
+                              const sparse::SparseRows& /*rows*/) {
+    return 0;
   }
+  virtual void backward_rows(ParamStore&, StepBuffers&, const Hyper&,
+                             const sparse::SparseRows& /*g_f*/, const sparse::LatentIndex&,
+                             const Matrix& /*g_pi_values*/) {}
   // Extra gradient terms of W_dec beyond f^T g_xhat (ReLU's norm-weighted penalty).
   virtual void decoder_gradient_extra(ParamStore&, const StepBuffers&, const Hyper&) {}
 
@@ -101,6 +111,9 @@ class Variant {
   // the main decode (s.e holds the residual) and returns its loss term; the backward runs after
   // the main backward GEMMs and before `backward`, and may add to the W_dec gradient.
   virtual bool has_auxiliary_loss() const { return false; }
+  // Whether the last auxiliary_forward() contributed (TopK's AuxK runs only while latents are
+  // dead).
+  virtual bool auxiliary_ran() const { return has_auxiliary_loss(); }
   virtual double auxiliary_forward(const ParamStore&, StepBuffers&, const Hyper&, Precision) {
     return 0;
   }

@@ -4,6 +4,7 @@
 // produces gradients ONLY for t: the L0 term sends nothing to W_enc or b_enc.
 #pragma once
 #include "kernels/activations/latent_stats.hpp"
+#include "kernels/sparse.hpp"
 
 namespace saescale::kernels {
 
@@ -94,5 +95,52 @@ struct JumpReluBackward {
         });
   }
 };
+
+// The sparse path (kernels/sparse.hpp, rows_from_rule): the entries JumpReLU's backward reads,
+// straight from pi — the active ones (u = pi + b_enc - theta > 0, value pi + b_enc) and the
+// inactive ones inside the straight-through window (-eps/2 < u <= 0, value 0: they carry g_f to
+// the threshold's gradient and add nothing to the decode). The same float expressions as
+// JumpReluForward and JumpReluBackward, so both paths make the same decisions.
+struct JumpReluRows {
+  Matrix pi_raw;
+  Vector b_enc, theta;
+  real half_window;
+  KOKKOS_INLINE_FUNCTION bool keep(int64_t b, int64_t i) const {
+    return pi_raw(b, i) + b_enc(i) - theta(i) > -half_window;
+  }
+  KOKKOS_INLINE_FUNCTION real value(int64_t b, int64_t i) const {
+    const real pre = pi_raw(b, i) + b_enc(i);
+    return pre > theta(i) ? pre : real(0);
+  }
+};
+
+// JumpReluBackward over those rows: g_f at the rows' entries in, g_pi at the same entries out, and
+// per latent g_b_enc and g_t, each latent summing its own entries (the index) in row order: no
+// atomics, deterministic. Latents without entries get zero gradients, as on the dense path.
+inline void jumprelu_backward_rows(const sparse::SparseRows& g_f, const sparse::LatentIndex& index,
+                                   const Matrix& pi_raw, const Vector& b_enc, const Vector& theta,
+                                   real bandwidth, real l0_scale, const Matrix& g_pi_values,
+                                   const Vector& g_b_enc, const Vector& g_log_threshold) {
+  const int64_t cap = g_f.capacity();
+  const Matrix gf = g_f.val;
+  const sparse::IndexVector offsets = index.offsets, entries = index.entries;
+  const real half_window = bandwidth / 2, inv_eps = 1 / bandwidth, l0_term = l0_scale * inv_eps;
+  Kokkos::parallel_for(
+      "saescale::variant_backward::jumprelu_rows",
+      Kokkos::RangePolicy<ExecSpace>(0, index.latents()), KOKKOS_LAMBDA(int64_t m) {
+        const real bias = b_enc(m), th = theta(m);
+        double gb = 0, gt = 0;
+        for (sparse::Index a = offsets(m); a < offsets(m + 1); ++a) {
+          const int64_t e = entries(a), b = e / cap, j = e - b * cap;
+          const real u = pi_raw(b, m) + bias - th, g = gf(b, j);
+          const real gp = u > 0 ? g : real(0);
+          g_pi_values(b, j) = gp;
+          gb += gp;
+          if ((-half_window < u) & (u < half_window)) gt += -(th * inv_eps) * g - l0_term;
+        }
+        g_b_enc(m) = static_cast<real>(gb);
+        g_log_threshold(m) = static_cast<real>(th * gt);
+      });
+}
 
 }  // namespace saescale::kernels

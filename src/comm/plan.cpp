@@ -111,10 +111,10 @@ nlohmann::json memory_plan(const Config& cfg, int64_t d, int dp, int lp, bool ad
   const int64_t evaluation = 8 * (B + M) + (F > 0 ? f * (F * d + M * d + F * M + F) : 0);
   const int64_t candidates =
       lp > 1 && selection ? (1 + lp) * B * std::max(cfg.k, cfg.aux_k) * 8 + 8 * B : 0;
-  // --sparse on (Model::enable_sparse): three sets of rows (f, g_f, g_pi: int32 latent + float
-  // value per slot, a count per row), g_f's values and two latent indices.
+  // --sparse on (Model::enable_sparse): two sets of rows (f, g_pi: int32 latent + float value per
+  // slot, a count per row), g_f's and g_pi's values at f's entries and two latent indices.
   const int64_t cap = std::max<int64_t>(1, std::min(cfg.sparse_capacity_or_default(), M));
-  const int64_t sparse_rows = cfg.sparse != "off" ? 3 * (B * cap * 8 + 4 * B + 8) + 4 * B * cap +
+  const int64_t sparse_rows = cfg.sparse != "off" ? 2 * (B * cap * 8 + 4 * B + 8) + 8 * B * cap +
                                                         2 * (4 * (2 * M + 1) + 4 * B * cap)
                                                   : 0;
   return {{"parameters", P * f},

@@ -52,6 +52,7 @@ Fidelity evaluate(Model& model, const Hyper& h, Precision p, const std::vector<f
     }
     Kokkos::deep_copy(s.x, x_host);
     model.forward(h, p);
+    model.materialize_f();
     Kokkos::parallel_for(
         "saescale::eval::row_l0", Kokkos::RangePolicy<ExecSpace>(0, B), KOKKOS_LAMBDA(int64_t b) {
           int64_t count = 0;

@@ -50,31 +50,27 @@ class JumpRelu final : public Variant {
     for_each_tile("saescale::activation::jumprelu_forward", s.f.extent(0), s.f.extent(1),
                   kernels::JumpReluForward{s.pi, p.vector("b_enc"), theta_, s.f, s.stats});
     s.stats.reduce();
-    // penalty = (lambda / B) * number of (token, latent) pairs above threshold
-    int64_t active = 0;
-    auto counts = s.stats.active_total();
-    Kokkos::parallel_reduce(
-        "saescale::activation::jumprelu_l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
-        KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);
-    return h.sparsity_coeff * static_cast<double>(active) / s.global_batch;
+    return penalty(s, h);
   }
 
-  // g_f is read at the active entries and, for the threshold, inside the window |u| < eps/2.
-  bool mark_gradient_entries(const ParamStore& p, const StepBuffers& s, const Hyper& h,
-                             const Matrix& marks) const override {
-    const Matrix pi = s.pi;
-    const Vector bias = p.vector("b_enc"), theta = theta_;
-    const real half_window = static_cast<real>(h.bandwidth / 2);
-    const int64_t M = pi.extent(1);
-    Kokkos::parallel_for(
-        "saescale::sparse::jumprelu_marks",
-        Kokkos::RangePolicy<ExecSpace>(0, static_cast<int64_t>(pi.extent(0)) * M),
-        KOKKOS_LAMBDA(int64_t e) {
-          const int64_t b = e / M, i = e - b * M;
-          const real u = pi(b, i) + bias(i) - theta(i);
-          marks(b, i) = u > -half_window ? real(1) : real(0);  // active (u > 0) or in the window
-        });
-    return true;
+  // The sparse path: the active entries and, for the threshold, those inside the window, straight
+  // from pi (kernels/activations/jumprelu.hpp).
+  bool emits_rows() const override { return true; }
+  double forward_rows(const ParamStore& p, StepBuffers& s, const Hyper& h,
+                      const sparse::SparseRows& rows) override {
+    kernels::thresholds(p.vector("log_threshold"), theta_);
+    sparse::rows_from_rule(
+        "saescale::activation::jumprelu_rows", s.pi.extent(0), s.pi.extent(1),
+        kernels::JumpReluRows{s.pi, p.vector("b_enc"), theta_, static_cast<real>(h.bandwidth / 2)},
+        rows, &s.stats);
+    return penalty(s, h);
+  }
+  void backward_rows(ParamStore& p, StepBuffers& s, const Hyper& h, const sparse::SparseRows& g_f,
+                     const sparse::LatentIndex& index, const Matrix& g_pi_values) override {
+    kernels::jumprelu_backward_rows(
+        g_f, index, s.pi, p.vector("b_enc"), theta_, static_cast<real>(h.bandwidth),
+        static_cast<real>(h.sparsity_coeff / s.global_batch), g_pi_values, p.grad_vector("b_enc"),
+        p.grad_vector("log_threshold"));
   }
 
   void backward(ParamStore& p, StepBuffers& s, const Hyper& h) override {
@@ -111,6 +107,16 @@ class JumpRelu final : public Variant {
   }
 
  private:
+  // (lambda / B) * number of (token, latent) pairs above threshold, from the stats.
+  static double penalty(const StepBuffers& s, const Hyper& h) {
+    int64_t active = 0;
+    auto counts = s.stats.active_total();
+    Kokkos::parallel_reduce(
+        "saescale::activation::jumprelu_l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
+        KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);
+    return h.sparsity_coeff * static_cast<double>(active) / s.global_batch;
+  }
+
   Vector theta_;
   SlotView<double> g_b_enc_, g_theta_;
 };

@@ -98,6 +98,24 @@ class SelectionVariant : public Variant {
     gemm(Trans::N, Trans::T, scale, e_aux_, p.matrix("W_dec"), 0, g_z_, prec);
   }
 
+  // The sparse path: f's non-zeros as rows (the dense f is written too: AuxK's steps and
+  // evaluation read it). Without AuxK the backward is g_pi = g_f at those entries.
+  bool emits_rows() const override { return true; }
+  double forward_rows(const ParamStore& p, StepBuffers& s, const Hyper& h,
+                      const sparse::SparseRows& rows) override {
+    const double penalty = forward(p, s, h);
+    sparse::compact_rows(s.f, rows);
+    return penalty;
+  }
+  bool auxiliary_ran() const override { return auxk_on_; }
+  void backward_rows(ParamStore& p, StepBuffers& s, const Hyper&, const sparse::SparseRows& g_f,
+                     const sparse::LatentIndex& index, const Matrix& g_pi_values) override {
+    Kokkos::deep_copy(g_pi_values, g_f.val);
+    sparse::latent_sums("saescale::variant_backward::topk_rows", g_f, index,
+                        p.grad_vector("b_enc"));
+    Kokkos::deep_copy(s.g_pi_sum, p.grad_vector("b_enc"));
+  }
+
   void backward(ParamStore& p, StepBuffers& s, const Hyper&) override {
     for_each_tile("saescale::variant_backward::topk", s.g.extent(0), s.g.extent(1),
                   kernels::TopkBackward{s.f, z_, g_z_, auxk_on_, s.g, g_pi_slots_});

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <tuple>
 
 #include "data/source.hpp"
 #include "data/synthetic.hpp"
@@ -264,7 +265,17 @@ std::vector<int64_t> row_counts(const Matrix& a, double above = 0) {
 // result.
 TEST(SparsePath, MatchesTheDenseProductsForEveryVariant) {
   const int64_t d = 24, M = 96, B = 40;
-  for (const std::string variant : {"relu", "jumprelu", "gated", "topk", "batchtopk"}) {
+  // TopK and BatchTopK also with dead latents: AuxK runs, and its gradient takes the dense
+  // backward.
+  for (const auto& [variant, with_dead] :
+       std::vector<std::pair<std::string, bool>>{{"relu", false},
+                                                 {"jumprelu", false},
+                                                 {"gated", false},
+                                                 {"topk", false},
+                                                 {"topk", true},
+                                                 {"batchtopk", false},
+                                                 {"batchtopk", true}}) {
+    SCOPED_TRACE(variant + (with_dead ? " with dead latents" : ""));
     Hyper h = hyper();
     h.k = 6;
     std::mt19937 rng(testing_support::test_seed());
@@ -282,6 +293,9 @@ TEST(SparsePath, MatchesTheDenseProductsForEveryVariant) {
         Kokkos::deep_copy(m.params().vector(bias), v);
       }
       Kokkos::deep_copy(m.params().vector("b_dec"), 0.f);  // TopK/BatchTopK encode x - b_dec
+      auto dead = Kokkos::create_mirror_view(Kokkos::HostSpace(), m.buffers().dead);
+      for (int64_t i = 0; i < M; ++i) dead(i) = with_dead && i % 3 == 0;
+      Kokkos::deep_copy(m.buffers().dead, dead);
       auto hx = Kokkos::create_mirror_view(Kokkos::HostSpace(), m.buffers().x);
       std::copy(x.begin(), x.end(), hx.data());
       Kokkos::deep_copy(m.buffers().x, hx);
@@ -289,6 +303,7 @@ TEST(SparsePath, MatchesTheDenseProductsForEveryVariant) {
     Model dense(variant, d, M);
     setup(dense);
     const LossParts expected = dense.forward_backward(h, Precision::fp32);
+    EXPECT_EQ(expected.auxiliary > 0, with_dead || variant == "gated") << "AuxK ran";
     const auto want = dense.params().to_tensors(true);
     // The largest row of every entry set the sparse path builds: f, g_pi and (JumpReLU) the
     // entries of g_f inside the straight-through window, u > -eps/2.
@@ -311,12 +326,34 @@ TEST(SparsePath, MatchesTheDenseProductsForEveryVariant) {
     EXPECT_EQ(*std::min_element(f_rows.begin(), f_rows.end()), 0) << variant << ": no empty row";
     ASSERT_LT(capacity, M) << variant << ": not sparse enough to test anything";
 
-    for (const int64_t cap : {capacity, capacity - 1}) {
+    // Rows that fit; rows one entry short (they grow); the dense fallback (a limit no row meets).
+    enum Case { fits, grows, falls_back };
+    for (const Case c : {fits, grows, falls_back}) {
+      const int64_t cap = c == grows ? capacity - 1 : capacity;
       Model sparse(variant, d, M);
       setup(sparse);
       sparse.enable_sparse(cap);
+      if (c == falls_back) sparse.set_sparse_limit(0);
       const LossParts got = sparse.forward_backward(h, Precision::fp32);
       EXPECT_NEAR(got.total(), expected.total(), 1e-6 * std::abs(expected.total())) << variant;
+      // The per-latent counts (L0, dead latents) whichever way the rows were made.
+      for (const auto& [name, want_counts, have_counts] :
+           {std::tuple{"active", dense.buffers().stats.active_total(),
+                       sparse.buffers().stats.active_total()},
+            std::tuple{"fired", dense.buffers().stats.fired_total(),
+                       sparse.buffers().stats.fired_total()}}) {
+        auto a = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), want_counts);
+        auto c = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), have_counts);
+        for (int64_t m = 0; m < M; ++m)
+          ASSERT_EQ(c(m), a(m)) << variant << " capacity " << cap << ": " << name << "[" << m
+                                << "]";
+      }
+      // Readers outside the step see the dense f either way.
+      sparse.materialize_f();
+      auto f_want = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), dense.buffers().f);
+      auto f_have = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), sparse.buffers().f);
+      for (int64_t i = 0; i < B * M; ++i)
+        ASSERT_EQ(f_have.data()[i], f_want.data()[i]) << variant << " capacity " << cap << ": f";
       const auto have = sparse.params().to_tensors(true);
       for (size_t t = 0; t < want.size(); ++t) {
         double scale = 0;
@@ -328,11 +365,13 @@ TEST(SparsePath, MatchesTheDenseProductsForEveryVariant) {
       int64_t sparse_products = 0, dense_products = 0;
       for (const auto& [product, c] : sparse.sparse_counts())
         sparse_products += c.sparse, dense_products += c.dense;
-      if (cap == capacity) {  // everything fits: all four products ran sparse
-        EXPECT_EQ(sparse_products, 4) << variant;
-        EXPECT_EQ(dense_products, 0) << variant;
-      } else {  // the fullest row overflows: at least one product fell back to its GEMM
+      if (c == falls_back) {  // at least one product ran as its GEMM
         EXPECT_GT(dense_products, 0) << variant;
+      } else {  // all four products ran sparse, after the rows grew if they had to
+        EXPECT_EQ(sparse_products, 4) << variant << " case " << c;
+        EXPECT_EQ(dense_products, 0) << variant << " case " << c;
+        EXPECT_EQ(sparse.sparse_growths() > 0, c == grows) << variant;
+        EXPECT_GE(sparse.sparse_capacity(), capacity) << variant;
       }
     }
   }
