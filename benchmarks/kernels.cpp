@@ -490,7 +490,8 @@ void register_benchmarks(const Shape& s) {
   kernel("activation_backward/jumprelu", [s](benchmark::State& st) { jumprelu_backward(st, s); });
   kernel("activation_backward/gated", [s](benchmark::State& st) { gated_backward(st, s); });
   kernel("activation_backward/topk", [s](benchmark::State& st) { topk_backward(st, s); });
-  for (const auto algo : {kernels::TopkAlgo::radix, kernels::TopkAlgo::bisect}) {
+  for (const auto algo :
+       {kernels::TopkAlgo::radix, kernels::TopkAlgo::bisect, kernels::TopkAlgo::filter}) {
     const std::string name = kernels::topk_algo_name(algo);
     kernel(("row_topk/" + name).c_str(),
            [s, algo](benchmark::State& st) { row_topk(st, s, algo); });

@@ -50,9 +50,13 @@ void add_model_options(CLI::App& app, Config& c) {
   app.add_option("--aux-k", c.aux_k, "AuxK latents (topk, batchtopk); 0 turns AuxK off")
       ->check(kNonNegative)
       ->capture_default_str();
-  app.add_option("--topk-algo", c.topk_algo, "exact top-k selection algorithm (topk, batchtopk)")
-      ->check(CLI::IsMember({"radix", "bisect"}))
+  app.add_option("--topk-algo", c.topk_algo,
+                 "exact top-k selection: radix|bisect|filter (topk, batchtopk)")
+      ->check(CLI::IsMember({"radix", "bisect", "filter"}))
       ->capture_default_str();
+  app.add_option("--encoder-bias-init", c.encoder_bias_init,
+                 "initial encoder bias (b_enc; gated: b_gate) [0]; a negative value starts ReLU "
+                 "and Gated SAEs sparse (measuring --sparse without training them there)");
   app.add_option("--b-dec-init", c.b_dec_init, "b_dec initialisation for topk/batchtopk")
       ->check(CLI::IsMember({"geometric-median", "mean", "zero"}))
       ->capture_default_str();
@@ -214,6 +218,7 @@ nlohmann::json Config::to_json() const {
           {"aux_k", aux_k},
           {"topk_algo", topk_algo},
           {"b_dec_init", b_dec_init},
+          {"encoder_bias_init", encoder_bias_init},
           {"bandwidth", opt(bandwidth)},
           {"threshold_init", opt(threshold_init)},
           {"optimizer", optimizer},

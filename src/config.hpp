@@ -22,6 +22,7 @@ struct Config {
   int64_t aux_k = 512;
   std::string topk_algo = "radix";
   std::string b_dec_init = "geometric-median";  // TopK/BatchTopK
+  double encoder_bias_init = 0;                 // b_enc (Gated: b_gate) at initialisation
   std::string optimizer = "adam";
   // run
   int64_t batch_size = 4096;

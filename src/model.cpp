@@ -61,6 +61,11 @@ void Model::initialize(const Hyper& h, uint64_t seed) {
   Kokkos::deep_copy(params_.matrix("W_dec"), w_dec);
   Kokkos::deep_copy(params_.matrix("W_enc"), w_enc);
   variant_->initialize(params_, h);
+  // --encoder-bias-init: every encoder bias starts there (a negative one: a sparse SAE at step 0).
+  for (const char* bias : {"b_enc", "b_gate"})
+    if (h.encoder_bias_init != 0 && params_.has(bias))
+      kernels::fill("saescale::init::encoder_bias", params_.vector(bias),
+                    static_cast<real>(h.encoder_bias_init));
 }
 
 void Model::allocate(int64_t batch, int64_t global_batch, int64_t row_offset) {

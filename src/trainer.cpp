@@ -52,6 +52,7 @@ Resolved resolve_hyper(const Config& c, const VariantDefaults& d) {
     throw Error("--adam-beta2 must be in [0, 1), got " + std::to_string(r.adam_beta2));
   if (!(r.bandwidth > 0)) throw Error("--bandwidth must be positive");
   if (!(r.threshold_init > 0)) throw Error("--threshold-init must be positive");
+  if (!std::isfinite(c.encoder_bias_init)) throw Error("--encoder-bias-init must be finite");
   if (r.lr_decay_frac < 0 || r.lr_decay_frac > 1) throw Error("--lr-decay-frac must be in [0, 1]");
   if (r.clip_norm < 0) throw Error("--clip-norm must be >= 0 (0 turns clipping off)");
   return r;
@@ -271,6 +272,7 @@ Hyper Trainer::hyper_at(int64_t step) const {
           hyper_.decoder_init_norm,     cfg_.k,           std::min(cfg_.aux_k, cfg_.width)};
   h.topk_algo = topk_algo_;
   h.batch_scope_global = cfg_.batch_scope == "global";
+  h.encoder_bias_init = cfg_.encoder_bias_init;
   return h;
 }
 

@@ -66,6 +66,7 @@ struct Hyper {
   int64_t k, aux_k;
   kernels::TopkAlgo topk_algo = kernels::TopkAlgo::radix;
   bool batch_scope_global = true;  // BatchTopK selects over the global batch (else per rank)
+  double encoder_bias_init = 0;    // every encoder bias (b_enc, b_gate) at initialisation
 };
 
 class Variant {

@@ -4,6 +4,7 @@
 //   reconstruction both act on ReLU(pi_gate).
 #pragma once
 #include "kernels/activations/latent_stats.hpp"
+#include "kernels/sparse.hpp"
 
 namespace saescale::kernels {
 
@@ -92,5 +93,71 @@ struct GatedBackward {
                          &g_p_sum(s, 0), c0, c1);
   }
 };
+
+// The sparse path (kernels/sparse.hpp, rows_from_rule): the gate's active entries (pi_gate > 0)
+// straight from pi, valued f (the magnitude, 0 where pi_mag <= 0). They hold every entry the
+// backward reads: the magnitude path's (a subset) and the gate path's (L1 and the auxiliary
+// reconstruction). The same expressions as gated_forward_row.
+struct GatedRows {
+  Matrix p;
+  Vector b_gate, scale, b_mag;
+  KOKKOS_INLINE_FUNCTION bool keep(int64_t b, int64_t i) const { return p(b, i) + b_gate(i) > 0; }
+  KOKKOS_INLINE_FUNCTION real value(int64_t b, int64_t i) const {
+    const real pi_gate = p(b, i) + b_gate(i), pi_mag = scale(i) * p(b, i) + b_mag(i);
+    return (pi_gate > 0) & (pi_mag > 0) ? pi_mag : real(0);
+  }
+};
+
+// ReLU(pi_gate) at the rows' entries (the auxiliary reconstruction's input); returns its sum (the
+// L1 term's numerator).
+inline double gate_values(const sparse::SparseRows& rows, const Matrix& p, const Vector& b_gate,
+                          const Matrix& out) {
+  const sparse::IndexMatrix idx = rows.idx;
+  const sparse::IndexVector count = rows.count;
+  double sum = 0;
+  Kokkos::parallel_reduce(
+      "saescale::activation::gated_gate_values", Kokkos::RangePolicy<ExecSpace>(0, rows.rows()),
+      KOKKOS_LAMBDA(int64_t b, double& acc) {
+        for (int64_t j = 0; j < count(b); ++j) {
+          const real pi_gate = p(b, idx(b, j)) + b_gate(idx(b, j));
+          out(b, j) = pi_gate;  // > 0: the rows hold the gate's active entries only
+          acc += pi_gate;
+        }
+      },
+      sum);
+  return sum;
+}
+
+// gated_backward_row over the rows, per latent (the index; in row order, no atomics): g_f and the
+// auxiliary gradient at the rows' entries in, g_pi at them out; the per-latent sums as parameter
+// gradients (g_r_mag before the chain rule through exp) and g_p_sum.
+inline void gated_backward_rows(const sparse::SparseRows& g_f, const Matrix& g_aux,
+                                const sparse::LatentIndex& index, const Matrix& p,
+                                const Vector& b_gate, const Vector& scale, const Vector& b_mag,
+                                real l1_scale, const Matrix& g_pi_values, const Vector& g_b_gate,
+                                const Vector& g_b_mag, const Vector& g_r_mag,
+                                const Vector& g_p_sum) {
+  const int64_t cap = g_f.capacity();
+  const Matrix gf = g_f.val;
+  const sparse::IndexVector offsets = index.offsets, entries = index.entries;
+  Kokkos::parallel_for(
+      "saescale::variant_backward::gated_rows", Kokkos::RangePolicy<ExecSpace>(0, index.latents()),
+      KOKKOS_LAMBDA(int64_t m) {
+        double gb = 0, gm = 0, gr = 0, gs = 0;
+        for (sparse::Index a = offsets(m); a < offsets(m + 1); ++a) {
+          const int64_t e = entries(a), b = e / cap, j = e - b * cap;
+          const real pm = p(b, m), pi_gate = pm + b_gate(m), pi_mag = scale(m) * pm + b_mag(m);
+          const real g_mag = (pi_gate > 0) & (pi_mag > 0) ? gf(b, j) : real(0);
+          const real g_gate = pi_gate > 0 ? g_aux(b, j) + l1_scale : real(0);
+          const real gp = scale(m) * g_mag + g_gate;
+          g_pi_values(b, j) = gp;
+          gb += g_gate, gm += g_mag, gr += g_mag * pm, gs += gp;
+        }
+        g_b_gate(m) = static_cast<real>(gb);
+        g_b_mag(m) = static_cast<real>(gm);
+        g_r_mag(m) = static_cast<real>(gr);
+        g_p_sum(m) = static_cast<real>(gs);
+      });
+}
 
 }  // namespace saescale::kernels

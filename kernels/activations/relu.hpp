@@ -61,4 +61,15 @@ struct ReluBackward {
   }
 };
 
+// The sparse path (kernels/sparse.hpp, rows_from_rule): the active entries straight from pi, with
+// ReluForward's expressions.
+struct ReluRows {
+  Matrix pi_raw;
+  Vector b_enc;
+  KOKKOS_INLINE_FUNCTION bool keep(int64_t b, int64_t i) const {
+    return pi_raw(b, i) + b_enc(i) > 0;
+  }
+  KOKKOS_INLINE_FUNCTION real value(int64_t b, int64_t i) const { return pi_raw(b, i) + b_enc(i); }
+};
+
 }  // namespace saescale::kernels

@@ -1,5 +1,7 @@
 #include "kernels/select/topk.hpp"
 
+#include <algorithm>
+
 #include "kernels/tiling.hpp"
 #include "src/error.hpp"
 
@@ -8,10 +10,13 @@ namespace saescale::kernels {
 TopkAlgo parse_topk_algo(const std::string& name) {
   if (name == "radix") return TopkAlgo::radix;
   if (name == "bisect") return TopkAlgo::bisect;
-  throw Error("unknown --topk-algo '" + name + "' (choose radix or bisect)");
+  if (name == "filter") return TopkAlgo::filter;
+  throw Error("unknown --topk-algo '" + name + "' (choose radix, bisect or filter)");
 }
 
-const char* topk_algo_name(TopkAlgo a) { return a == TopkAlgo::radix ? "radix" : "bisect"; }
+const char* topk_algo_name(TopkAlgo a) {
+  return a == TopkAlgo::radix ? "radix" : a == TopkAlgo::bisect ? "bisect" : "filter";
+}
 
 namespace {
 
@@ -147,18 +152,271 @@ struct RowTopK {
   }
 };
 
+// ---- filter: one pass with a candidate buffer (CPUs only; see topk.hpp) ------------------------
+// Host code over host memory: it runs only when !kColumnTiles (there MemSpace is a host space);
+// on GPU backends it is compiled but never called (`filter` runs radix there).
+
+constexpr int64_t kFilterChunk = 32;        // floats tested at once against tau (vectorised)
+constexpr uint32_t kZeroKey = 0x80000000u;  // order_key(+0.0f): candidates have keys above it
+
+// A candidate of the row-wise filter: entry_key's layout (key, then the complement of the latent
+// index), so a larger uint64 ranks higher and keys are unique.
+inline uint32_t key_of(uint64_t e) { return uint32_t(e >> 32); }
+inline int64_t index_of(uint64_t e) { return int64_t(0xffffffffu - uint32_t(e)); }
+inline bool ranks_above(uint64_t a, uint64_t b) { return a > b; }
+inline void make_entry(uint32_t key, int64_t index, uint64_t& e) {
+  e = (uint64_t(key) << 32) | uint64_t(0xffffffffu - uint32_t(index));
+}
+// A candidate of the batch-wide filter: the flat row-major index may not fit 32 bits.
+struct FlatEntry {
+  uint32_t key;
+  int64_t flat;
+};
+inline uint32_t key_of(const FlatEntry& e) { return e.key; }
+inline bool ranks_above(const FlatEntry& a, const FlatEntry& b) {
+  return a.key > b.key || (a.key == b.key && a.flat < b.flat);
+}
+inline void make_entry(uint32_t key, int64_t index, FlatEntry& e) { e = {key, index}; }
+
+// The candidates of one scan (a row, or a thread's rows of the batch), offered in increasing index
+// order. Invariant: the k best positive entries offered so far (by the unique order: key, then
+// lower index) are among buf[0, size). Entries are appended when their key is > tau; when `size`
+// reaches `capacity` the buffer keeps its k best and tau becomes the k-th's key: a later entry
+// with that key has a higher index, so it ranks below the k-th and can never enter the k best
+// (hence the strict test).
+template <class Entry>
+struct Candidates {
+  int64_t k, capacity;
+  bool track_dropped;      // batch-wide: keep dropped_max / dropped_at_max
+  std::vector<Entry> buf;  // capacity + kFilterChunk entries: a chunk is appended without checks
+  int64_t size = 0;
+  uint32_t tau = kZeroKey;
+  // The largest key of the positive entries left out (filtered or dropped), and how many had it.
+  uint32_t dropped_max = kZeroKey;
+  int64_t dropped_at_max = 0;
+
+  Candidates(int64_t k_, int64_t capacity_, bool track)
+      : k(k_), capacity(capacity_), track_dropped(track), buf(capacity_ + kFilterChunk) {}
+  Entry* begin() { return buf.data(); }
+  Entry* end() { return buf.data() + size; }
+  void reset() {
+    size = 0;
+    tau = kZeroKey;
+    dropped_max = kZeroKey;
+    dropped_at_max = 0;
+  }
+  void drop(uint32_t key) {
+    if (key > dropped_max)
+      dropped_max = key, dropped_at_max = 1;
+    else if (key == dropped_max && key > kZeroKey)
+      ++dropped_at_max;
+  }
+  // The keys of a chunk not above tau are left out: their largest (vectorised), how many have it.
+  void drop_chunk(const uint32_t* keys, int64_t n) {
+    uint32_t m = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const uint32_t key = keys[j] <= tau ? keys[j] : 0;
+      m = key > m ? key : m;
+    }
+    if (m <= kZeroKey || m < dropped_max) return;
+    int64_t same = 0;
+    for (int64_t j = 0; j < n; ++j) same += keys[j] == m;
+    if (m > dropped_max) dropped_max = m, dropped_at_max = 0;
+    dropped_at_max += same;
+  }
+  // Appends the chunk's entries with keys > tau (index base + j), without branches.
+  void offer(const uint32_t* keys, int64_t n, int64_t base) {
+    Entry* out = buf.data() + size;
+    int64_t added = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      make_entry(keys[j], base + j, out[added]);
+      added += keys[j] > tau;
+    }
+    size += added;
+    if (track_dropped) drop_chunk(keys, n);
+    if (size >= capacity) compact();
+  }
+  // Keeps the n best entries (all when there are fewer), in no particular order.
+  void keep_best(int64_t n) {
+    if (size <= n) return;
+    std::nth_element(begin(), begin() + (n - 1), end(),
+                     [](const Entry& a, const Entry& b) { return ranks_above(a, b); });
+    if (track_dropped)
+      for (const Entry* e = begin() + n; e != end(); ++e) drop(key_of(*e));
+    size = n;
+  }
+  void compact() {
+    keep_best(k);
+    tau = key_of(buf[k - 1]);  // nth_element left the k-th best at k - 1
+  }
+};
+
+// The key the selection orders entry i by: value (+ bias), ReLU'd for the batch-wide selection,
+// kExcluded for ineligible latents.
+template <bool kBias, bool kMask, bool kRelu>
+inline uint32_t filter_key(const real* v, const real* bias, const int64_t* eligible, int64_t i) {
+  real x = v[i];
+  if (kBias) x += bias[i];
+  if (kRelu) x = x > 0 ? x : real(0);
+  const uint32_t key = order_key(x);
+  if (kMask) return eligible[i] ? key : kExcluded;
+  return key;
+}
+
+// Offers entries [0, n) of one row (index base + i) to `c`, in chunks: the keys and their maximum
+// are computed vectorised; a chunk whose maximum is not above tau (the usual case once tau has
+// risen) is skipped.
+template <bool kBias, bool kMask, bool kRelu, class Entry>
+void filter_scan(const real* v, const real* bias, const int64_t* eligible, int64_t n, int64_t base,
+                 Candidates<Entry>& c) {
+  uint32_t keys[kFilterChunk];
+  int64_t i = 0;
+  for (; i + kFilterChunk <= n; i += kFilterChunk) {
+    uint32_t m = 0;
+    for (int64_t j = 0; j < kFilterChunk; ++j) {
+      keys[j] = filter_key<kBias, kMask, kRelu>(v, bias, eligible, i + j);
+      m = keys[j] > m ? keys[j] : m;
+    }
+    if (m > c.tau)
+      c.offer(keys, kFilterChunk, base + i);
+    else if (c.track_dropped && m > kZeroKey && m >= c.dropped_max)
+      c.drop_chunk(keys, kFilterChunk);
+  }
+  for (int64_t j = 0; j < n - i; ++j)
+    keys[j] = filter_key<kBias, kMask, kRelu>(v, bias, eligible, i + j);
+  if (i < n) c.offer(keys, n - i, base + i);
+}
+
+template <bool kRelu, class Entry>
+void filter_scan(const real* v, const real* bias, const int64_t* eligible, int64_t n, int64_t base,
+                 Candidates<Entry>& c) {
+  if (bias && eligible)
+    filter_scan<true, true, kRelu>(v, bias, eligible, n, base, c);
+  else if (bias)
+    filter_scan<true, false, kRelu>(v, bias, eligible, n, base, c);
+  else if (eligible)
+    filter_scan<false, true, kRelu>(v, bias, eligible, n, base, c);
+  else
+    filter_scan<false, false, kRelu>(v, bias, eligible, n, base, c);
+}
+
+// The value whose (positive) order key this is: order_key flips only the sign bit of positives.
+inline real value_of_key(uint32_t key) {
+  const uint32_t u = key ^ 0x80000000u;
+  real v;
+  memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+// Buffer capacity: room for 4k candidates (a compaction every >= 3k appends), but no more than the
+// entries a scan can offer; always > k (a full buffer has a k-th best to raise tau to).
+int64_t filter_capacity(int64_t k, int64_t entries) {
+  return std::max(k + 1, std::min(4 * k + 64, entries));
+}
+
+int64_t host_slots(int64_t rows) {
+  const int64_t n = Kokkos::DefaultHostExecutionSpace().concurrency();
+  return std::max<int64_t>(1, std::min(n, rows));
+}
+
+void row_filter(const Matrix& values, const Vector& bias, int64_t k, const Matrix& out,
+                const CountVector& eligible, const CountVector& active, const CountVector& fired,
+                real fire_threshold, const SelectedEntries& entries) {
+  const int64_t rows = values.extent(0), cols = values.extent(1);
+  const int64_t slots = host_slots(rows), chunk = (rows + slots - 1) / slots;
+  const int64_t capacity = filter_capacity(k, cols);
+  const bool want = entries.idx.extent(0) != 0;
+  const real* bias_p = bias.extent(0) ? bias.data() : nullptr;
+  const int64_t* eligible_p = eligible.extent(0) ? eligible.data() : nullptr;
+  // One buffer per slot (thread), reused over its rows.
+  Kokkos::parallel_for(
+      "saescale::select::row_topk_filter",
+      Kokkos::RangePolicy<Kokkos::DefaultHostExecutionSpace>(0, slots), [=](int64_t sl) {
+        Candidates<uint64_t> c(k, capacity, false);
+        const int64_t end = std::min(rows, (sl + 1) * chunk);
+        for (int64_t b = sl * chunk; b < end; ++b) {
+          c.reset();
+          filter_scan<false>(values.data() + b * values.stride(0), bias_p, eligible_p, cols, 0, c);
+          c.keep_best(k);
+          std::sort(c.begin(), c.end(),
+                    [](uint64_t x, uint64_t y) { return index_of(x) < index_of(y); });
+          real* o = out.data() + b * out.stride(0);
+          std::fill(o, o + cols, real(0));
+          int32_t n = 0;
+          for (const uint64_t* e = c.begin(); e != c.end(); ++e) {
+            const int64_t i = index_of(*e);
+            const real v = value_of_key(key_of(*e));  // v + bias, exactly
+            if (!(v > 0)) continue;                   // a positive NaN: selected, outputs 0
+            o[i] = v;
+            count_selected(active, fired, fire_threshold, i, v);
+            if (want) entries.idx(b, n) = int32_t(i), entries.val(b, n) = v;
+            ++n;
+          }
+          if (want) entries.count(b) = n;
+        }
+      });
+}
+
+// Per row, the non-zeros of the selected rows in increasing latent order (radix, bisect).
+void fill_entries(const Matrix& out, const SelectedEntries& entries) {
+  const int64_t cols = out.extent(1), capacity = entries.idx.extent(1);
+  const auto idx = entries.idx;
+  const auto val = entries.val;
+  const auto count = entries.count;
+  if (cols == 0) {
+    Kokkos::deep_copy(count, 0);
+    return;
+  }
+  Kokkos::parallel_for(
+      "saescale::select::row_topk_entries",
+      Kokkos::TeamPolicy<ExecSpace>(out.extent(0), Kokkos::AUTO), KOKKOS_LAMBDA(const Team& team) {
+        const int64_t b = team.league_rank();
+        Kokkos::parallel_scan(
+            Kokkos::TeamThreadRange(team, cols), [&](int64_t i, int64_t& before, bool final) {
+              const real v = out(b, i);
+              const int64_t nz = v != 0;
+              if (final) {
+                if (nz && before < capacity) {
+                  idx(b, before) = int32_t(i);
+                  val(b, before) = v;
+                }
+                if (i == cols - 1)
+                  count(b) = int32_t(before + nz < capacity ? before + nz : capacity);
+              }
+              before += nz;
+            });
+      });
+}
+
 }  // namespace
 
 void row_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo, const Matrix& out,
               const CountVector& eligible, const CountVector& active, const CountVector& fired,
-              real fire_threshold) {
-  const int64_t rows = values.extent(0);
+              real fire_threshold, const SelectedEntries& entries) {
+  const int64_t rows = values.extent(0), cols = values.extent(1);
+  const bool want = entries.idx.extent(0) != 0;
+  if (want && (static_cast<int64_t>(entries.idx.extent(0)) != rows ||
+               entries.val.extent(0) != entries.idx.extent(0) ||
+               entries.val.extent(1) != entries.idx.extent(1) ||
+               static_cast<int64_t>(entries.count.extent(0)) != rows ||
+               static_cast<int64_t>(entries.idx.extent(1)) < std::min(k, cols)))
+    throw Error("row_topk: selected entries must be [rows, >= min(k, M)] and count [rows]");
+  if (algo == TopkAlgo::filter) {
+    // The filter is a CPU algorithm (a serial scan per row with a growing buffer); GPU backends
+    // run radix instead. k <= 0 (nothing to select) takes the radix path too.
+    if (!kColumnTiles && k > 0) {
+      row_filter(values, bias, k, out, eligible, active, fired, fire_threshold, entries);
+      return;
+    }
+    algo = TopkAlgo::radix;
+  }
   Kokkos::TeamPolicy<ExecSpace> policy(rows, Kokkos::AUTO);
   policy.set_scratch_size(0, Kokkos::PerTeam(Histogram::shmem_size(256)));
   Kokkos::parallel_for(
       algo == TopkAlgo::radix ? "saescale::select::row_topk_radix"
                               : "saescale::select::row_topk_bisect",
       policy, RowTopK{values, out, bias, eligible, active, fired, fire_threshold, k, algo});
+  if (want) fill_entries(out, entries);
 }
 
 namespace {
@@ -188,6 +446,79 @@ int64_t count_batch_at_least(const BatchValue& value, uint32_t t) {
   return c;
 }
 
+// The batch-wide threshold by filtering (CPUs): every slot (thread) scans its rows once and keeps
+// its k best positive entries by (key, lower flat index) as candidates; the radix passes of the
+// radix path then run over the candidates only, their histograms summed over the slots and the
+// group. Exact (on each rank and across the group), with T the global k-th largest key:
+//  - every entry with key > T is a candidate of its slot: fewer than k entries anywhere beat it,
+//    and a slot drops an entry only below k better ones or when its key is <= the slot's tau,
+//    itself <= T (the slot holds k entries with keys >= tau);
+//  - the candidates hold >= k entries with key >= T: either none with key T was dropped, or a slot
+//    dropped one below k of its own entries with keys >= T;
+//  so the candidates' k-th largest key is T and their count above it is exact: T and take_equal
+//  are the radix path's. `equal` adds, per slot, the dropped entries with key T: the dropped keys
+//  are <= T, so those are the ones at the slot's largest dropped key when that key is T (each slot
+//  tracks that key and its count as it scans, the last pass sums them).
+// Fewer than k positive entries in all: every one is selected (T = order_key(0): ties at 0 output
+// 0 whichever are taken). Every rank takes the same branches: they follow group-summed counts.
+// Collectives (group->sum): 4, as radix, of 256 counts, the last of 512.
+Threshold batch_filter_threshold(const Matrix& values, const Vector& bias, int64_t k,
+                                 const std::function<void(int64_t*, int)>& global_sum) {
+  const int64_t rows = values.extent(0), cols = values.extent(1);
+  const int64_t slots = host_slots(rows), chunk = (rows + slots - 1) / slots;
+  const int64_t capacity = filter_capacity(k, chunk * cols);
+  const real* bias_p = bias.extent(0) ? bias.data() : nullptr;
+  std::vector<Candidates<FlatEntry>> cand(slots, Candidates<FlatEntry>(k, capacity, true));
+  Candidates<FlatEntry>* cand_p = cand.data();
+  Kokkos::parallel_for(
+      "saescale::select::batch_filter",
+      Kokkos::RangePolicy<Kokkos::DefaultHostExecutionSpace>(0, slots), [=](int64_t sl) {
+        Candidates<FlatEntry>& c = cand_p[sl];
+        const int64_t begin = std::min(rows, sl * chunk), end = std::min(rows, begin + chunk);
+        for (int64_t b = begin; b < end; ++b)
+          filter_scan<true>(values.data() + b * values.stride(0), bias_p, nullptr, cols, b * cols,
+                            c);
+        c.keep_best(k);
+      });
+  std::vector<int64_t> hist(slots * 256);
+  int64_t* hist_p = hist.data();
+  uint32_t prefix = 0, mask = 0;
+  int64_t remaining = k, equal = 0, total = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    Kokkos::parallel_for("saescale::select::batch_filter_histogram",
+                         Kokkos::RangePolicy<Kokkos::DefaultHostExecutionSpace>(0, slots),
+                         [=](int64_t sl) {
+                           int64_t* h = hist_p + sl * 256;
+                           std::fill(h, h + 256, int64_t(0));
+                           for (const FlatEntry* e = cand_p[sl].begin(); e != cand_p[sl].end(); ++e)
+                             if ((e->key & mask) == prefix) ++h[(e->key >> shift) & 255u];
+                         });
+    // The last pass also sums, in bins 256 + digit, the slots' dropped entries at their largest
+    // dropped key when that key has the threshold's upper 24 bits: bin 256 + d counts the
+    // dropped entries with key T.
+    const bool last = shift == 0;
+    int64_t bin[512] = {};
+    for (int64_t sl = 0; sl < slots; ++sl) {
+      for (int d = 0; d < 256; ++d) bin[d] += hist[sl * 256 + d];
+      if (last && (cand[sl].dropped_max & mask) == prefix)
+        bin[256 + (cand[sl].dropped_max & 255u)] += cand[sl].dropped_at_max;
+    }
+    global_sum(bin, last ? 512 : 256);
+    if (shift == 24)
+      for (int d = 0; d < 256; ++d) total += bin[d];
+    int64_t above = 0, d = 255;
+    for (; d > 0 && above + bin[d] < remaining; --d) above += bin[d];
+    remaining -= above;
+    prefix |= uint32_t(d) << shift;
+    mask |= 255u << shift;
+    equal = bin[d] + (last ? bin[256 + d] : 0);
+  }
+  // Fewer than k positive entries (the passes ran anyway: the group's collectives do not depend on
+  // the data): every one is selected.
+  if (total < k) return {kZeroKey, 0, 0};
+  return {prefix, remaining, equal};
+}
+
 }  // namespace
 
 double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo,
@@ -199,7 +530,11 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
     if (group) group->sum(counts, len);
   };
   Threshold t{0, 0, 0};
-  if (algo == TopkAlgo::radix) {
+  // The filter is a CPU algorithm: GPU backends run radix instead (so does k <= 0: nothing to
+  // select). k is global, so every rank of a group takes the same path.
+  if (algo == TopkAlgo::filter && !kColumnTiles && k > 0) {
+    t = batch_filter_threshold(values, bias, k, global_sum);
+  } else if (algo != TopkAlgo::bisect) {
     // Private 256-bin histograms per slot (one per thread on CPUs, summed on the host); on GPUs one
     // shared histogram updated atomically.
     const int64_t slots = kColumnTiles ? 1 : accumulator_slots();

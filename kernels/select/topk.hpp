@@ -1,11 +1,19 @@
 // Exact top-k selection (sae-variants.md §3-§4): the k largest values per row (TopK, AuxK) or over
-// the whole batch (BatchTopK), ties resolved to the LOWER index. Two algorithms, selectable with
+// the whole batch (BatchTopK), ties resolved to the LOWER index. Three algorithms, selectable with
 // --topk-algo, because their cost is what the project measures:
 //   radix  — 4 passes of 256-bin histograms over the values' order-preserving 32-bit keys;
-//   bisect — bisection on the key (a per-row threshold) with a count per step: 32 passes.
-// Both find the key T of the k-th largest value and how many values equal to T to take; a final
-// pass writes out = ReLU(value) on the selected entries and 0 elsewhere (ReLU after selection, so
-// rows with fewer than k positive values have L0 < k).
+//   bisect — bisection on the key (a per-row threshold) with a count per step: 32 passes;
+//   filter — one pass (CPUs): scan in index order, keep the entries whose key beats a running
+//            threshold tau in a small buffer; when the buffer is full keep its k best (by the
+//            unique key: value, then lower index) and raise tau to the k-th's key. Only positive
+//            values are candidates (tau starts at order_key(+0)): the output is ReLU after
+//            selection, so a selected non-positive value outputs 0 either way. Batch-wide, the
+//            radix passes then run over the candidates only. On GPU backends (kColumnTiles) the
+//            filter is not implemented: `filter` runs the radix algorithm there.
+// radix and bisect find the key T of the k-th largest value and how many values equal to T to
+// take; a final pass writes out = ReLU(value) on the selected entries and 0 elsewhere (ReLU after
+// selection, so rows with fewer than k positive values have L0 < k). All three select exactly the
+// same entries.
 #pragma once
 #include <cstring>
 #include <functional>
@@ -16,7 +24,7 @@
 
 namespace saescale::kernels {
 
-enum class TopkAlgo { radix, bisect };
+enum class TopkAlgo { radix, bisect, filter };
 TopkAlgo parse_topk_algo(const std::string& name);
 const char* topk_algo_name(TopkAlgo a);
 
@@ -39,9 +47,20 @@ inline constexpr uint32_t kExcluded = 0;
 //
 // When `active`/`fired` are given ([M], zeroed by the caller), the final pass also counts, per
 // latent, the tokens with out != 0 and out > kFire (atomics on the selected entries only).
+//
+// When `entries` is given (non-empty views), it also receives per row the non-zeros of out(b, :)
+// in increasing latent order: idx(b, j), val(b, j) for j < count(b) (at most k; slots beyond are
+// left as they were). Its views are [rows, capacity] with capacity >= min(k, M), and [rows]
+// (kernels/sparse.hpp's SparseRows idx, val and count have these types).
+struct SelectedEntries {
+  Kokkos::View<int32_t**, Kokkos::LayoutRight, MemSpace> idx;
+  Matrix val;
+  Kokkos::View<int32_t*, Kokkos::LayoutRight, MemSpace> count;
+};
 void row_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo algo, const Matrix& out,
               const CountVector& eligible = {}, const CountVector& active = {},
-              const CountVector& fired = {}, real fire_threshold = 0);
+              const CountVector& fired = {}, real fire_threshold = 0,
+              const SelectedEntries& entries = {});
 
 // Ranks whose matrices are blocks of one global matrix (data-parallel rows x latent-parallel
 // columns) select together: `sum` adds histogram counts over them in place; `tie_offsets` gets

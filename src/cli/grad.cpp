@@ -40,6 +40,7 @@ int grad(const Config& cfg) {
   const Resolved r = resolve_hyper(cfg, model.variant().defaults());
   Hyper h{r.sparsity_coeff, r.bandwidth, r.threshold_init, r.decoder_init_norm, cfg.k, cfg.aux_k};
   h.topk_algo = kernels::parse_topk_algo(cfg.topk_algo);
+  h.encoder_bias_init = cfg.encoder_bias_init;
 
   model.allocate(n);
   if (cfg.sparse != "off") model.enable_sparse(cfg.sparse_capacity_or_default());

@@ -52,9 +52,13 @@ std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_
     const bool global = cfg.batch_scope == "global";
     const int ranks = global ? world : lp;
     const char* group = global ? "world" : "lp";
-    if (cfg.topk_algo == "radix")
+    if (cfg.topk_algo == "radix") {
       allreduce("selection", group, ranks, 256 * 8, 4);  // one histogram per radix pass
-    else
+    } else if (cfg.topk_algo == "filter") {
+      // Radix passes over the candidates; the last also counts the ties each buffer dropped.
+      allreduce("selection", group, ranks, 256 * 8, 3);
+      allreduce("selection", group, ranks, 512 * 8, 1);
+    } else
       allreduce("selection", group, ranks, 8, 34);  // the total, 32 bisection rounds, the rest
     allreduce("selection", group, ranks, 8);        // the smallest selected value
   }

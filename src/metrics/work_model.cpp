@@ -5,7 +5,11 @@ namespace saescale::metrics {
 namespace {
 constexpr double kF = 4;  // bytes per fp32 value
 bool selects(const std::string& v) { return v == "topk" || v == "batchtopk"; }
-double selection_passes(const std::string& algo) { return algo == "radix" ? 4 : 33; }
+// Passes reading B x M to find the threshold: radix 4 histograms, bisect 32 counts and one more,
+// filter one scan (its candidate buffer is small and stays in cache).
+double selection_passes(const std::string& algo) {
+  return algo == "radix" ? 4 : algo == "filter" ? 1 : 33;
+}
 }  // namespace
 
 Work gemm_work(double m, double n, double k) {
@@ -13,7 +17,9 @@ Work gemm_work(double m, double n, double k) {
 }
 
 Work row_selection_work(double B, double M, const std::string& algo) {
-  // passes reading B x M, then the final pass reading it and writing the selected output
+  // passes reading B x M, then the final pass reading it and writing the selected output; the
+  // row-wise filter selects from its buffer, so its final pass only writes the output
+  if (algo == "filter") return {0, kF * B * M * 2};
   return {0, kF * B * M * (selection_passes(algo) + 2)};
 }
 

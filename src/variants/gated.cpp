@@ -45,6 +45,7 @@ class Gated final : public Variant {
   }
 
   double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
+    rows_ = {};
     kernels::magnitude_scales(p.vector("r_mag"), scale_);
     for_each_tile("saescale::activation::gated_forward", s.f.extent(0), s.f.extent(1),
                   kernels::GatedForward{s.pi, p.vector("b_gate"), scale_, p.vector("b_mag"), s.f,
@@ -58,17 +59,50 @@ class Gated final : public Variant {
     return h.sparsity_coeff * gate_l1 / s.global_batch;
   }
 
+  // The sparse path: the gate's active entries as rows (kernels/activations/gated.hpp); the
+  // auxiliary reconstruction and its gradient then gather over them too (ReLU(pi_gate) is zero
+  // elsewhere), so its gradient stays at the rows' entries and the backward runs over them.
+  bool emits_rows() const override { return true; }
+  double forward_rows(const ParamStore& p, StepBuffers& s, const Hyper& h,
+                      const sparse::SparseRows& rows) override {
+    kernels::magnitude_scales(p.vector("r_mag"), scale_);
+    sparse::rows_from_rule("saescale::activation::gated_rows", s.pi.extent(0), s.pi.extent(1),
+                           kernels::GatedRows{s.pi, p.vector("b_gate"), scale_, p.vector("b_mag")},
+                           rows, &s.stats);
+    if (gate_values_.extent(1) != rows.val.extent(1)) {  // first use, or the rows grew
+      gate_values_ = Matrix("saescale::gated::gate_values", rows.rows(), rows.capacity());
+      g_aux_values_ = Matrix("saescale::gated::g_aux_values", rows.rows(), rows.capacity());
+    }
+    rows_ = rows.with_values(gate_values_);
+    const double gate_l1 = kernels::gate_values(rows, s.pi, p.vector("b_gate"), gate_values_);
+    return h.sparsity_coeff * gate_l1 / s.global_batch;
+  }
+  bool auxiliary_ran() const override { return !rows_.rows(); }  // outside the rows: dense
+
   // e_aux = x - (ReLU(pi_gate) W_dec + b_dec), W_dec and b_dec used as constants.
   double auxiliary_forward(const ParamStore& p, StepBuffers& s, const Hyper&,
                            Precision prec) override {
-    residual(s, aux_, p, e_aux_, prec, "auxiliary");
+    residual(s, aux_, p, e_aux_, prec, "auxiliary", rows_.rows() ? &rows_ : nullptr);
     return kernels::sum_squares("saescale::auxiliary::gated_loss", e_aux_) / s.global_batch;
   }
 
-  // g_aux = (-2/B) e_aux W_dec^T into the same buffer (ReLU(pi_gate) is no longer needed).
+  // g_aux = (-2/B) e_aux W_dec^T into the same buffer (ReLU(pi_gate) is no longer needed), or at
+  // the rows' entries.
   void auxiliary_backward(ParamStore& p, StepBuffers& s, const Hyper&, Precision prec) override {
-    gemm(Trans::N, Trans::T, static_cast<real>(-2.0 / s.global_batch), e_aux_, p.matrix("W_dec"), 0,
-         aux_, prec);
+    const real scale = static_cast<real>(-2.0 / s.global_batch);
+    if (rows_.rows())
+      sparse::sparse_activation_gradient(rows_, e_aux_, p.matrix("W_dec"), scale, g_aux_values_);
+    else
+      gemm(Trans::N, Trans::T, scale, e_aux_, p.matrix("W_dec"), 0, aux_, prec);
+  }
+
+  void backward_rows(ParamStore& p, StepBuffers& s, const Hyper& h, const sparse::SparseRows& g_f,
+                     const sparse::LatentIndex& index, const Matrix& g_pi_values) override {
+    kernels::gated_backward_rows(
+        g_f, g_aux_values_, index, s.pi, p.vector("b_gate"), scale_, p.vector("b_mag"),
+        static_cast<real>(h.sparsity_coeff / s.global_batch), g_pi_values, p.grad_vector("b_gate"),
+        p.grad_vector("b_mag"), p.grad_vector("r_mag"), s.g_pi_sum);
+    magnitude_chain(p);
   }
 
   void backward(ParamStore& p, StepBuffers& s, const Hyper& h) override {
@@ -80,6 +114,11 @@ class Gated final : public Variant {
     sum_slots("saescale::variant_backward::gated_b_mag", g_b_mag_, p.grad_vector("b_mag"));
     sum_slots("saescale::variant_backward::gated_g_p_sum", g_p_sum_, s.g_pi_sum);
     sum_slots("saescale::variant_backward::gated_r_mag", g_r_mag_, p.grad_vector("r_mag"));
+    magnitude_chain(p);
+  }
+
+ private:
+  void magnitude_chain(ParamStore& p) const {
     auto g_r = p.grad_vector("r_mag");
     auto scale = scale_;
     Kokkos::parallel_for(
@@ -88,9 +127,12 @@ class Gated final : public Variant {
         KOKKOS_LAMBDA(int64_t i) { g_r(i) *= scale(i); });  // d/dr = exp(r) d/d(exp r)
   }
 
- private:
   Vector scale_;
   Matrix aux_, e_aux_;
+  // The sparse path: ReLU(pi_gate) and the auxiliary gradient at the rows' entries; rows_ is
+  // empty on a dense step.
+  Matrix gate_values_, g_aux_values_;
+  sparse::SparseRows rows_;
   SlotView<double> g_b_gate_, g_b_mag_, g_r_mag_, g_p_sum_;
 };
 

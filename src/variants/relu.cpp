@@ -35,6 +35,27 @@ class Relu final : public Variant {
     for_each_tile("saescale::activation::relu_forward", s.f.extent(0), s.f.extent(1),
                   kernels::ReluForward{s.pi, p.vector("b_enc"), s.f, s.stats});
     s.stats.reduce();
+    return penalty(p, s, h);
+  }
+
+  // The sparse path: the active entries straight from pi; the backward adds the penalty's
+  // ||W_dec[i]|| at them, as ReluBackward does.
+  bool emits_rows() const override { return true; }
+  double forward_rows(const ParamStore& p, StepBuffers& s, const Hyper& h,
+                      const sparse::SparseRows& rows) override {
+    sparse::rows_from_rule("saescale::activation::relu_rows", s.pi.extent(0), s.pi.extent(1),
+                           kernels::ReluRows{s.pi, p.vector("b_enc")}, rows, &s.stats);
+    return penalty(p, s, h);
+  }
+  void backward_rows(ParamStore& p, StepBuffers& s, const Hyper& h, const sparse::SparseRows& g_f,
+                     const sparse::LatentIndex& index, const Matrix& g_pi_values) override {
+    sparse::shifted_gradient_by_latent(
+        "saescale::variant_backward::relu_rows", g_f, index, dec_norm_,
+        static_cast<real>(h.sparsity_coeff / s.global_batch), g_pi_values, p.grad_vector("b_enc"));
+  }
+
+  // (lambda / B) sum_i (sum_b f_bi) ||W_dec[i]||, from the stats; keeps the norms for backward.
+  double penalty(const ParamStore& p, const StepBuffers& s, const Hyper& h) {
     kernels::row_norms("saescale::activation::relu_decoder_norms", p.matrix("W_dec"), dec_norm_);
     // penalty = (lambda / B) sum_i (sum_b f_bi) ||W_dec[i]||
     double weighted = 0;

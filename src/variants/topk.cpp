@@ -110,9 +110,8 @@ class SelectionVariant : public Variant {
   bool auxiliary_ran() const override { return auxk_on_; }
   void backward_rows(ParamStore& p, StepBuffers& s, const Hyper&, const sparse::SparseRows& g_f,
                      const sparse::LatentIndex& index, const Matrix& g_pi_values) override {
-    Kokkos::deep_copy(g_pi_values, g_f.val);
-    sparse::latent_sums("saescale::variant_backward::topk_rows", g_f, index,
-                        p.grad_vector("b_enc"));
+    sparse::shifted_gradient_by_latent("saescale::variant_backward::topk_rows", g_f, index, {}, 0,
+                                       g_pi_values, p.grad_vector("b_enc"));
     Kokkos::deep_copy(s.g_pi_sum, p.grad_vector("b_enc"));
   }
 

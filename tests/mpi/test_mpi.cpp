@@ -73,7 +73,8 @@ TEST(GlobalTopK, RowSelectionOverShardsIsTheOneRankSelection) {
     comm::Grid grid = comm::Grid::create(dp, lp);
     comm::Communicator comm(grid, comm::Backend::mpi);
     const int64_t R = 5 * dp, C = 7 * lp;  // shards of 7 latents
-    for (const auto algo : {kernels::TopkAlgo::radix, kernels::TopkAlgo::bisect}) {
+    for (const auto algo :
+         {kernels::TopkAlgo::radix, kernels::TopkAlgo::bisect, kernels::TopkAlgo::filter}) {
       for (const bool masked : {false, true}) {
         const auto values = tied_values(rng, R * C), bias = tied_values(rng, C);
         // AuxK's eligibility mask (dead latents); some shards may have none.
@@ -134,7 +135,8 @@ TEST(GlobalTopK, BatchSelectionOverRanksIsTheOneRankSelection) {
     comm::Grid grid = comm::Grid::create(dp, lp);
     comm::Communicator comm(grid, comm::Backend::mpi);
     const int64_t R = 4 * dp, C = 6 * lp;
-    for (const auto algo : {kernels::TopkAlgo::radix, kernels::TopkAlgo::bisect}) {
+    for (const auto algo :
+         {kernels::TopkAlgo::radix, kernels::TopkAlgo::bisect, kernels::TopkAlgo::filter}) {
       for (const int64_t k : {int64_t(1), int64_t(7), R * C / 3}) {
         SCOPED_TRACE("dp " + std::to_string(dp) + " lp " + std::to_string(lp) + " k " +
                      std::to_string(k));
@@ -168,6 +170,44 @@ TEST(GlobalTopK, BatchSelectionOverRanksIsTheOneRankSelection) {
         EXPECT_EQ(to_host(out), want_mine);
       }
     }
+  }
+}
+
+// The filter's candidate buffers compact many times on blocks this large (capacity 4k + 64): each
+// rank keeps only its local top-k, and ties at the threshold that ranks dropped must still be
+// counted and taken in the global row-major order. `concentrated` puts more than k copies of the
+// largest value in one quadrant, so one rank holds the threshold's ties and drops most of them
+// while the others have none. Checked against one rank running radix.
+TEST(GlobalTopK, BatchFilterOverRanksIsTheOneRankRadixSelection) {
+  std::mt19937 rng(shared_seed());
+  for (const auto& [dp, lp] : grids()) {
+    comm::Grid grid = comm::Grid::create(dp, lp);
+    comm::Communicator comm(grid, comm::Backend::mpi);
+    const int64_t R = 24 * dp, C = 50 * lp;
+    for (const bool concentrated : {false, true})
+      for (const int64_t k : {int64_t(1), int64_t(6), int64_t(40), R * C / 5, R * C / 2}) {
+        SCOPED_TRACE("dp " + std::to_string(dp) + " lp " + std::to_string(lp) + " k " +
+                     std::to_string(k) + (concentrated ? " concentrated" : ""));
+        auto values = tied_values(rng, R * C);
+        const auto bias = concentrated ? std::vector<float>(C, 0.f) : tied_values(rng, C);
+        if (concentrated)
+          for (int64_t i = 0; i < R / 2; ++i)
+            for (int64_t j = 0; j < C / 2; ++j) values[i * C + j] = 2.f;
+        Matrix ref("test::ref", R, C);
+        const double ref_min =
+            kernels::batch_topk(to_device(values, R, C), Vector(to_device(bias, 1, C).data(), C), k,
+                                kernels::TopkAlgo::radix, ref);
+        const int64_t c = C / lp, c0 = grid.lp_rank() * c;
+        Matrix mine = to_device(block(values, R, C, grid), R / dp, c);
+        Matrix bias_mine =
+            to_device(std::vector<float>(bias.begin() + c0, bias.begin() + c0 + c), 1, c);
+        Matrix out("test::out", R / dp, c);
+        const double got_min =
+            comm::sharded_batch_topk(comm, comm::Group::world, mine, Vector(bias_mine.data(), c), k,
+                                     kernels::TopkAlgo::filter, out);
+        EXPECT_EQ(to_host(out), block(to_host(ref), R, C, grid));
+        EXPECT_EQ(got_min, ref_min);
+      }
   }
 }
 
