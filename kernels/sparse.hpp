@@ -339,12 +339,22 @@ inline void build_latent_index(const SparseRows& rows, const LatentIndex& index)
   Kokkos::parallel_for(
       "saescale::sparse::latent_index_clear", Kokkos::RangePolicy<ExecSpace>(0, M),
       KOKKOS_LAMBDA(int64_t m) { cursor(m) = 0; });
-  Kokkos::parallel_for(
-      "saescale::sparse::latent_index_histogram", Kokkos::RangePolicy<ExecSpace>(0, n_entries),
-      KOKKOS_LAMBDA(int64_t e) {
-        const int64_t b = e / cap, j = e - b * cap;
-        if (j < count(b)) Kokkos::atomic_add(&cursor(idx(b, j)), Index(1));
-      });
+  // GPUs: a thread per slot (most are empty, but the loop is flat and coalesced). CPUs: a work
+  // item per row, over its entries only (B L0 instead of B x capacity iterations).
+  if constexpr (kColumnTiles) {
+    Kokkos::parallel_for(
+        "saescale::sparse::latent_index_histogram", Kokkos::RangePolicy<ExecSpace>(0, n_entries),
+        KOKKOS_LAMBDA(int64_t e) {
+          const int64_t b = e / cap, j = e - b * cap;
+          if (j < count(b)) Kokkos::atomic_add(&cursor(idx(b, j)), Index(1));
+        });
+  } else {
+    Kokkos::parallel_for(
+        "saescale::sparse::latent_index_histogram", Kokkos::RangePolicy<ExecSpace>(0, rows.rows()),
+        KOKKOS_LAMBDA(int64_t b) {
+          for (int64_t j = 0; j < count(b); ++j) Kokkos::atomic_add(&cursor(idx(b, j)), Index(1));
+        });
+  }
   Kokkos::parallel_scan(
       "saescale::sparse::latent_index_scan", Kokkos::RangePolicy<ExecSpace>(0, M),
       KOKKOS_LAMBDA(int64_t m, int64_t & before, bool final) {
@@ -357,16 +367,25 @@ inline void build_latent_index(const SparseRows& rows, const LatentIndex& index)
       });
   // The cursor counts down from the bucket size: slot offsets(m + 1) - cursor, i.e. the bucket
   // fills from its start, in entry order when the loop runs in order.
-  Kokkos::parallel_for(
-      "saescale::sparse::latent_index_scatter", Kokkos::RangePolicy<ExecSpace>(0, n_entries),
-      KOKKOS_LAMBDA(int64_t e) {
-        const int64_t b = e / cap, j = e - b * cap;
-        if (j < count(b)) {
-          const Index m = idx(b, j);
-          entries(offsets(m + 1) - Kokkos::atomic_fetch_sub(&cursor(m), Index(1))) =
-              static_cast<Index>(e);
-        }
-      });
+  const auto place = KOKKOS_LAMBDA(int64_t b, int64_t j) {
+    const Index m = idx(b, j);
+    entries(offsets(m + 1) - Kokkos::atomic_fetch_sub(&cursor(m), Index(1))) =
+        static_cast<Index>(b * cap + j);
+  };
+  if constexpr (kColumnTiles) {
+    Kokkos::parallel_for(
+        "saescale::sparse::latent_index_scatter", Kokkos::RangePolicy<ExecSpace>(0, n_entries),
+        KOKKOS_LAMBDA(int64_t e) {
+          const int64_t b = e / cap, j = e - b * cap;
+          if (j < count(b)) place(b, j);
+        });
+  } else {
+    Kokkos::parallel_for(
+        "saescale::sparse::latent_index_scatter", Kokkos::RangePolicy<ExecSpace>(0, rows.rows()),
+        KOKKOS_LAMBDA(int64_t b) {
+          for (int64_t j = 0; j < count(b); ++j) place(b, j);
+        });
+  }
   Kokkos::parallel_for(
       "saescale::sparse::latent_index_sort", Kokkos::RangePolicy<ExecSpace>(0, M),
       KOKKOS_LAMBDA(int64_t m) {

@@ -5,15 +5,15 @@
 
 namespace saescale::comm {
 
-void ShardedRowTopK::run(Communicator& comm, const Matrix& values, const Vector& bias, int64_t k,
+bool ShardedRowTopK::run(Communicator& comm, const Matrix& values, const Vector& bias, int64_t k,
                          kernels::TopkAlgo algo, const Matrix& out, int64_t latent_offset,
                          const CountVector& eligible, int64_t eligible_here,
                          const CountVector& active, const CountVector& fired, real fire_threshold,
-                         const char* phase) {
+                         const char* phase, const kernels::SelectedEntries& entries) {
   const int lp = comm.size(Group::lp);
   if (lp == 1) {
-    kernels::row_topk(values, bias, k, algo, out, eligible, active, fired, fire_threshold);
-    return;
+    kernels::row_topk(values, bias, k, algo, out, eligible, active, fired, fire_threshold, entries);
+    return entries.count.extent(0) > 0;
   }
   const int64_t rows = out.extent(0);
   const int64_t here = eligible_here < 0 ? static_cast<int64_t>(out.extent(1)) : eligible_here;
@@ -31,6 +31,7 @@ void ShardedRowTopK::run(Communicator& comm, const Matrix& values, const Vector&
   comm.allgather(phase, Group::lp, candidates_, all_candidates_);
   kernels::row_kth_key(all_candidates_, lp, rows, k, kth_);
   kernels::keep_selected(out, latent_offset, kth_, active, fired, fire_threshold);
+  return false;
 }
 
 namespace {

@@ -11,13 +11,15 @@ namespace saescale::comm {
 // eligible entries of each row among ALL latents, 0 elsewhere, exactly as one rank would select
 // (ties to the lower global index). `eligible_here`: eligible latents on this shard (all: -1).
 // Local top-k, all-gather of the candidates' keys, the same k-th key on every shard.
+// `entries` (kernels::row_topk) is filled only with one shard (the return value says whether):
+// over several, the shards' selections are trimmed after the kernel.
 class ShardedRowTopK {
  public:
-  void run(Communicator& comm, const Matrix& values, const Vector& bias, int64_t k,
+  bool run(Communicator& comm, const Matrix& values, const Vector& bias, int64_t k,
            kernels::TopkAlgo algo, const Matrix& out, int64_t latent_offset,
            const CountVector& eligible = {}, int64_t eligible_here = -1,
            const CountVector& active = {}, const CountVector& fired = {}, real fire_threshold = 0,
-           const char* phase = "selection");
+           const char* phase = "selection", const kernels::SelectedEntries& entries = {});
 
  private:
   kernels::KeyVector candidates_, all_candidates_, kth_;

@@ -103,8 +103,14 @@ class SelectionVariant : public Variant {
   bool emits_rows() const override { return true; }
   double forward_rows(const ParamStore& p, StepBuffers& s, const Hyper& h,
                       const sparse::SparseRows& rows) override {
+    rows_out_ = &rows;
+    rows_filled_ = false;
     const double penalty = forward(p, s, h);
-    sparse::compact_rows(s.f, rows);
+    rows_out_ = nullptr;
+    if (rows_filled_)  // by the selection: record the longest row (never over the capacity)
+      sparse::clip_counts(rows);
+    else
+      sparse::compact_rows(s.f, rows);
     return penalty;
   }
   bool auxiliary_ran() const override { return auxk_on_; }
@@ -124,6 +130,9 @@ class SelectionVariant : public Variant {
 
  protected:
   virtual void select(const ParamStore& p, StepBuffers& s, const Hyper& h) = 0;
+  // forward_rows' rows while the selection runs: a selection that writes them sets rows_filled_.
+  const sparse::SparseRows* rows_out_ = nullptr;
+  bool rows_filled_ = false;
 
   comm::ShardedRowTopK selection_, auxk_selection_;
 
@@ -142,8 +151,12 @@ class TopK final : public SelectionVariant {
 
  protected:
   void select(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    selection_.run(*s.comm, s.pi, p.vector("b_enc"), h.k, h.topk_algo, s.f, s.latent_offset, {}, -1,
-                   s.stats.active_total(), s.stats.fired_total(), kFireThreshold);
+    kernels::SelectedEntries entries;
+    if (rows_out_ && rows_out_->capacity() >= std::min<int64_t>(h.k, s.f.extent(1)))
+      entries = {rows_out_->idx, rows_out_->val, rows_out_->count};
+    rows_filled_ = selection_.run(*s.comm, s.pi, p.vector("b_enc"), h.k, h.topk_algo, s.f,
+                                  s.latent_offset, {}, -1, s.stats.active_total(),
+                                  s.stats.fired_total(), kFireThreshold, "selection", entries);
   }
 };
 
