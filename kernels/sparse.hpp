@@ -399,6 +399,19 @@ inline void build_latent_index(const SparseRows& rows, const LatentIndex& index)
       });
 }
 
+// sum over the entry ids entries[begin, end) of val(entry) X[row(entry), c] (the GPU mapping's
+// per-thread column of a by-latent gradient).
+KOKKOS_INLINE_FUNCTION real entry_column_sum(const IndexVector& entries, Index begin, Index end,
+                                             const Matrix& val, int64_t cap, const Matrix& X,
+                                             int64_t c) {
+  real acc = 0;
+  for (Index a = begin; a < end; ++a) {
+    const int64_t e = entries(a), b = e / cap;
+    acc += val(b, e - b * cap) * X(b, c);
+  }
+  return acc;
+}
+
 // g [M, d] = beta g + alpha sum over latent m's entries of val(e) X[row(e), :], one owner per
 // latent (no atomics; summed in row order: deterministic on a given backend). Every row is written
 // (rows of latents without entries become beta g: zero when beta = 0, g not read), in the same
@@ -419,11 +432,7 @@ inline void sparse_gradient_by_latent(const char* label, const SparseRows& rows,
           const int64_t m = team.league_rank();
           const Index begin = offsets(m), end = offsets(m + 1);
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, d), [&](int64_t c) {
-            real acc = 0;
-            for (Index a = begin; a < end; ++a) {
-              const int64_t e = entries(a), b = e / cap;
-              acc += val(b, e - b * cap) * X(b, c);
-            }
+            const real acc = entry_column_sum(entries, begin, end, val, cap, X, c);
             g(m, c) = (beta == 0 ? real(0) : beta * g(m, c)) + alpha * acc;
           });
         });
@@ -547,11 +556,7 @@ inline void sparse_encoder_gradient(const SparseRows& rows_of_g_pi, const Latent
           const int64_t m = team.league_rank();
           const Index begin = offsets(m), end = offsets(m + 1);
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, d), [&](int64_t c) {
-            real acc = 0;
-            for (Index a = begin; a < end; ++a) {
-              const int64_t e = entries(a), b = e / cap;
-              acc += val(b, e - b * cap) * X_in(b, c);
-            }
+            const real acc = entry_column_sum(entries, begin, end, val, cap, X_in, c);
             g_W_enc(c, m) = (beta == 0 ? real(0) : beta * g_W_enc(c, m)) + alpha * acc;
           });
         });

@@ -13,8 +13,8 @@
 
 namespace saescale {
 
-// SAESCALE_GPU_MAPPING (a CMake option of that name) compiles the GPU mappings for the host backend:
-// CI builds and runs the kernel tests that way, since its Kokkos has no GPU backend.
+// SAESCALE_GPU_MAPPING (a CMake option of that name) compiles the GPU mappings for the host
+// backend: CI builds and runs the kernel tests that way, since its Kokkos has no GPU backend.
 #if defined(KOKKOS_ENABLE_CUDA) || defined(KOKKOS_ENABLE_HIP) || defined(KOKKOS_ENABLE_SYCL) || \
     defined(SAESCALE_GPU_MAPPING)
 inline constexpr bool kColumnTiles = true;

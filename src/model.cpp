@@ -171,7 +171,7 @@ void Model::backward_activation_gemm(Precision p) {
 }
 
 bool Model::rows_backward() const {
-  return sparse_ && sparse_->direct && !variant_->auxiliary_ran();
+  return sparse_ && sparse_->direct && !variant_->auxiliary_outside_rows();
 }
 
 void Model::variant_backward(const Hyper& h) {

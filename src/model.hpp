@@ -135,7 +135,7 @@ class Model {
   bool rows_fit(const sparse::SparseRows& rows) const;  // within the capacity and the limit
   void allocate_sparse(int64_t capacity);
   // This step's backward runs over the rows (Variant::backward_rows): a direct step whose
-  // auxiliary loss did not run.
+  // auxiliary loss (if any) keeps its gradient at the rows' entries.
   bool rows_backward() const;
   bool grow_sparse(const sparse::SparseRows& overflowed);
 };

@@ -112,9 +112,9 @@ class Variant {
   // the main decode (s.e holds the residual) and returns its loss term; the backward runs after
   // the main backward GEMMs and before `backward`, and may add to the W_dec gradient.
   virtual bool has_auxiliary_loss() const { return false; }
-  // Whether the last auxiliary_forward() contributed (TopK's AuxK runs only while latents are
-  // dead).
-  virtual bool auxiliary_ran() const { return has_auxiliary_loss(); }
+  // Whether this step's auxiliary loss sends gradient to entries outside f's rows (TopK's AuxK,
+  // while latents are dead; any auxiliary loss on a dense step): the backward then runs dense.
+  virtual bool auxiliary_outside_rows() const { return has_auxiliary_loss(); }
   virtual double auxiliary_forward(const ParamStore&, StepBuffers&, const Hyper&, Precision) {
     return 0;
   }

@@ -77,7 +77,7 @@ class Gated final : public Variant {
     const double gate_l1 = kernels::gate_values(rows, s.pi, p.vector("b_gate"), gate_values_);
     return h.sparsity_coeff * gate_l1 / s.global_batch;
   }
-  bool auxiliary_ran() const override { return !rows_.rows(); }  // outside the rows: dense
+  bool auxiliary_outside_rows() const override { return !rows_.rows(); }  // a dense step
 
   // e_aux = x - (ReLU(pi_gate) W_dec + b_dec), W_dec and b_dec used as constants.
   double auxiliary_forward(const ParamStore& p, StepBuffers& s, const Hyper&,

@@ -113,7 +113,7 @@ class SelectionVariant : public Variant {
       sparse::compact_rows(s.f, rows);
     return penalty;
   }
-  bool auxiliary_ran() const override { return auxk_on_; }
+  bool auxiliary_outside_rows() const override { return auxk_on_; }
   void backward_rows(ParamStore& p, StepBuffers& s, const Hyper&, const sparse::SparseRows& g_f,
                      const sparse::LatentIndex& index, const Matrix& g_pi_values) override {
     sparse::shifted_gradient_by_latent("saescale::variant_backward::topk_rows", g_f, index, {}, 0,
