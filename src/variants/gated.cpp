@@ -117,7 +117,7 @@ class Gated final : public Variant {
     magnitude_chain(p);
   }
 
- private:
+  // Public: nvcc does not allow an extended (device) lambda in a private member function.
   void magnitude_chain(ParamStore& p) const {
     auto g_r = p.grad_vector("r_mag");
     auto scale = scale_;
@@ -127,6 +127,7 @@ class Gated final : public Variant {
         KOKKOS_LAMBDA(int64_t i) { g_r(i) *= scale(i); });  // d/dr = exp(r) d/d(exp r)
   }
 
+ private:
   Vector scale_;
   Matrix aux_, e_aux_;
   // The sparse path: ReLU(pi_gate) and the auxiliary gradient at the rows' entries; rows_ is

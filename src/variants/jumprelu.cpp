@@ -106,7 +106,7 @@ class JumpRelu final : public Variant {
     return tensors;
   }
 
- private:
+  // Public: nvcc does not allow an extended (device) lambda in a private member function.
   // (lambda / B) * number of (token, latent) pairs above threshold, from the stats.
   static double penalty(const StepBuffers& s, const Hyper& h) {
     int64_t active = 0;
@@ -117,6 +117,7 @@ class JumpRelu final : public Variant {
     return h.sparsity_coeff * static_cast<double>(active) / s.global_batch;
   }
 
+ private:
   Vector theta_;
   SlotView<double> g_b_enc_, g_theta_;
 };

@@ -55,6 +55,7 @@ class Relu final : public Variant {
   }
 
   // (lambda / B) sum_i (sum_b f_bi) ||W_dec[i]||, from the stats; keeps the norms for backward.
+  // Public: nvcc does not allow an extended (device) lambda in a private member function.
   double penalty(const ParamStore& p, const StepBuffers& s, const Hyper& h) {
     kernels::row_norms("saescale::activation::relu_decoder_norms", p.matrix("W_dec"), dec_norm_);
     // penalty = (lambda / B) sum_i (sum_b f_bi) ||W_dec[i]||

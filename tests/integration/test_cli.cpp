@@ -131,7 +131,8 @@ TEST_F(Cli, SparseAutoFollowsItsCalibration) {
   };
   double crossover = 0;
   const auto topk = products("--variant topk --k 4", "topk.json", &crossover);
-  ASSERT_GT(crossover, 4) << "sparse products at 4 entries per row should beat the GEMMs";
+  // At least 4: when the two row sizes time alike the line is flat and L* is the capacity (4).
+  ASSERT_GE(crossover, 4) << "sparse products at 4 entries per row should beat the GEMMs";
   for (const auto& [product, c] : topk.items()) EXPECT_EQ(c["dense"].get<int>(), 0) << product;
   const auto jumprelu = products("--variant jumprelu --sparse-capacity 2048", "j.json", &crossover);
   ASSERT_LT(crossover, 900) << "a crossover this high makes the dense case below meaningless";
