@@ -11,9 +11,9 @@ CMAKE_ARGS ?=
 DEBIAN_PACKAGES := build-essential cmake git libtrilinos-kokkos-dev libopenblas-dev \
   libopenmpi-dev openmpi-bin libcli11-dev nlohmann-json3-dev libtomlplusplus-dev \
   libgtest-dev libbenchmark-dev libbenchmark-tools python3-venv python3-pip clang libclang-rt-dev \
-  slurm-wlm munge
+  slurm-wlm munge patchelf
 
-.PHONY: all deps deps-system deps-python build test test-cpp test-gpu-mapping test-python test-slurm test-fuzz demo format clean help
+.PHONY: all deps deps-system deps-python build test test-cpp test-cuda-rules test-gpu-check test-python test-slurm test-fuzz demo bundle format clean help
 
 all: build
 
@@ -64,22 +64,33 @@ test-python: deps-python
 test-slurm: build deps-python
 	BUILD=$(BUILD) VENV=$(VENV) bash tests/slurm/e2e.sh
 
-# The kernels' GPU mappings (teams over rows or latents, threads over d; kColumnTiles) compiled
-# for the host backend and tested there: this machine's Kokkos has no GPU backend, so otherwise
-# that code would never be compiled or run before it reaches a GPU (about 3 minutes).
+# The CUDA rules that host compilers do not enforce (tools/cuda_rules.py; its planted violations
+# are tests/python/test_cuda_rules.py). Seconds.
+test-cuda-rules:
+	$(PYTHON) tools/cuda_rules.py
+
+# The GPU path without a GPU (about 5 minutes): a second build, one rank without MPI, whose kernels
+# use their GPU mappings (teams over rows or latents, threads over d; kColumnTiles) on the host
+# backend, is bundled (runs/gpu-bundle) and the GPU check (runs/gpu-check: the device tests and the
+# study at host shapes) runs from the unpacked bundle (tests/bundle/check.sh).
 GPU_MAPPING_BUILD ?= $(BUILD)-gpu-mapping
-GPU_MAPPING_TESTS := test_kernels test_sparse test_select test_model
-test-gpu-mapping: deps-system
+GPU_CHECK_TARGETS := saescale test_kernels test_sparse test_select test_model test_grad
+test-gpu-check: deps
 	cmake -S . -B $(GPU_MAPPING_BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DSAESCALE_GPU_MAPPING=ON \
-	  -DSAESCALE_BUILD_BENCHMARKS=OFF $(CMAKE_ARGS) > /dev/null
-	cmake --build $(GPU_MAPPING_BUILD) -j $(JOBS) --target $(GPU_MAPPING_TESTS)
-	set -e; for t in $(GPU_MAPPING_TESTS); do $(GPU_MAPPING_BUILD)/bin/$$t --gtest_brief=1; done
+	  -DSAESCALE_MPI=OFF -DSAESCALE_BUILD_BENCHMARKS=OFF $(CMAKE_ARGS) > /dev/null
+	cmake --build $(GPU_MAPPING_BUILD) -j $(JOBS) --target $(GPU_CHECK_TARGETS)
+	BUILD=$(GPU_MAPPING_BUILD) PYTHON=$(VENV)/bin/python bash tests/bundle/check.sh
+
+# A self-contained tarball of a build made with -DSAESCALE_MPI=OFF (BUILD=build-cuda for the GPU):
+# runs/gpu-bundle --help.
+bundle:
+	runs/gpu-bundle $(BUILD)
 
 # libFuzzer targets of the file and config parsers (clang, ASan + UBSan), a bounded time each.
 test-fuzz: deps-system
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash tests/fuzz/run.sh
 
-test: deps test-cpp test-gpu-mapping test-python test-slurm test-fuzz
+test: deps test-cuda-rules test-cpp test-gpu-check test-python test-slurm test-fuzz
 
 demo: deps build
 	PYTHON=$(VENV)/bin/python BUILD=$(BUILD) bash runs/demo.sh

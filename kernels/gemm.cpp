@@ -1,8 +1,10 @@
 #include "kernels/gemm.hpp"
 
-#include <cblas.h>
-
 #include <cstring>
+
+#if !defined(KOKKOS_ENABLE_CUDA)
+#include <cblas.h>  // host builds only: a CUDA build links no host BLAS
+#endif
 
 #include "kernels/gemm_cublas.hpp"
 #include "src/error.hpp"
@@ -30,11 +32,12 @@ const char* precision_name(Precision p) {
 
 namespace {
 
-constexpr bool kDeviceGemm =
 #if defined(KOKKOS_ENABLE_CUDA)
-    std::is_same<ExecSpace, Kokkos::Cuda>::value;
+constexpr bool kDeviceGemm = true;
+static_assert(std::is_same<ExecSpace, Kokkos::Cuda>::value,
+              "a CUDA build runs its kernels and GEMMs on Kokkos::Cuda");
 #else
-    false;
+constexpr bool kDeviceGemm = false;
 #endif
 
 void check_shapes(Trans ta, Trans tb, const Matrix& A, const Matrix& B, const Matrix& C) {
@@ -84,10 +87,13 @@ const Bf16Buffer& to_bf16(const Matrix& M, Bf16Buffer& buf) {
 const char* gemm_backend_name() { return kDeviceGemm ? "cublas" : "cblas"; }
 
 void check_precision_supported(Precision p) {
-  if (p != Precision::fp32 && !kDeviceGemm)
+  if constexpr (kDeviceGemm) {
+    cublas::require_loaded();  // before the first step: where cuBLAS was looked for, if missing
+  } else if (p != Precision::fp32) {
     throw Error(std::string("--precision ") + precision_name(p) +
                 " needs the cuBLAS backend (a CUDA build of Kokkos); this build uses " +
                 gemm_backend_name() + ": use --precision fp32");
+  }
 }
 
 void gemm(Trans ta, Trans tb, real alpha, const Matrix& A, const Matrix& B, real beta,
@@ -108,10 +114,12 @@ void gemm(Trans ta, Trans tb, real alpha, const Matrix& A, const Matrix& B, real
                            C.data(), n, static_cast<int>(precision), device_stream());
   } else {
     check_precision_supported(precision);
+#if !defined(KOKKOS_ENABLE_CUDA)
     cblas_sgemm(CblasRowMajor, ta == Trans::N ? CblasNoTrans : CblasTrans,
                 tb == Trans::N ? CblasNoTrans : CblasTrans, m, n, k, alpha, A.data(),
                 static_cast<int>(A.extent(1)), B.data(), static_cast<int>(B.extent(1)), beta,
                 C.data(), n);
+#endif
   }
 }
 
@@ -124,9 +132,11 @@ void gemv(Trans ta, real alpha, const Matrix& A, const Vector& x, real beta, con
     cublas::gemv_row_major(ta == Trans::T, static_cast<int>(rows), static_cast<int>(cols), alpha,
                            A.data(), x.data(), beta, y.data(), device_stream());
   } else {
+#if !defined(KOKKOS_ENABLE_CUDA)
     cblas_sgemv(CblasRowMajor, ta == Trans::N ? CblasNoTrans : CblasTrans, static_cast<int>(rows),
                 static_cast<int>(cols), alpha, A.data(), static_cast<int>(cols), x.data(), 1, beta,
                 y.data(), 1);
+#endif
   }
 }
 

@@ -16,7 +16,8 @@ const char* precision_name(Precision p);
 
 enum class Trans { N, T };
 
-// Throws saescale::Error when the precision is not available on this backend.
+// Throws saescale::Error when this backend cannot run GEMMs at this precision: host BLAS runs fp32
+// only; a CUDA build needs cuBLAS to load (kernels/gemm_cublas.hpp says where it is looked for).
 void check_precision_supported(Precision p);
 
 // Shapes are taken from the views; mismatches throw saescale::Error (a bug, not a user error).

@@ -30,6 +30,48 @@ inline int64_t count_non_finite(const char* label, const Vector& v) {
   return n;
 }
 
+// sum of v(i): the per-latent counts summed (L0's numerator).
+inline int64_t sum(const char* label, const CountVector& v) {
+  int64_t total = 0;
+  Kokkos::parallel_reduce(
+      label, Kokkos::RangePolicy<ExecSpace>(0, v.extent(0)),
+      KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += v(i); }, total);
+  return total;
+}
+
+// Entries of v that are not zero (e.g. dead-latent flags).
+inline int64_t count_nonzero(const char* label, const CountVector& v) {
+  int64_t n = 0;
+  Kokkos::parallel_reduce(
+      label, Kokkos::RangePolicy<ExecSpace>(0, v.extent(0)),
+      KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += v(i) != 0; }, n);
+  return n;
+}
+
+// sum of a(i) * b(i): per-latent sums (double) weighted by a float vector.
+inline double dot(const char* label, const AccVector& a, const Vector& b) {
+  double total = 0;
+  Kokkos::parallel_reduce(
+      label, Kokkos::RangePolicy<ExecSpace>(0, a.extent(0)),
+      KOKKOS_LAMBDA(int64_t i, double& acc) { acc += a(i) * b(i); }, total);
+  return total;
+}
+
+// a(i) *= b(i)
+inline void multiply(const char* label, const Vector& a, const Vector& b) {
+  Kokkos::parallel_for(
+      label, Kokkos::RangePolicy<ExecSpace>(0, a.extent(0)),
+      KOKKOS_LAMBDA(int64_t i) { a(i) *= b(i); });
+}
+
+// to(i) = from(i) as a kernel (BabelStream's copy: what this build's kernels get from memory,
+// where deep_copy would measure the runtime's memcpy).
+inline void stream_copy(const char* label, const Vector& from, const Vector& to) {
+  Kokkos::parallel_for(
+      label, Kokkos::RangePolicy<ExecSpace>(0, to.extent(0)),
+      KOKKOS_LAMBDA(int64_t i) { to(i) = from(i); });
+}
+
 inline double sum_squares(const char* label, const Matrix& m) {
   return sum_squares(label, Vector(m.data(), m.size()));
 }

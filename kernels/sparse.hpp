@@ -90,7 +90,7 @@ inline void clip_counts(const SparseRows& rows) {
   Kokkos::parallel_reduce(
       "saescale::sparse::longest", Kokkos::RangePolicy<ExecSpace>(0, rows.rows()),
       KOKKOS_LAMBDA(int64_t b, int64_t & n) { n = count(b) > n ? count(b) : n; },
-      Kokkos::Max<int64_t>(rows.longest));
+      Kokkos::Max<int64_t, MemSpace>(rows.longest));
   Kokkos::parallel_for(
       "saescale::sparse::clip_counts", Kokkos::RangePolicy<ExecSpace>(0, rows.rows()),
       KOKKOS_LAMBDA(int64_t b) { count(b) = count(b) < cap ? count(b) : static_cast<Index>(cap); });

@@ -57,6 +57,11 @@ void add_model_options(CLI::App& app, Config& c) {
   app.add_option("--encoder-bias-init", c.encoder_bias_init,
                  "initial encoder bias (b_enc; gated: b_gate) [0]; a negative value starts ReLU "
                  "and Gated SAEs sparse (measuring --sparse without training them there)");
+  app.add_option("--initial-l0", c.initial_l0,
+                 "relu, gated, jumprelu: start with about this many active latents per token (the "
+                 "encoder bias, or JumpReLU's threshold, set from the first batch's "
+                 "pre-activations); compare with topk/batchtopk at --k of the same value")
+      ->check(kPositive);
   app.add_option("--b-dec-init", c.b_dec_init, "b_dec initialisation for topk/batchtopk")
       ->check(CLI::IsMember({"geometric-median", "mean", "zero"}))
       ->capture_default_str();
@@ -219,6 +224,7 @@ nlohmann::json Config::to_json() const {
           {"topk_algo", topk_algo},
           {"b_dec_init", b_dec_init},
           {"encoder_bias_init", encoder_bias_init},
+          {"initial_l0", initial_l0},
           {"bandwidth", opt(bandwidth)},
           {"threshold_init", opt(threshold_init)},
           {"optimizer", optimizer},
@@ -380,6 +386,8 @@ int parse_command_line(CLI::App& app, int argc, char** argv) {
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {  // --version: printed on stdout, exit 0
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     std::string msg = e.what();

@@ -23,6 +23,7 @@ struct Config {
   std::string topk_algo = "radix";
   std::string b_dec_init = "geometric-median";  // TopK/BatchTopK
   double encoder_bias_init = 0;                 // b_enc (Gated: b_gate) at initialisation
+  int64_t initial_l0 = 0;  // > 0: ReLU/Gated/JumpReLU start with about this L0 (from the data)
   std::string optimizer = "adam";
   // run
   int64_t batch_size = 4096;

@@ -7,14 +7,11 @@
 #include <string>
 #include <vector>
 
-#if defined(KOKKOS_ENABLE_CUDA)
-#include <cuda_runtime.h>
-#endif
-
 #include "cli/commands.hpp"
 #include "comm/grid.hpp"
 #include "comm/mpi_check.hpp"
 #include "config.hpp"
+#include "device.hpp"
 #include "error.hpp"
 #include "kernels/gemm.hpp"
 #include "metrics/memory.hpp"
@@ -30,8 +27,11 @@ int device_for_this_rank() {
       MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
   SAESCALE_MPI_CHECK(MPI_Comm_rank(node, &local_rank));
   SAESCALE_MPI_CHECK(MPI_Comm_free(&node));
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
-    throw saescale::Error("no CUDA device visible to this rank (check CUDA_VISIBLE_DEVICES)");
+  devices = saescale::device::count();
+  if (devices == 0)
+    throw saescale::Error(
+        "no CUDA device visible to this rank (check nvidia-smi and "
+        "CUDA_VISIBLE_DEVICES)");
   return local_rank % devices;
 #else
   return -1;
@@ -117,8 +117,11 @@ bool needs_mpi(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   const bool mpi = needs_mpi(argc, argv);
-  if (mpi && MPI_Init(&argc, &argv) != MPI_SUCCESS) {
-    std::fprintf(stderr, "saescale: error: MPI_Init failed\n");
+  if (const int rc = mpi ? MPI_Init(&argc, &argv) : MPI_SUCCESS; rc != MPI_SUCCESS) {
+    char why[MPI_MAX_ERROR_STRING] = {};
+    int len = 0;
+    MPI_Error_string(rc, why, &len);
+    std::fprintf(stderr, "saescale: error: MPI_Init failed: %.*s\n", len, why);
     return 1;
   }
   int rank = 0;

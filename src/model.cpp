@@ -7,6 +7,7 @@
 #include <numeric>
 #include <random>
 
+#include "comm/selection.hpp"
 #include "data/rng.hpp"
 #include "error.hpp"
 #include "io/atomic_write.hpp"
@@ -38,34 +39,55 @@ Model::Model(const std::string& variant, int64_t d, int64_t width, comm::Communi
   buf_.latent_offset = width_ * buf_.comm->rank(comm::Group::lp);
 }
 
+namespace {
+// Decoder rows: Kaiming-uniform draws (bound sqrt(6/d)) from global latent i's own stream, each row
+// rescaled to `norm`; W_enc = W_dec^T. One work item per latent, on the device: a row's draws
+// are sequential, so they are drawn twice (for the norm, then the values) rather than read back.
+void initialize_decoder(const Matrix& w_dec, const Matrix& w_enc, uint64_t seed,
+                        int64_t first_latent, double norm) {
+  const int64_t d = w_dec.extent(1);
+  const double bound = std::sqrt(6.0 / d);
+  Kokkos::parallel_for(
+      "saescale::init::decoder", Kokkos::RangePolicy<ExecSpace>(0, w_dec.extent(0)),
+      KOKKOS_LAMBDA(int64_t i) {
+        Rng rng(seed, 0xdec, first_latent + i);
+        double norm2 = 0;
+        for (int64_t c = 0; c < d; ++c) {
+          const float v = static_cast<float>(bound * (2 * rng.uniform() - 1));
+          norm2 += double(v) * v;
+        }
+        const float s = static_cast<float>(norm / kmath::sqrt(norm2));
+        Rng again(seed, 0xdec, first_latent + i);
+        for (int64_t c = 0; c < d; ++c) {
+          const float v = static_cast<float>(bound * (2 * again.uniform() - 1)) * s;
+          w_dec(i, c) = v;
+          w_enc(c, i) = v;
+        }
+      });
+}
+}  // namespace
+
 void Model::initialize(const Hyper& h, uint64_t seed) {
-  // Kaiming-uniform draw (bound sqrt(6/fan_in)), then each row rescaled to the target norm.
-  auto host = Kokkos::create_mirror_view(Kokkos::HostSpace(), params_.values());
-  Kokkos::deep_copy(host, 0.f);
-  Kokkos::deep_copy(params_.values(), host);
-  HostMatrix w_dec("saescale::init::W_dec", width_, d_);
-  const double bound = std::sqrt(6.0 / d_);
-  for (int64_t i = 0; i < width_; ++i) {
-    Rng rng(seed, 0xdec, buf_.latent_offset + i);
-    double norm2 = 0;
-    for (int64_t c = 0; c < d_; ++c) {
-      w_dec(i, c) = static_cast<float>(bound * (2 * rng.uniform() - 1));
-      norm2 += double(w_dec(i, c)) * w_dec(i, c);
-    }
-    const float s = static_cast<float>(h.decoder_init_norm / std::sqrt(norm2));
-    for (int64_t c = 0; c < d_; ++c) w_dec(i, c) *= s;
-  }
-  HostMatrix w_enc("saescale::init::W_enc", d_, width_);
-  for (int64_t i = 0; i < width_; ++i)
-    for (int64_t c = 0; c < d_; ++c) w_enc(c, i) = w_dec(i, c);
-  Kokkos::deep_copy(params_.matrix("W_dec"), w_dec);
-  Kokkos::deep_copy(params_.matrix("W_enc"), w_enc);
+  Kokkos::deep_copy(params_.values(), 0.f);
+  initialize_decoder(params_.matrix("W_dec"), params_.matrix("W_enc"), seed, buf_.latent_offset,
+                     h.decoder_init_norm);
+  initialize_sparsity(h);
+}
+
+void Model::initialize_sparsity(const Hyper& h) {
   variant_->initialize(params_, h);
   // --encoder-bias-init: every encoder bias starts there (a negative one: a sparse SAE at step 0).
   for (const char* bias : {"b_enc", "b_gate"})
     if (h.encoder_bias_init != 0 && params_.has(bias))
       kernels::fill("saescale::init::encoder_bias", params_.vector(bias),
                     static_cast<real>(h.encoder_bias_init));
+}
+
+double Model::pre_activation_quantile(int64_t l0, kernels::TopkAlgo algo) {
+  encode(Precision::fp32);
+  // The (l0 B)-th largest of pi over the global batch: BatchTopK's selection, with f as scratch.
+  return comm::sharded_batch_topk(*buf_.comm, comm::Group::world, buf_.pi, Vector(),
+                                  l0 * buf_.global_batch, algo, buf_.f);
 }
 
 void Model::allocate(int64_t batch, int64_t global_batch, int64_t row_offset) {

@@ -40,6 +40,12 @@ class Model {
   // Decoder rows: random directions at `decoder_init_norm` (drawn per global latent, so any grid
   // starts from the same SAE); W_enc = W_dec^T; biases zero.
   void initialize(const Hyper& h, uint64_t seed);
+  // The variant's own start (JumpReLU's threshold) and the encoder bias (--encoder-bias-init).
+  void initialize_sparsity(const Hyper& h);
+  // The pre-activation t that `l0` latents exceed per token on average on the batch in
+  // buffers().x at the current weights: the (l0 B)-th largest of pi = x_in W_enc over the global
+  // batch, 0 if fewer are positive (collective over every rank; overwrites pi and f).
+  double pre_activation_quantile(int64_t l0, kernels::TopkAlgo algo);
   // Buffers for `batch` rows on this rank, which are rows [row_offset, +batch) of global_batch.
   void allocate(int64_t batch, int64_t global_batch = 0, int64_t row_offset = 0);
 

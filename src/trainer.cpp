@@ -1,9 +1,5 @@
 #include "trainer.hpp"
 
-#if defined(KOKKOS_ENABLE_CUDA)
-#include <cuda_runtime.h>
-#endif
-
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -16,6 +12,7 @@
 
 #include "comm/mpi_check.hpp"
 #include "comm/plan.hpp"
+#include "device.hpp"
 #include "error.hpp"
 #include "io/checkpoint.hpp"
 #include "kernels/optim.hpp"
@@ -114,18 +111,13 @@ namespace {
 // Bytes this rank can allocate: free device memory on GPUs; on host builds the node's
 // MemAvailable shared by the ranks on the node. -1 when unknown.
 int64_t available_bytes(const comm::Communicator& comm) {
-#if defined(KOKKOS_ENABLE_CUDA)
-  size_t free_bytes = 0, total_bytes = 0;
-  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) return -1;
-  return static_cast<int64_t>(free_bytes);
-#else
+  if (const auto gpu = device::memory()) return gpu->free_bytes;
   std::ifstream meminfo("/proc/meminfo");
   std::string key;
   int64_t kib = -1;
   while (meminfo >> key && key != "MemAvailable:") meminfo.ignore(256, '\n');
   if (!(meminfo >> kib)) return -1;
   return kib * 1024 / std::max(1, comm.grid().local_size());
-#endif
 }
 
 int64_t planned_bytes(const Config& cfg, int64_t d, int dp, int lp, bool first_moment,
@@ -185,7 +177,7 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
     : cfg_(cfg),
       comm_(comm),
       precision_(parse_precision(cfg.precision)),
-      topk_algo_(kernels::parse_topk_algo(cfg.topk_algo)) {
+      topk_algo_(kernels::effective_topk_algo(kernels::parse_topk_algo(cfg.topk_algo))) {
   check_precision_supported(precision_);
   // This run's memory: the allocation peak from here on, above what was already allocated.
   metrics::reset_peaks();
@@ -202,6 +194,18 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
   if (cfg.width <= 0) throw Error("--width is required and must be positive");
   if ((cfg.variant == "topk" || cfg.variant == "batchtopk") && cfg.k > cfg.width)
     throw Error("--k " + std::to_string(cfg.k) + " exceeds --width " + std::to_string(cfg.width));
+  if (cfg.initial_l0 > 0) {
+    if (cfg.variant == "topk" || cfg.variant == "batchtopk")
+      throw Error("--initial-l0 sets where relu, gated and jumprelu start; " + cfg.variant +
+                  " has exactly --k active latents: use --k");
+    if (cfg.initial_l0 >= cfg.width)
+      throw Error("--initial-l0 " + std::to_string(cfg.initial_l0) + " must be below --width " +
+                  std::to_string(cfg.width));
+    if (!cfg.init.empty() || cfg.threshold_init || cfg.encoder_bias_init != 0)
+      throw Error(
+          "--initial-l0 chooses the encoder bias (JumpReLU: the threshold) itself: drop "
+          "--init, --threshold-init and --encoder-bias-init, or --initial-l0");
+  }
   const auto* truth = data_->ground_truth();
   check_memory(cfg, d, truth ? static_cast<int64_t>(truth->size()) / d : 0, comm);
   model_ = std::make_unique<Model>(cfg.variant, d, cfg.width, &comm);
@@ -225,6 +229,7 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
     for (auto& v : head) v = static_cast<float>(v * norm_scale_);
     initialize_b_dec(*model_, head, std::min<int64_t>(n_norm, 4096), cfg.b_dec_init);
   }
+  if (cfg.initial_l0 > 0) start_at_l0(head, n_norm);
   if (cfg.test_weaken_latents > 0) weaken_latents(*model_, cfg.test_weaken_latents);
   if (!cfg.init.empty()) {
     nlohmann::json file_cfg;
@@ -244,6 +249,8 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
   adam_v_ = Vector("saescale::optimizer::v", cfg.optimizer == "adam" ? P : 0);
   tokens_since_fired_ = CountVector("saescale::stats::tokens_since_fired", model_->width());
   batch_host_.resize(local_batch_ * d);
+  // Allocated once: a step's batch goes through it (on a host build it is the batch buffer itself).
+  x_staging_ = Kokkos::create_mirror_view(Kokkos::HostSpace(), model_->buffers().x);
 
   eval_rows_.resize(cfg.eval_tokens * d);
   eval_n_ = data_->eval_set(eval_rows_.data(), cfg.eval_tokens);
@@ -262,6 +269,34 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
     if (cfg.checkpoint_dir.empty()) throw Error("--resume needs --checkpoint-dir");
     load_checkpoint();
   }
+}
+
+// --initial-l0: the encoder bias (ReLU, Gated) or JumpReLU's threshold at the pre-activation that
+// about L0 latents per token exceed on the first batch at the initial weights. The batch is this
+// rank's share of the data's head rows (repeated when there are fewer), normalised as training.
+void Trainer::start_at_l0(const std::vector<float>& head, int64_t n) {
+  const int64_t d = model_->d(), offset = model_->buffers().row_offset;
+  auto x = Kokkos::create_mirror_view(Kokkos::HostSpace(), model_->buffers().x);
+  for (int64_t r = 0; r < local_batch_; ++r)
+    for (int64_t c = 0; c < d; ++c)
+      x(r, c) = static_cast<float>(head[((offset + r) % n) * d + c] * norm_scale_);
+  Kokkos::deep_copy(model_->buffers().x, x);
+  const double t = model_->pre_activation_quantile(cfg_.initial_l0, topk_algo_);
+  if (!(t > 0))
+    throw Error("--initial-l0 " + std::to_string(cfg_.initial_l0) +
+                ": fewer latents than that have a positive pre-activation on the first batch; "
+                "give a smaller --initial-l0");
+  Hyper h = hyper_at(0);
+  const bool threshold = model_->params().has("log_threshold");
+  (threshold ? h.threshold_init : h.encoder_bias_init) = threshold ? t : -t;
+  model_->initialize_sparsity(h);
+  initial_l0_start_ = {{"l0", cfg_.initial_l0},
+                       {"parameter", threshold ? "threshold" : "encoder_bias"},
+                       {"value", threshold ? t : -t}};
+  if (root())
+    std::printf("initial L0 %lld: %s %.6g (from the first batch's pre-activations)\n",
+                (long long)cfg_.initial_l0, threshold ? "threshold" : "encoder bias",
+                threshold ? t : -t);
 }
 
 Hyper Trainer::hyper_at(int64_t step) const {
@@ -292,11 +327,9 @@ void Trainer::load_batch(int64_t step) {
   if (step == cfg_.test_nan_step && comm_.rank(comm::Group::world) == cfg_.test_fail_rank &&
       cfg_.test_nan_target == "data")
     batch_host_[0] = std::nanf("");
-  const auto& x = model_->buffers().x;
-  auto x_host = Kokkos::create_mirror_view(Kokkos::HostSpace(), x);
   const float s = static_cast<float>(norm_scale_);
-  for (size_t i = 0; i < batch_host_.size(); ++i) x_host.data()[i] = batch_host_[i] * s;
-  Kokkos::deep_copy(x, x_host);
+  for (size_t i = 0; i < batch_host_.size(); ++i) x_staging_.data()[i] = batch_host_[i] * s;
+  Kokkos::deep_copy(model_->buffers().x, x_staging_);
   data_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
@@ -409,11 +442,7 @@ void Trainer::step(int64_t step) {
     kernels::update_tokens_since_fired(tokens_since_fired_, stats.fired_total(), B,
                                        cfg_.dead_window_tokens, m.buffers().dead);
     m.variant().post_step(params, m.buffers());
-    int64_t active = 0;
-    auto counts = stats.active_total();
-    Kokkos::parallel_reduce(
-        "saescale::statistics::l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
-        KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);
+    const int64_t active = kernels::sum("saescale::statistics::l0", stats.active_total());
     agreed = agree_on_step(active, std::move(non_finite));
   });
   stop_signal_ = agreed.stop_signal;
@@ -451,11 +480,8 @@ Trainer::Agreement Trainer::agree_on_step(int64_t active, std::vector<int64_t> n
 }
 
 double Trainer::dead_fraction() const {
-  int64_t dead = 0;
-  auto flags = model_->buffers().dead;
-  Kokkos::parallel_reduce(
-      "saescale::statistics::dead_fraction", Kokkos::RangePolicy<ExecSpace>(0, flags.extent(0)),
-      KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += flags(i) != 0; }, dead);
+  int64_t dead =
+      kernels::count_nonzero("saescale::statistics::dead_fraction", model_->buffers().dead);
   comm_.allreduce_host_sum("statistics", comm::Group::lp, &dead, 1);
   return double(dead) / cfg_.width;
 }
@@ -475,7 +501,7 @@ metrics::WorkShape Trainer::work_shape(bool global) const {
   w.P = double(model_->params().total()) * (global ? comm_.size(comm::Group::lp) : 1);
   w.k = double(cfg_.k);
   w.aux_k = auxiliary_ran_ ? double(std::min(cfg_.aux_k, cfg_.width)) : 0.0;
-  w.topk_algo = cfg_.topk_algo;
+  w.topk_algo = kernels::topk_algo_name(topk_algo_);
   w.adam = cfg_.optimizer == "adam";
   w.adam_first_moment = adam_m_.size() > 0;
   w.clip = hyper_.clip_norm > 0;
@@ -569,13 +595,8 @@ nlohmann::json Trainer::measure_ceilings(double step_median) {
   // BabelStream's default size (2^25 elements), far beyond any last-level cache: DRAM (HBM).
   const int64_t n = int64_t(1) << 25;
   Vector a("saescale::ceilings::copy_a", n), b("saescale::ceilings::copy_b", n);
-  const double copy = fenced_median(
-      [&] {
-        Kokkos::parallel_for(
-            "saescale::ceilings::stream_copy", Kokkos::RangePolicy<ExecSpace>(0, n),
-            KOKKOS_LAMBDA(int64_t i) { b(i) = a(i); });
-      },
-      5);
+  const double copy =
+      fenced_median([&] { kernels::stream_copy("saescale::ceilings::stream_copy", a, b); }, 5);
   out["stream_copy_bytes"] = 2.0 * n * sizeof(real);
   out["stream_copy_gbytes_per_s"] = 2.0 * n * sizeof(real) / copy / 1e9;
   return out;
@@ -839,8 +860,10 @@ nlohmann::json Trainer::config_json() const {
                         {"decoder_init_norm", hyper_.decoder_init_norm},
                         {"lr_warmup_steps", hyper_.lr_warmup_steps},
                         {"sparsity_warmup_steps", hyper_.sparsity_warmup_steps},
-                        {"norm_scale", norm_scale_}};
+                        {"norm_scale", norm_scale_},
+                        {"topk_algo", kernels::topk_algo_name(topk_algo_)}};
   config["data_source"] = data_->describe();
+  config["initial_l0_start"] = initial_l0_start_;
   return config;
 }
 

@@ -57,6 +57,7 @@ class Trainer {
   Hyper hyper_at(int64_t step) const;
   double lr_at(int64_t step) const;
   void load_batch(int64_t step);
+  void start_at_l0(const std::vector<float>& head, int64_t n);
   Fidelity evaluate_now();
   double dead_fraction() const;
   nlohmann::json measure_ceilings(double step_median);
@@ -107,6 +108,7 @@ class Trainer {
   Vector adam_m_, adam_v_;
   CountVector tokens_since_fired_;
   std::vector<float> batch_host_, eval_rows_;
+  Kokkos::View<real**, Kokkos::LayoutRight, Kokkos::HostSpace> x_staging_;  // the batch, scaled
   int64_t eval_n_ = 0;
   PhaseTimers timers_;
   double data_seconds_ = 0;
@@ -124,6 +126,7 @@ class Trainer {
   };
   std::vector<Target> reached_;
   nlohmann::json sparse_calibration_;  // --sparse auto: Trainer::calibrate_sparse()
+  nlohmann::json initial_l0_start_;    // --initial-l0: the parameter set and its value
 };
 
 }  // namespace saescale

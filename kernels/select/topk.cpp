@@ -18,6 +18,10 @@ const char* topk_algo_name(TopkAlgo a) {
   return a == TopkAlgo::radix ? "radix" : a == TopkAlgo::bisect ? "bisect" : "filter";
 }
 
+TopkAlgo effective_topk_algo(TopkAlgo requested) {
+  return requested == TopkAlgo::filter && kColumnTiles ? TopkAlgo::radix : requested;
+}
+
 namespace {
 
 using Team = Kokkos::TeamPolicy<ExecSpace>::member_type;
@@ -535,8 +539,8 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
   if (algo == TopkAlgo::filter && !kColumnTiles && k > 0) {
     t = batch_filter_threshold(values, bias, k, global_sum);
   } else if (algo != TopkAlgo::bisect) {
-    // Private 256-bin histograms per slot (one per thread on CPUs, summed on the host); on GPUs one
-    // shared histogram updated atomically.
+    // Private 256-bin histograms per slot (one per thread on CPUs, summed on the host); on GPUs a
+    // histogram per team in scratch memory, added to one global histogram once per team.
     const int64_t slots = kColumnTiles ? 1 : accumulator_slots();
     const int64_t rows = value.rows(), cols = value.cols();
     const int64_t chunk = (rows + slots - 1) / slots;
@@ -544,16 +548,34 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
                                                                 slots, 256);
     auto hist_host = Kokkos::create_mirror_view(hist);
     uint32_t prefix = 0, mask = 0;
-    int64_t remaining = k, equal = 0;
+    int64_t remaining = k, equal = 0, counted = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
       Kokkos::deep_copy(hist, 0);
       if constexpr (kColumnTiles) {
+        // A team per block of rows. ReLU(v) is zero for about half the entries: they would all
+        // hit one bin, so zeros are not counted (they are what is left below the positives: the
+        // descent below stops at bin 0 when k exceeds the positives, as when they are counted).
+        constexpr int64_t kRowsPerTeam = 16;
+        Kokkos::TeamPolicy<ExecSpace> policy((rows + kRowsPerTeam - 1) / kRowsPerTeam,
+                                             Kokkos::AUTO);
+        policy.set_scratch_size(0, Kokkos::PerTeam(Histogram::shmem_size(256)));
         Kokkos::parallel_for(
-            "saescale::select::batch_histogram", Kokkos::RangePolicy<ExecSpace>(0, n),
-            KOKKOS_LAMBDA(int64_t j) {
-              const uint32_t kk = order_key(value(j / cols, j % cols));
-              if ((kk & mask) == prefix)
-                Kokkos::atomic_add(&hist(0, (kk >> shift) & 255u), int64_t(1));
+            "saescale::select::batch_histogram", policy, KOKKOS_LAMBDA(const Team& team) {
+              Histogram local(team.team_scratch(0), 256);
+              Kokkos::parallel_for(Kokkos::TeamThreadRange(team, 256),
+                                   [&](int d) { local(d) = 0; });
+              team.team_barrier();
+              const int64_t b0 = team.league_rank() * kRowsPerTeam;
+              const int64_t b1 = b0 + kRowsPerTeam < rows ? b0 + kRowsPerTeam : rows;
+              Kokkos::parallel_for(Kokkos::TeamThreadRange(team, (b1 - b0) * cols), [&](int64_t j) {
+                const uint32_t kk = order_key(value(b0 + j / cols, j % cols));
+                if (kk > kZeroKey && (kk & mask) == prefix)
+                  Kokkos::atomic_add(&local((kk >> shift) & 255u), int64_t(1));
+              });
+              team.team_barrier();
+              Kokkos::parallel_for(Kokkos::TeamThreadRange(team, 256), [&](int d) {
+                if (local(d) != 0) Kokkos::atomic_add(&hist(0, d), local(d));
+              });
             });
       } else {
         Kokkos::parallel_for(
@@ -572,6 +594,8 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
       for (int64_t sl = 0; sl < slots; ++sl)
         for (int d = 0; d < 256; ++d) bin[d] += hist_host(sl, d);
       global_sum(bin, 256);
+      if (shift == 24)
+        for (int d = 0; d < 256; ++d) counted += bin[d];
       int64_t above = 0, d = 255;
       for (; d > 0 && above + bin[d] < remaining; --d) above += bin[d];
       remaining -= above;
@@ -580,6 +604,8 @@ double batch_topk(const Matrix& values, const Vector& bias, int64_t k, TopkAlgo 
       equal = bin[d];
     }
     t = {prefix, remaining, equal};
+    // GPUs count positive entries only: fewer than k of them are all selected (as the filter).
+    if (kColumnTiles && counted < k) t = {kZeroKey, 0, 0};
   } else {
     const auto count = [&](uint32_t key) {
       int64_t c = count_batch_at_least(value, key);

@@ -27,6 +27,9 @@ namespace saescale::kernels {
 enum class TopkAlgo { radix, bisect, filter };
 TopkAlgo parse_topk_algo(const std::string& name);
 const char* topk_algo_name(TopkAlgo a);
+// The algorithm this build runs for `requested`: filter is a CPU algorithm, so builds with GPU
+// mappings (kColumnTiles) run radix for it. Callers record this one, not the requested one.
+TopkAlgo effective_topk_algo(TopkAlgo requested);
 
 // Larger float -> larger key; -0 < +0 (irrelevant after ReLU). Branch-free: negative values flip
 // all bits, others only the sign bit (a branch on the sign mispredicts half the time).

@@ -46,7 +46,7 @@ int eval(const Config& cfg) {
   Model model(variant, d, width);
   const Resolved r = resolve_hyper(cfg, model.variant().defaults());
   Hyper h{r.sparsity_coeff, r.bandwidth, r.threshold_init, r.decoder_init_norm, cfg.k, cfg.aux_k};
-  h.topk_algo = kernels::parse_topk_algo(cfg.topk_algo);
+  h.topk_algo = kernels::effective_topk_algo(kernels::parse_topk_algo(cfg.topk_algo));
   model.allocate(std::min(cfg.batch_size, n));
   if (cfg.sparse != "off") model.enable_sparse(cfg.sparse_capacity_or_default());
   model.initialize(h, cfg.seed);

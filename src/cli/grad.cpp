@@ -39,7 +39,7 @@ int grad(const Config& cfg) {
   const double s = estimate_norm_scale(cfg.normalize, rows, n, d);
   const Resolved r = resolve_hyper(cfg, model.variant().defaults());
   Hyper h{r.sparsity_coeff, r.bandwidth, r.threshold_init, r.decoder_init_norm, cfg.k, cfg.aux_k};
-  h.topk_algo = kernels::parse_topk_algo(cfg.topk_algo);
+  h.topk_algo = kernels::effective_topk_algo(kernels::parse_topk_algo(cfg.topk_algo));
   h.encoder_bias_init = cfg.encoder_bias_init;
 
   model.allocate(n);

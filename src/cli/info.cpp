@@ -5,7 +5,6 @@
 #include "comm/mpi_check.hpp"
 #include "comm/nccl.hpp"
 #include "io/results.hpp"
-#include "kernels/gemm_cublas.hpp"
 #include "variant.hpp"
 
 namespace saescale::cli {
@@ -15,7 +14,6 @@ int info() {
   SAESCALE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &ranks));
   nlohmann::json out = run_context(ranks, ranks, 1);
   out["variants"] = variant_names();
-  out["cublas"] = cublas::version();
   out["nccl"] = nccl::version();
   std::printf("%s\n", out.dump(2).c_str());
   return 0;

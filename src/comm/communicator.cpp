@@ -106,6 +106,7 @@ void Communicator::device_allreduce(const char* phase, Group g, void* data, int6
   count(phase, bytes, allreduce_sent_bytes(bytes, ranks));
   timed(phase, [&] {
     if (backend_ == Backend::nccl) {
+      join_nccl_buckets();  // two communicators' kernels at once can deadlock (NCCL's rule)
       nccl::allreduce_sum(nccl_comm(g), data, n, static_cast<nccl::Type>(k), device_stream());
       return;
     }
@@ -149,6 +150,7 @@ void Communicator::allgather(const char* phase, Group g,
   count(phase, double(n) * ranks * 8, allgather_sent_bytes(double(n) * 8, ranks));
   timed(phase, [&] {
     if (backend_ == Backend::nccl) {
+      join_nccl_buckets();
       nccl::allgather(nccl_comm(g), send.data(), recv.data(), n, nccl::Type::u64, device_stream());
       return;
     }
@@ -251,14 +253,20 @@ void Communicator::start_bucket(const char* phase, Group g, real* data, int64_t 
   pending_.push_back(request);
 }
 
+// The compute stream waits for the gradient buckets in flight on the side stream. Before any other
+// NCCL collective: NCCL does not guarantee progress when kernels of two communicators (a dp bucket
+// and, say, an lp bias all-reduce) run on one GPU at once, and they could deadlock.
+void Communicator::join_nccl_buckets() {
+  if (!nccl_pending_) return;
+  for (auto* c : nccl_)
+    if (c) nccl::join(c, device_stream());
+  nccl_pending_ = false;
+}
+
 void Communicator::wait_buckets(const char* phase) {
   if (pending_.empty() && !nccl_pending_) return;
   timed(phase, [&] {
-    if (nccl_pending_) {
-      for (auto* c : nccl_)
-        if (c) nccl::join(c, device_stream());
-      nccl_pending_ = false;
-    }
+    join_nccl_buckets();
     if (!pending_.empty())
       SAESCALE_MPI_CHECK(
           MPI_Waitall(static_cast<int>(pending_.size()), pending_.data(), MPI_STATUSES_IGNORE));

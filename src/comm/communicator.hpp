@@ -87,6 +87,7 @@ class Communicator {
   void timed(const char* phase, Work&& work);
   void count(const char* phase, double payload, double sent);
   nccl::Comm* nccl_comm(Group g) const;
+  void join_nccl_buckets();
 
   std::unique_ptr<Grid> own_grid_;
   const Grid* grid_;

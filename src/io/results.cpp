@@ -1,6 +1,5 @@
 #include "io/results.hpp"
 
-#include <cblas.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -10,9 +9,15 @@
 
 #include "build_info.hpp"
 #include "comm/mpi_check.hpp"
+#include "device.hpp"
 #include "error.hpp"
 #include "io/atomic_write.hpp"
 #include "kernels/gemm.hpp"
+#include "kernels/gemm_cublas.hpp"
+
+#if !defined(KOKKOS_ENABLE_CUDA)
+#include <cblas.h>  // OpenBLAS' configuration, for the results (host builds link a BLAS)
+#endif
 
 namespace saescale {
 
@@ -64,7 +69,9 @@ nlohmann::json run_context(int ranks, int dp, int lp) {
           {"blas_config", blas_config()},
           {"gemm_backend", gemm_backend_name()},
           {"cublas_compiled", b.cublas},
-          {"gpu", nullptr},
+          {"cublas",
+           std::string(gemm_backend_name()) == "cublas" ? cublas::describe() : nlohmann::json()},
+          {"gpu", device::describe()},
           {"slurm_job_id", env_or_null("SLURM_JOB_ID")},
           {"slurm_nodelist", env_or_null("SLURM_JOB_NODELIST")},
           {"hostname", host},

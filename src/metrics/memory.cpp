@@ -1,12 +1,11 @@
 #include "metrics/memory.hpp"
 
 #include <Kokkos_Core.hpp>
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 
-#if defined(KOKKOS_ENABLE_CUDA)
-#include <cuda_runtime.h>
-#endif
+#include "device.hpp"
 
 namespace saescale::metrics {
 
@@ -60,11 +59,8 @@ void reset_peaks() {
 }
 
 void sample_device_memory() {
-#if defined(KOKKOS_ENABLE_CUDA)
-  size_t free_bytes = 0, total_bytes = 0;
-  if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess)
-    g_device_used = std::max<int64_t>(g_device_used, int64_t(total_bytes - free_bytes));
-#endif
+  if (const auto gpu = device::memory())
+    g_device_used = std::max<int64_t>(g_device_used, gpu->total_bytes - gpu->free_bytes);
 }
 
 nlohmann::json memory_snapshot() {

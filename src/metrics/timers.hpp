@@ -22,6 +22,9 @@ nlohmann::json summarize(std::vector<double> samples);
 
 class PhaseTimers {
  public:
+  // The phase that holds a step's time outside every named phase.
+  static constexpr const char* kBetweenPhases = "between_phases";
+
   explicit PhaseTimers(bool fence = true) : fence_(fence) {}
 
   // Times `work` as `phase`. Phases may nest (a collective inside the selection): a nested phase's

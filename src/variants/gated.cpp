@@ -117,17 +117,13 @@ class Gated final : public Variant {
     magnitude_chain(p);
   }
 
-  // Public: nvcc does not allow an extended (device) lambda in a private member function.
+ private:
+  // d/dr = exp(r) d/d(exp r)
   void magnitude_chain(ParamStore& p) const {
-    auto g_r = p.grad_vector("r_mag");
-    auto scale = scale_;
-    Kokkos::parallel_for(
-        "saescale::variant_backward::gated_r_mag_chain",
-        Kokkos::RangePolicy<ExecSpace>(0, g_r.extent(0)),
-        KOKKOS_LAMBDA(int64_t i) { g_r(i) *= scale(i); });  // d/dr = exp(r) d/d(exp r)
+    kernels::multiply("saescale::variant_backward::gated_r_mag_chain", p.grad_vector("r_mag"),
+                      scale_);
   }
 
- private:
   Vector scale_;
   Matrix aux_, e_aux_;
   // The sparse path: ReLU(pi_gate) and the auxiliary gradient at the rows' entries; rows_ is

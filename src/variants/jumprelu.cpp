@@ -106,18 +106,14 @@ class JumpRelu final : public Variant {
     return tensors;
   }
 
-  // Public: nvcc does not allow an extended (device) lambda in a private member function.
+ private:
   // (lambda / B) * number of (token, latent) pairs above threshold, from the stats.
   static double penalty(const StepBuffers& s, const Hyper& h) {
-    int64_t active = 0;
-    auto counts = s.stats.active_total();
-    Kokkos::parallel_reduce(
-        "saescale::activation::jumprelu_l0", Kokkos::RangePolicy<ExecSpace>(0, counts.extent(0)),
-        KOKKOS_LAMBDA(int64_t i, int64_t & acc) { acc += counts(i); }, active);
+    const int64_t active =
+        kernels::sum("saescale::activation::jumprelu_l0", s.stats.active_total());
     return h.sparsity_coeff * static_cast<double>(active) / s.global_batch;
   }
 
- private:
   Vector theta_;
   SlotView<double> g_b_enc_, g_theta_;
 };

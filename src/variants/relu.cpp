@@ -54,20 +54,6 @@ class Relu final : public Variant {
         static_cast<real>(h.sparsity_coeff / s.global_batch), g_pi_values, p.grad_vector("b_enc"));
   }
 
-  // (lambda / B) sum_i (sum_b f_bi) ||W_dec[i]||, from the stats; keeps the norms for backward.
-  // Public: nvcc does not allow an extended (device) lambda in a private member function.
-  double penalty(const ParamStore& p, const StepBuffers& s, const Hyper& h) {
-    kernels::row_norms("saescale::activation::relu_decoder_norms", p.matrix("W_dec"), dec_norm_);
-    // penalty = (lambda / B) sum_i (sum_b f_bi) ||W_dec[i]||
-    double weighted = 0;
-    auto f_sum = s.stats.f_sum_total();
-    auto norm = dec_norm_;
-    Kokkos::parallel_reduce(
-        "saescale::activation::relu_penalty", Kokkos::RangePolicy<ExecSpace>(0, norm.extent(0)),
-        KOKKOS_LAMBDA(int64_t i, double& acc) { acc += f_sum(i) * norm(i); }, weighted);
-    return h.sparsity_coeff * weighted / s.global_batch;
-  }
-
   void backward(ParamStore& p, StepBuffers& s, const Hyper& h) override {
     const real penalty_scale = static_cast<real>(h.sparsity_coeff / s.global_batch);
     for_each_tile(
@@ -93,6 +79,14 @@ class Relu final : public Variant {
   }
 
  private:
+  // (lambda / B) sum_i (sum_b f_bi) ||W_dec[i]||, from the stats; keeps the norms for backward.
+  double penalty(const ParamStore& p, const StepBuffers& s, const Hyper& h) {
+    kernels::row_norms("saescale::activation::relu_decoder_norms", p.matrix("W_dec"), dec_norm_);
+    const double weighted =
+        kernels::dot("saescale::activation::relu_penalty", s.stats.f_sum_total(), dec_norm_);
+    return h.sparsity_coeff * weighted / s.global_batch;
+  }
+
   Vector dec_norm_;
   SlotView<double> g_b_enc_;
 };

@@ -68,6 +68,13 @@ TEST_F(Cli, HelpForEverySubcommand) {
   }
 }
 
+TEST_F(Cli, VersionPrintsAndSucceeds) {
+  const auto r = saescale("--version");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("saescale ", 0), 0u) << r.out;
+  EXPECT_EQ(r.err, "");
+}
+
 TEST_F(Cli, InfoIsJson) {
   const auto r = saescale("info");
   ASSERT_EQ(r.code, 0);
@@ -116,6 +123,11 @@ TEST_F(Cli, SparsePathIsRecorded) {
 // sparse only while the rows average fewer entries than the crossover: TopK at k = 4 (far below
 // it) runs sparse; JumpReLU at initialisation (L0 about M/2, rows within the capacity given)
 // runs dense, where --sparse on would have run sparse.
+// --sparse auto times the products at start and records the crossover it found. What that
+// crossover is depends on the machine and its load, so nothing here asserts on its value (the
+// limit's effect is tested deterministically in test_model's SparsePath tests): only that it is
+// recorded, that every product ran every step one way or the other, and the one implication that
+// holds on any machine: rows of at most k = 4 entries under a crossover of at least 4 run sparse.
 TEST_F(Cli, SparseAutoFollowsItsCalibration) {
   const std::string shape =
       " --d-model 64 --width 2048 --batch-size 256 --steps 6 --warmup-steps 1"
@@ -126,17 +138,18 @@ TEST_F(Cli, SparseAutoFollowsItsCalibration) {
     const auto j = nlohmann::json::parse(std::ifstream(dir_ + "/" + name));
     const auto& cal = j["timing"]["sparse"]["calibration"];
     EXPECT_GT(cal["dense_products_s"].get<double>(), 0);
+    EXPECT_EQ(cal["sparse_products_s"].size(), 2u);
     *crossover = cal["crossover_entries_per_row"].get<double>();
+    EXPECT_GE(*crossover, 0);
+    for (const auto& [product, c] : j["timing"]["sparse"]["products"].items())  // + evaluation
+      EXPECT_GE(c["sparse"].get<int>() + c["dense"].get<int>(), 6) << product;
     return j["timing"]["sparse"]["products"];
   };
   double crossover = 0;
   const auto topk = products("--variant topk --k 4", "topk.json", &crossover);
-  // At least 4: when the two row sizes time alike the line is flat and L* is the capacity (4).
-  ASSERT_GE(crossover, 4) << "sparse products at 4 entries per row should beat the GEMMs";
-  for (const auto& [product, c] : topk.items()) EXPECT_EQ(c["dense"].get<int>(), 0) << product;
-  const auto jumprelu = products("--variant jumprelu --sparse-capacity 2048", "j.json", &crossover);
-  ASSERT_LT(crossover, 900) << "a crossover this high makes the dense case below meaningless";
-  for (const auto& [product, c] : jumprelu.items()) EXPECT_EQ(c["sparse"].get<int>(), 0) << product;
+  if (crossover >= 4)
+    for (const auto& [product, c] : topk.items()) EXPECT_EQ(c["dense"].get<int>(), 0) << product;
+  products("--variant jumprelu --sparse-capacity 2048", "j.json", &crossover);
 }
 
 // The plan's JSON breaks every communication phase into its collectives (what a latency-bandwidth
