@@ -5,16 +5,7 @@
 #include "error.hpp"
 
 #if defined(SAESCALE_CUDA)
-#include <cuda_runtime.h>
-
-// Every CUDA runtime call is checked: a failure is an Error naming the call and CUDA's reason.
-#define SAESCALE_CUDA_CHECK(call)                                                      \
-  do {                                                                                 \
-    const cudaError_t rc_ = (call);                                                    \
-    if (rc_ != cudaSuccess)                                                            \
-      throw ::saescale::Error(std::string(__FILE__) + ":" + std::to_string(__LINE__) + \
-                              ": " #call " failed: " + cudaGetErrorString(rc_));       \
-  } while (0)
+#include "cuda_check.hpp"
 #endif
 
 namespace saescale::device {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "comm/mpi_check.hpp"
+#include "cuda_check.hpp"
 #include "error.hpp"
 
 #define SAESCALE_NCCL_CHECK(call)                                                      \
@@ -15,13 +16,6 @@
     if (rc_ != ncclSuccess)                                                            \
       throw ::saescale::Error(std::string(__FILE__) + ":" + std::to_string(__LINE__) + \
                               ": " #call " failed: " + ncclGetErrorString(rc_));       \
-  } while (0)
-#define SAESCALE_CUDA_CHECK(call)                                                      \
-  do {                                                                                 \
-    const cudaError_t rc_ = (call);                                                    \
-    if (rc_ != cudaSuccess)                                                            \
-      throw ::saescale::Error(std::string(__FILE__) + ":" + std::to_string(__LINE__) + \
-                              ": " #call " failed: " + cudaGetErrorString(rc_));       \
   } while (0)
 
 namespace saescale::nccl {
