@@ -10,7 +10,7 @@ CMAKE_ARGS ?=
 
 DEBIAN_PACKAGES := build-essential cmake git libtrilinos-kokkos-dev libopenblas-dev \
   libopenmpi-dev openmpi-bin libcli11-dev nlohmann-json3-dev libtomlplusplus-dev \
-  libgtest-dev libbenchmark-dev libbenchmark-tools python3-venv python3-pip clang libclang-rt-dev \
+  libgtest-dev libbenchmark-dev zlib1g-dev libbenchmark-tools python3-venv python3-pip clang libclang-rt-dev \
   slurm-wlm munge patchelf
 
 .PHONY: all deps deps-system deps-python build test test-cpp test-cuda-rules test-gpu-check test-python test-slurm test-fuzz demo bundle format clean help

@@ -1,8 +1,10 @@
 #include "config.hpp"
 
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <map>
 
 #include <toml++/toml.h>
@@ -14,23 +16,70 @@
 
 namespace saescale {
 
+// --checkpoint-every: "N" steps or "Nm" minutes (0: only at the end and on preemption).
+int64_t parse_checkpoint_every(const std::string& text, double* minutes) {
+  *minutes = 0;
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  const std::string unit = end ? std::string(end) : "";
+  if (end == text.c_str() || !(value >= 0) || (unit != "" && unit != "m" && unit != "min"))
+    throw Error("'" + text + "': give steps (100) or minutes (30m)");
+  // A year of minutes, or steps beyond any run (1e23 would not even convert to an integer).
+  if (value > (unit.empty() ? 1e15 : 525600.0))
+    throw Error("'" + text + "' is beyond any run: give at most " +
+                (unit.empty() ? std::string("1e15 steps") : std::string("525600 minutes")));
+  if (unit.empty()) {
+    if (value != std::floor(value)) throw Error("'" + text + "': steps must be a whole number");
+    return static_cast<int64_t>(value);
+  }
+  *minutes = value;
+  return 0;
+}
+
 namespace {
 
 // Numeric checks with one short message ("--width: must be positive, got 0"); CLI11's own range
-// validators print the whole range of a double.
-CLI::Validator numeric_check(bool allow_zero) {
+// validators print the whole range of a double. Every value must also be finite as a float (the
+// kernels' type): --lr 1e39 or --sparsity-coeff inf would otherwise fail only at the first step.
+enum class Sign { positive, non_negative, any };
+CLI::Validator numeric_check(Sign sign) {
   return CLI::Validator(
-      [allow_zero](std::string& text) -> std::string {
+      [sign](std::string& text) -> std::string {
         char* end = nullptr;
         const double v = std::strtod(text.c_str(), &end);
         if (end == text.c_str() || *end != '\0') return "must be a number, got '" + text + "'";
-        if (allow_zero ? v >= 0 : v > 0) return "";
-        return std::string(allow_zero ? "must be >= 0" : "must be positive") + ", got " + text;
+        if (!(std::fabs(v) <= std::numeric_limits<float>::max()))
+          return "must be a finite number (within float range), got " + text;
+        if (sign == Sign::positive && !(v > 0)) return "must be positive, got " + text;
+        if (sign == Sign::non_negative && !(v >= 0)) return "must be >= 0, got " + text;
+        return "";
       },
-      allow_zero ? "NONNEGATIVE" : "POSITIVE");
+      sign == Sign::positive       ? "POSITIVE"
+      : sign == Sign::non_negative ? "NONNEGATIVE"
+                                   : "FINITE");
 }
-const CLI::Validator kPositive = numeric_check(false);
-const CLI::Validator kNonNegative = numeric_check(true);
+const CLI::Validator kPositive = numeric_check(Sign::positive);
+const CLI::Validator kNonNegative = numeric_check(Sign::non_negative);
+const CLI::Validator kFinite = numeric_check(Sign::any);
+// A whole number >= 0 written as digits (a seed: "-5" would wrap to 2^64 - 5 in an unsigned).
+const CLI::Validator kWholeNumber(
+    [](std::string& text) -> std::string {
+      if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos)
+        return "must be a whole number >= 0, got '" + text + "'";
+      return "";
+    },
+    "WHOLE");
+const CLI::Validator kCheckpointEvery(
+    [](std::string& text) -> std::string {
+      try {
+        double minutes = 0;
+        parse_checkpoint_every(text, &minutes);
+      } catch (const Error& e) {
+        return e.what();
+      }
+      return "";
+    },
+    "N|Nm");
 
 template <class T>
 nlohmann::json opt(const std::optional<T>& v) {
@@ -43,7 +92,8 @@ void add_model_options(CLI::App& app, Config& c) {
       ->capture_default_str();
   app.add_option("--d-model", c.d_model, "activation dimension d (default: from the data)");
   app.add_option("--width", c.width, "number of latents M")->check(kPositive);
-  app.add_option("--sparsity-coeff", c.sparsity_coeff, "lambda for relu/gated/jumprelu");
+  app.add_option("--sparsity-coeff", c.sparsity_coeff, "lambda for relu/gated/jumprelu")
+      ->check(kNonNegative);
   app.add_option("--k", c.k, "active latents per token (topk, batchtopk)")
       ->check(kPositive)
       ->capture_default_str();
@@ -56,7 +106,8 @@ void add_model_options(CLI::App& app, Config& c) {
       ->capture_default_str();
   app.add_option("--encoder-bias-init", c.encoder_bias_init,
                  "initial encoder bias (b_enc; gated: b_gate) [0]; a negative value starts ReLU "
-                 "and Gated SAEs sparse (measuring --sparse without training them there)");
+                 "and Gated SAEs sparse (measuring --sparse without training them there)")
+      ->check(kFinite);
   app.add_option("--initial-l0", c.initial_l0,
                  "relu, gated, jumprelu: start with about this many active latents per token (the "
                  "encoder bias, or JumpReLU's threshold, set from the first batch's "
@@ -65,8 +116,10 @@ void add_model_options(CLI::App& app, Config& c) {
   app.add_option("--b-dec-init", c.b_dec_init, "b_dec initialisation for topk/batchtopk")
       ->check(CLI::IsMember({"geometric-median", "mean", "zero"}))
       ->capture_default_str();
-  app.add_option("--bandwidth", c.bandwidth, "JumpReLU straight-through bandwidth eps [0.001]");
-  app.add_option("--threshold-init", c.threshold_init, "JumpReLU initial threshold [0.001]");
+  app.add_option("--bandwidth", c.bandwidth, "JumpReLU straight-through bandwidth eps [0.001]")
+      ->check(kPositive);
+  app.add_option("--threshold-init", c.threshold_init, "JumpReLU initial threshold [0.001]")
+      ->check(kPositive);
   app.add_option("--normalize", c.normalize, "input normalisation scalar")
       ->check(CLI::IsMember({"unit-msq", "sqrt-d", "none"}))
       ->capture_default_str();
@@ -85,11 +138,18 @@ void add_model_options(CLI::App& app, Config& c) {
                  "rows average more entries than a calibration at start measured to pay")
       ->check(CLI::IsMember({"off", "on", "auto"}))
       ->capture_default_str();
+  app.add_option("--sparse-crossover", c.sparse_crossover,
+                 "--sparse auto: run the products sparse while rows average at most this many "
+                 "entries, instead of calibrating at start (a crossover measured before, or "
+                 "reproducible runs)")
+      ->check(kNonNegative);
   app.add_option("--sparse-capacity", c.sparse_capacity,
                  "entries kept per row on the sparse path (default: k for topk, 32 k otherwise: "
                  "their rows vary)")
       ->check(kNonNegative);
-  app.add_option("--seed", c.seed, "random seed (data, init, shuffling)")->capture_default_str();
+  app.add_option("--seed", c.seed, "random seed (data, init, shuffling)")
+      ->check(kWholeNumber)
+      ->capture_default_str();
   app.add_option("--init", c.init, "start from these weights (.safetensors with cfg.json)");
   app.add_option("--out", c.out, "results file to write (JSON)");
   app.add_flag("--force", c.force, "overwrite an existing output file");
@@ -104,19 +164,22 @@ void add_train_options(CLI::App& app, Config& c) {
                  "benchmark warm-up: steps run but excluded from timing statistics")
       ->check(kNonNegative)
       ->capture_default_str();
-  app.add_option("--lr", c.lr, "learning rate (default: the variant's)");
+  app.add_option("--lr", c.lr, "learning rate (default: the variant's)")->check(kPositive);
   app.add_option("--optimizer", c.optimizer, "optimiser")
       ->check(CLI::IsMember({"adam", "sgd"}))
       ->capture_default_str();
-  app.add_option("--adam-beta1", c.adam_beta1, "Adam beta1 (0 allowed)");
-  app.add_option("--adam-beta2", c.adam_beta2, "Adam beta2");
-  app.add_option("--adam-eps", c.adam_eps, "Adam epsilon");
-  app.add_option("--clip-norm", c.clip_norm, "global gradient-norm clip, 0 = off");
+  app.add_option("--adam-beta1", c.adam_beta1, "Adam beta1 (0 allowed)")->check(kNonNegative);
+  app.add_option("--adam-beta2", c.adam_beta2, "Adam beta2")->check(kNonNegative);
+  app.add_option("--adam-eps", c.adam_eps, "Adam epsilon")->check(kPositive);
+  app.add_option("--clip-norm", c.clip_norm, "global gradient-norm clip, 0 = off")
+      ->check(kNonNegative);
   app.add_option("--lr-warmup-steps", c.lr_warmup_steps, "linear LR warm-up steps");
-  app.add_option("--lr-decay-frac", c.lr_decay_frac, "linear LR decay over this last fraction");
+  app.add_option("--lr-decay-frac", c.lr_decay_frac, "linear LR decay over this last fraction")
+      ->check(kNonNegative);
   app.add_option("--sparsity-warmup-steps", c.sparsity_warmup_steps,
                  "linear warm-up of the sparsity coefficient from 0");
-  app.add_option("--decoder-init-norm", c.decoder_init_norm, "initial decoder row norm");
+  app.add_option("--decoder-init-norm", c.decoder_init_norm, "initial decoder row norm")
+      ->check(kPositive);
   app.add_option("--dead-window-tokens", c.dead_window_tokens,
                  "a latent is dead after this many tokens without firing")
       ->check(kPositive)
@@ -158,6 +221,7 @@ void add_train_options(CLI::App& app, Config& c) {
   app.add_option("--checkpoint-every", c.checkpoint_every,
                  "checkpoint every N steps or every N minutes (30m); 0: at the end and when "
                  "preempted (SIGTERM/SIGUSR1)")
+      ->check(kCheckpointEvery)
       ->capture_default_str();
   app.add_flag("--resume", c.resume, "continue from the newest checkpoint in --checkpoint-dir");
   app.add_flag("!--no-fence", c.fence,
@@ -168,6 +232,7 @@ void add_train_options(CLI::App& app, Config& c) {
                  "(repeatable or comma-separated; evaluates every 5% of the run unless "
                  "--eval-every)")
       ->delimiter(',')
+      ->check(kPositive)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--tag", c.tags,
                  "label the run: KEY=VALUE copied into the results' context.tags (repeatable; "
@@ -247,6 +312,7 @@ nlohmann::json Config::to_json() const {
           {"precision", precision},
           {"sparse", sparse},
           {"sparse_capacity", sparse_capacity},
+          {"sparse_crossover", sparse_crossover >= 0 ? nlohmann::json(sparse_crossover) : nullptr},
           {"dp", dp},
           {"lp", lp},
           {"comm", comm},
@@ -302,6 +368,9 @@ std::vector<std::string> toml_to_args(const CLI::App& sub, const std::string& pa
                                       std::map<std::string, std::string>& origin) {
   if (std::filesystem::is_directory(path))
     throw Error(path + ": --config needs a TOML file, not a directory");
+  // A FIFO or a device would block the reader or never end: only regular files.
+  if (std::filesystem::exists(path) && !std::filesystem::is_regular_file(path))
+    throw Error(path + ": --config needs a regular file");
   toml::table table;
   try {
     table = toml::parse_file(path);
@@ -313,11 +382,15 @@ std::vector<std::string> toml_to_args(const CLI::App& sub, const std::string& pa
     throw Error(path + ": cannot read config: " + e.what());
   }
   std::vector<std::string> args;
+  std::map<std::string, std::string> spelled;  // option -> the key that set it
   for (const auto& [key_view, node] : table) {
     std::string key(key_view.str());
     for (auto& ch : key)
       if (ch == '_') ch = '-';
     const std::string where = path + ": key '" + std::string(key_view.str()) + "'";
+    if (const auto [it, fresh] = spelled.emplace(key, std::string(key_view.str())); !fresh)
+      throw Error(path + ": keys '" + it->second + "' and '" + std::string(key_view.str()) +
+                  "' both set --" + key + ": keep one");
     if (key == "config" || key == "help") throw Error(where + " is not allowed in a config file");
     const CLI::Option* option = nullptr;
     try {
@@ -337,6 +410,11 @@ std::vector<std::string> toml_to_args(const CLI::App& sub, const std::string& pa
       if (!b) throw Error(where + " is a flag: use true or false");
       if (b->get()) args.push_back("--" + key);
     } else {
+      const std::string type = option->get_type_name();
+      // CLI11 names an integer option's type INT or UINT (":POSITIVE" etc. after a validator).
+      if (node.is_floating_point() && (type.rfind("INT", 0) == 0 || type.rfind("UINT", 0) == 0))
+        throw Error(where + " takes a whole number, not the float " +
+                    toml_value_to_string(node, where));
       args.push_back("--" + key + "=" + toml_value_to_string(node, where));
     }
   }
@@ -393,9 +471,11 @@ int parse_command_line(CLI::App& app, int argc, char** argv) {
     std::string msg = e.what();
     for (auto& ch : msg)
       if (ch == '\n') ch = ' ';
-    // A bad value from a config file: say which file and key it came from.
+    // A bad value from a config file: say which file and key it came from (CLI11 names the
+    // option at the start, "--steps: ...", or inside, "Could not convert: --steps = 2.5").
     for (const auto& [option, where] : origin)
-      if (msg.rfind(option + ":", 0) == 0) throw Error(where + ": " + msg);
+      for (const char* after : {":", " ", "="})
+        if (msg.find(option + after) != std::string::npos) throw Error(where + ": " + msg);
     throw Error(msg + " (see --help)");
   } catch (const std::exception& e) {  // CLI11 lets std::stoll's out_of_range through (flags)
     throw Error(std::string("cannot read the command line: ") + e.what() +

@@ -34,8 +34,9 @@ struct Config {
   int64_t norm_tokens = 65536;
   int64_t dead_window_tokens = 10'000'000;
   std::string precision = "fp32";
-  std::string sparse = "off";   // sparse-aware products after the encoder: off, on
-  int64_t sparse_capacity = 0;  // entries per row; 0: k for TopK, 32 k otherwise
+  std::string sparse = "off";    // sparse-aware products after the encoder: off, on
+  int64_t sparse_capacity = 0;   // entries per row; 0: k for TopK, 32 k otherwise
+  double sparse_crossover = -1;  // --sparse auto: this crossover instead of a calibration (>= 0)
   int64_t sparse_capacity_or_default() const;
   int64_t dp = 0, lp = 1;              // dp 0: number of ranks / lp
   std::string comm = "auto";           // collectives on device buffers: auto, mpi, nccl
@@ -80,6 +81,9 @@ struct Resolved {
 };
 
 enum class Subcommand { train, grad, eval };
+
+// --checkpoint-every: "N" steps (returned) or "Nm" minutes (in *minutes, 0 steps returned).
+int64_t parse_checkpoint_every(const std::string& text, double* minutes);
 
 // Registers the options of `train`, `grad` or `eval` on a CLI11 subcommand.
 void add_options(CLI::App& app, Config& cfg, Subcommand which);

@@ -3,6 +3,7 @@
 #include <mpi.h>
 
 #include <Kokkos_Core.hpp>
+#include <csignal>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -113,9 +114,23 @@ bool needs_mpi(int argc, char** argv) {
   return true;
 }
 
+// Messages print as one line: Kokkos, for one, explains a failed allocation over several.
+std::string one_line(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    const char ch = c == '\n' || c == '\r' || c == '\t' ? ' ' : c;
+    if (ch != ' ' || (!out.empty() && out.back() != ' ')) out += ch;
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A file-size limit (ulimit -f) makes a write fail with EFBIG, which the writers report, instead
+  // of killing the process mid-file.
+  std::signal(SIGXFSZ, SIG_IGN);
   const bool mpi = needs_mpi(argc, argv);
   if (const int rc = mpi ? MPI_Init(&argc, &argv) : MPI_SUCCESS; rc != MPI_SUCCESS) {
     char why[MPI_MAX_ERROR_STRING] = {};
@@ -135,9 +150,21 @@ int main(int argc, char** argv) {
   try {
     code = run(argc, argv);
   } catch (const saescale::Error& e) {
-    if (rank == 0) std::fprintf(stderr, "saescale: error: %s\n", e.what());
+    if (rank == 0) std::fprintf(stderr, "saescale: error: %s\n", one_line(e.what()).c_str());
+  } catch (const std::bad_alloc&) {
+    if (rank == 0)
+      std::fprintf(stderr,
+                   "saescale: error: out of memory: an allocation failed (lower --batch-size, "
+                   "--eval-tokens or --norm-tokens, or use more ranks; `saescale plan` shows "
+                   "the memory per rank)\n");
   } catch (const std::exception& e) {
-    if (rank == 0) std::fprintf(stderr, "saescale: internal error: %s\n", e.what());
+    const std::string what = one_line(e.what());
+    if (rank != 0) {
+    } else if (what.find("alloc") != std::string::npos) {  // Kokkos: a failed View allocation
+      std::fprintf(stderr, "saescale: error: out of memory: %s\n", what.c_str());
+    } else {
+      std::fprintf(stderr, "saescale: internal error: %s\n", what.c_str());
+    }
   }
   if (mpi) MPI_Finalize();
   return code;

@@ -469,8 +469,18 @@ void save_weights(const std::string& dir, const Model& model, double norm_scale,
   auto tensors = model.export_tensors(norm_scale);  // gathers the latent shards on lp rank 0
   if (model.comm().rank(comm::Group::lp) != 0) return;
   std::error_code ec;
+  const bool created = !std::filesystem::exists(dir);
   std::filesystem::create_directories(dir, ec);
   if (ec) throw Error(dir + ": cannot create the weights directory: " + ec.message());
+  // A failure (a full disk) leaves no empty or half-written weights directory behind.
+  struct RemoveUnlessDone {
+    const std::string& dir;
+    bool created, done = false;
+    ~RemoveUnlessDone() {
+      std::error_code ignored;
+      if (!done && created) std::filesystem::remove_all(dir, ignored);
+    }
+  } cleanup{dir, created};
   // The layout the file has (BatchTopK exports a JumpReLU SAE) decides what cfg.json says.
   const auto exported_ptr = make_variant(model.variant().exported_variant());
   const Variant& exported = *exported_ptr;
@@ -489,6 +499,7 @@ void save_weights(const std::string& dir, const Model& model, double norm_scale,
         {"hyper_parameters", hyper}}}};
   io::write_safetensors(dir + "/sae_weights.safetensors", tensors, {{"format", "pt"}});
   io::write_text_atomic(dir + "/cfg.json", cfg.dump(2) + "\n");
+  cleanup.done = true;
 }
 
 std::vector<io::NamedTensor> read_weights(const std::string& path, nlohmann::json* cfg) {
@@ -507,7 +518,13 @@ std::vector<io::NamedTensor> read_weights(const std::string& path, nlohmann::jso
       }
     }
   }
-  return io::read_safetensors(file);
+  auto tensors = io::read_safetensors(file);
+  for (const auto& t : tensors)
+    for (size_t i = 0; i < t.values.size(); ++i)
+      if (!std::isfinite(t.values[i]))
+        throw Error(file + ": tensor '" + t.name + "' holds a non-finite value at index " +
+                    std::to_string(i) + ": these weights cannot be used");
+  return tensors;
 }
 
 }  // namespace saescale

@@ -10,11 +10,14 @@
 #include <filesystem>
 #include <fstream>
 
+#include "checked.hpp"
 #include "comm/mpi_check.hpp"
 #include "comm/plan.hpp"
 #include "device.hpp"
 #include "error.hpp"
+#include "host_memory.hpp"
 #include "io/checkpoint.hpp"
+#include "io/outputs.hpp"
 #include "kernels/optim.hpp"
 #include "kernels/reduce.hpp"
 #include "metrics/memory.hpp"
@@ -157,28 +160,20 @@ void check_memory(const Config& cfg, int64_t d, int64_t features, const comm::Co
               gib(available) + " is available to it: use " + fix);
 }
 
-// --checkpoint-every: "N" steps or "Nm" minutes (0: only at the end and on preemption).
-int64_t parse_checkpoint_every(const std::string& text, double* minutes) {
-  *minutes = 0;
-  char* end = nullptr;
-  const double value = std::strtod(text.c_str(), &end);
-  const std::string unit = end ? std::string(end) : "";
-  if (end == text.c_str() || !(value >= 0) || (unit != "" && unit != "m" && unit != "min"))
-    throw Error("--checkpoint-every '" + text + "': give steps (100) or minutes (30m)");
-  if (unit.empty()) {
-    if (value != std::floor(value)) throw Error("--checkpoint-every: steps must be a whole number");
-    return static_cast<int64_t>(value);
-  }
-  *minutes = value;
-  return 0;
-}
-
 Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
     : cfg_(cfg),
       comm_(comm),
       precision_(parse_precision(cfg.precision)),
       topk_algo_(kernels::effective_topk_algo(kernels::parse_topk_algo(cfg.topk_algo))) {
   check_precision_supported(precision_);
+  checkpoint_every_steps_ =
+      parse_checkpoint_every(cfg.checkpoint_every, &checkpoint_every_minutes_);
+  if ((checkpoint_every_steps_ > 0 || checkpoint_every_minutes_ > 0) && cfg.checkpoint_dir.empty())
+    throw Error("--checkpoint-every " + cfg.checkpoint_every +
+                " needs --checkpoint-dir (where to write them)");
+  if (cfg.resume && cfg.checkpoint_dir.empty()) throw Error("--resume needs --checkpoint-dir");
+  if (cfg.sparse_crossover >= 0 && cfg.sparse != "auto")
+    throw Error("--sparse-crossover is the limit of --sparse auto: add --sparse auto");
   // This run's memory: the allocation peak from here on, above what was already allocated.
   metrics::reset_peaks();
   memory_baseline_ = std::max<int64_t>(0, metrics::current_bytes(MemSpace::name()));
@@ -208,6 +203,14 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
   }
   const auto* truth = data_->ground_truth();
   check_memory(cfg, d, truth ? static_cast<int64_t>(truth->size()) / d : 0, comm);
+  // Host buffers: the normalisation rows, the evaluation rows, the batch and its staging copy.
+  const int64_t host_floats = checked_elements(cfg.norm_tokens, d, "--norm-tokens x d") +
+                              checked_elements(cfg.eval_tokens, d, "--eval-tokens x d") +
+                              2 * checked_elements(local_batch_, d, "--batch-size x d");
+  check_host_memory(4 * host_floats,
+                    "this run's host buffers (--norm-tokens, --eval-tokens and "
+                    "the batch, x d floats)",
+                    "lower --norm-tokens or --eval-tokens");
   model_ = std::make_unique<Model>(cfg.variant, d, cfg.width, &comm);
   hyper_ = resolve_hyper(cfg, model_->variant().defaults());
 
@@ -257,18 +260,26 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
   if (eval_n_ < 1)
     throw Error(cfg.data + ": " + std::to_string(data_->total_rows()) +
                 " rows leave none for evaluation (the last fifth is held out): give at least 5");
+  // The held-out rows are all in memory now: non-finite ones would give a NaN FVU at the end.
+  check_finite_rows(eval_rows_, eval_n_, d, cfg.data + " (held-out evaluation rows)",
+                    data_->total_rows() > 0 ? data_->total_rows() - eval_n_ : 0);
   for (auto& v : eval_rows_) v = static_cast<float>(v * norm_scale_);
   for (const double t : cfg.target_fvu) {
     if (!(t > 0)) throw Error("--target-fvu must be positive (got " + std::to_string(t) + ")");
     reached_.push_back({t, std::nullopt});
   }
   timers_ = PhaseTimers(cfg.fence);
-  checkpoint_every_steps_ =
-      parse_checkpoint_every(cfg.checkpoint_every, &checkpoint_every_minutes_);
-  if (cfg.resume) {
-    if (cfg.checkpoint_dir.empty()) throw Error("--resume needs --checkpoint-dir");
-    load_checkpoint();
+  if (!cfg.checkpoint_dir.empty() && root()) {
+    // One checkpoint's worth of space for every rank's file (the new one is written before the
+    // old one goes), and the directory to this run alone.
+    const int64_t per_rank =
+        static_cast<int64_t>(sizeof(real)) * (P + adam_m_.size() + adam_v_.size()) +
+        16 * model_->width();
+    io::check_free_space(cfg.checkpoint_dir, per_rank * comm.size(comm::Group::world),
+                         "--checkpoint-dir (one checkpoint of every rank)");
+    checkpoint_lock_ = io::DirectoryLock(cfg.checkpoint_dir);
   }
+  if (cfg.resume) load_checkpoint();
 }
 
 // --initial-l0: the encoder bias (ReLU, Gated) or JumpReLU's threshold at the pre-activation that
@@ -731,27 +742,82 @@ void read_into(const io::CheckpointReader& r, const std::string& name, const Vie
 }
 }  // namespace
 
-// What a checkpoint must match to be resumed: the grid and everything that shapes the run.
+// What a checkpoint must match to be resumed: the grid, every option that can change the
+// training's trajectory (all but kResumeMayChange), and the hyper-parameters they resolved to.
+namespace {
+const std::set<std::string> kResumeMayChange = {
+    "out",   "save_weights", "eval_every", "target_fvu",       "gemm_floor",
+    "fence", "warmup_steps", "resume",     "checkpoint_every", "checkpoint_dir"};
+}  // namespace
+
 nlohmann::json Trainer::checkpoint_identity() const {
+  nlohmann::json options = cfg_.to_json();
+  for (const auto& key : kResumeMayChange) options.erase(key);
+  options["d_model"] = model_->d();
   return {{"grid", {{"dp", comm_.size(comm::Group::dp)}, {"lp", comm_.size(comm::Group::lp)}}},
-          {"variant", cfg_.variant},
-          {"d_model", model_->d()},
-          {"width", cfg_.width},
-          {"batch_size", cfg_.batch_size},
-          {"steps", cfg_.steps},
-          {"seed", cfg_.seed},
-          {"data", cfg_.data},
-          {"optimizer", cfg_.optimizer}};
+          {"options", options},
+          {"resolved", config_json()["resolved"]}};
 }
 
-// Every rank writes its shard's state; after a barrier, rank 0 publishes the manifest and only
-// then removes the previous checkpoint (io/checkpoint.hpp).
+const std::set<std::string>& resume_may_change() { return kResumeMayChange; }
+
+// Every rank writes its shard's state; when all have, rank 0 publishes the manifest (with every
+// rank file's size and CRC-32) and only then removes the previous checkpoint (io/checkpoint.hpp).
+// A failure on any rank (a full disk) removes this checkpoint's files and fails the run: the
+// previous checkpoint stays the newest.
 void Trainer::save_checkpoint(int64_t next_step, double seconds) {
   const auto t0 = std::chrono::steady_clock::now();
   const std::string step_dir = io::checkpoint_step_dir(cfg_.checkpoint_dir, next_step);
-  std::error_code ec;
-  std::filesystem::create_directories(step_dir, ec);
-  if (ec) throw Error(step_dir + ": cannot create the checkpoint directory: " + ec.message());
+  const int rank = comm_.rank(comm::Group::world), ranks = comm_.size(comm::Group::world);
+  const nlohmann::json identity = checkpoint_identity();
+  std::vector<int64_t> records(2 * ranks, 0);  // bytes and CRC-32 of each rank file
+  const auto give_up = [&](const std::string& why) {
+    std::error_code ignored;
+    if (root()) std::filesystem::remove_all(step_dir, ignored);
+    return RunFailed("the checkpoint of step " + std::to_string(next_step) + " failed: " + why +
+                     " (its files were removed; " + cfg_.checkpoint_dir +
+                     "/latest still names the newest complete one)");
+  };
+  try {
+    comm::agree(comm_.grid(), [&] {
+      std::error_code ec;
+      std::filesystem::create_directories(step_dir, ec);
+      if (ec) throw Error(step_dir + ": cannot create the checkpoint directory: " + ec.message());
+      const io::RankFileRecord mine =
+          checkpoint_writer(next_step, seconds)
+              .write(io::checkpoint_rank_file(step_dir, rank), {rank, next_step, identity["grid"]});
+      records[2 * rank] = static_cast<int64_t>(mine.bytes);
+      records[2 * rank + 1] = mine.crc32;
+    });
+  } catch (const Error& e) {
+    throw give_up(e.what());
+  }
+  if (++checkpoints_written_ == cfg_.test_crash_in_checkpoint)
+    std::_Exit(9);  // test hook: killed after the rank files, before the manifest
+  comm_.allreduce_host_sum("checkpoint", comm::Group::world, records.data(),
+                           static_cast<int>(records.size()));
+  try {
+    comm::agree(comm_.grid(), [&] {
+      if (!root()) return;
+      std::vector<io::RankFileRecord> files(ranks);
+      for (int r = 0; r < ranks; ++r)
+        files[r] = {static_cast<uint64_t>(records[2 * r]),
+                    static_cast<uint32_t>(records[2 * r + 1])};
+      io::publish_checkpoint(cfg_.checkpoint_dir, next_step, identity, files);
+    });
+  } catch (const Error& e) {
+    throw give_up(e.what());
+  }
+  if (root()) {
+    std::printf("  checkpoint: %s (%.2f s)\n", step_dir.c_str(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    std::fflush(stdout);
+  }
+  last_checkpoint_ = std::chrono::steady_clock::now();
+}
+
+// This rank's state as a checkpoint file's sections.
+io::CheckpointWriter Trainer::checkpoint_writer(int64_t next_step, double seconds) const {
   io::CheckpointWriter w;
   const auto add = [&](const char* name, const std::vector<char>& bytes) {
     w.add(name, bytes.data(), bytes.size());
@@ -779,41 +845,46 @@ void Trainer::save_checkpoint(int64_t next_step, double seconds) {
                {"step_seconds", step_seconds_},
                {"seconds", seconds},
                {"auxiliary_ran", auxiliary_ran_}};
-  w.write(io::checkpoint_rank_file(step_dir, comm_.rank(comm::Group::world)));
-  if (++checkpoints_written_ == cfg_.test_crash_in_checkpoint)
-    std::_Exit(9);  // test hook: killed after the rank files, before the manifest
-  if (comm_.grid().uses_mpi()) SAESCALE_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
-  if (root()) {
-    nlohmann::json manifest = checkpoint_identity();
-    manifest["format"] = "saescale.checkpoint/1";
-    manifest["step"] = next_step;
-    manifest["ranks"] = comm_.size(comm::Group::world);
-    io::publish_checkpoint(cfg_.checkpoint_dir, next_step, manifest);
-    std::printf("  checkpoint: %s (%.2f s)\n", step_dir.c_str(),
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    std::fflush(stdout);
-  }
-  last_checkpoint_ = std::chrono::steady_clock::now();
+  return w;
 }
+
+namespace {
+// "--lr" for "lr": how the user spells the option.
+std::string option_name(const std::string& key) {
+  std::string name = "--" + key;
+  for (auto& c : name)
+    if (c == '_') c = '-';
+  return name;
+}
+}  // namespace
 
 void Trainer::load_checkpoint() {
   const std::string& dir = cfg_.checkpoint_dir;
   const auto manifest = io::latest_checkpoint(dir);
   if (!manifest) throw Error("--resume: no checkpoint in " + dir + " (no " + dir + "/latest)");
+  const std::string path = manifest->at("path");
   const nlohmann::json want = checkpoint_identity();
   const auto& grid = (*manifest)["grid"];
   if (grid != want["grid"])
-    throw Error("--resume: the checkpoint in " + manifest->at("path").get<std::string>() +
-                " was written by a grid of dp " + grid["dp"].dump() + " x lp " + grid["lp"].dump() +
+    throw Error("--resume: the checkpoint in " + path + " was written by a grid of dp " +
+                grid["dp"].dump() + " x lp " + grid["lp"].dump() +
                 "; resume with the same grid (--dp " + grid["dp"].dump() + " --lp " +
                 grid["lp"].dump() + ")");
-  for (const auto& [key, value] : want.items())
-    if (manifest->value(key, nlohmann::json()) != value)
-      throw Error("--resume: the checkpoint has " + key + " = " +
-                  manifest->value(key, nlohmann::json()).dump() + " but this run has " +
-                  value.dump() + "; resume with the options the run started with");
-  const io::CheckpointReader r(io::checkpoint_rank_file(manifest->at("path").get<std::string>(),
-                                                        comm_.rank(comm::Group::world)));
+  for (const char* part : {"options", "resolved"}) {
+    const auto& had = manifest->value(part, nlohmann::json::object());
+    for (const auto& [key, value] : want[part].items())
+      if (had.value(key, nlohmann::json()) != value)
+        throw Error("--resume: the run in " + path + " started with " +
+                    (std::string(part) == "options" ? option_name(key) : key + " (resolved)") +
+                    " = " + had.value(key, nlohmann::json()).dump() + " but this run has " +
+                    value.dump() +
+                    ": resume with the options the run started with (see the README for those "
+                    "that may change)");
+  }
+  const int rank = comm_.rank(comm::Group::world);
+  const int64_t step = manifest->at("step");
+  const io::CheckpointReader r(io::checkpoint_rank_file(path, rank), {rank, step, grid},
+                               io::manifest_record(*manifest, rank));
   read_into(r, "params", model_->params().values());
   read_into(r, "adam_m", adam_m_);
   read_into(r, "adam_v", adam_v_);
@@ -839,9 +910,7 @@ void Trainer::load_checkpoint() {
   step_seconds_ = st.at("step_seconds");
   previous_seconds_ = st.at("seconds");
   auxiliary_ran_ = st.at("auxiliary_ran");
-  if (root())
-    std::printf("resumed from %s at step %lld\n", manifest->at("path").get<std::string>().c_str(),
-                (long long)start_step_);
+  if (root()) std::printf("resumed from %s at step %lld\n", path.c_str(), (long long)start_step_);
 }
 
 // Every option as given, the resolved hyper-parameters and the data source.
@@ -869,6 +938,25 @@ nlohmann::json Trainer::config_json() const {
 
 nlohmann::json Trainer::run() {
   const int64_t steps = cfg_.steps, B = cfg_.batch_size;
+  // SIGTERM/SIGUSR1 during setup (the handlers are installed from the start of `train`): nothing
+  // was trained; the run ends "preempted" (exit 3), so a resubmission runs it again.
+  int64_t setup_signal = g_stop_signal == SIGUSR1 ? int64_t(1) << 32 : g_stop_signal != 0;
+  comm_.allreduce_host_sum("statistics", comm::Group::world, &setup_signal, 1);
+  if (setup_signal != 0) {
+    const bool resumable =
+        !cfg_.checkpoint_dir.empty() && io::latest_checkpoint(cfg_.checkpoint_dir);
+    const std::string reason =
+        std::string((setup_signal >> 32) > 0 ? "SIGUSR1" : "SIGTERM") +
+        " during setup, before step " + std::to_string(start_step_ + 1) +
+        ": nothing was trained; " +
+        (resumable ? "resume from " + cfg_.checkpoint_dir + " with --resume" : "run it again");
+    if (root()) std::printf("  preempted during setup\n");
+    return {{"schema", "saescale.result/1"},
+            {"status", "preempted"},
+            {"reason", reason},
+            {"stopped_step", start_step_},
+            {"config", config_json()}};
+  }
   const int64_t every =
       cfg_.progress_every > 0 ? cfg_.progress_every : std::max<int64_t>(1, steps / 10);
   if (root()) {
@@ -883,7 +971,13 @@ nlohmann::json Trainer::run() {
         comm::backend_name(comm_.backend()));
     std::fflush(stdout);
   }
-  if (cfg_.sparse == "auto") {  // collective: every rank times the same shapes
+  if (cfg_.sparse == "auto" && cfg_.sparse_crossover >= 0) {  // given: nothing is timed
+    model_->set_sparse_limit(cfg_.sparse_crossover);
+    sparse_calibration_ = {{"dense_products_s", nullptr},
+                           {"sparse_products_s", nullptr},
+                           {"crossover_entries_per_row", cfg_.sparse_crossover},
+                           {"given", true}};
+  } else if (cfg_.sparse == "auto") {  // collective: every rank times the same shapes
     sparse_calibration_ = calibrate_sparse();
     if (root())
       std::printf("sparse auto: products sparse while rows average <= %.1f entries (calibrated)\n",
@@ -909,20 +1003,29 @@ nlohmann::json Trainer::run() {
     return previous_seconds_ +
            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
+  const auto failed = [&](const std::string& reason, int64_t step_done) -> nlohmann::json {
+    if (root()) std::printf("  step %6lld/%lld  stopped\n", (long long)step_done, (long long)steps);
+    return {{"schema", "saescale.result/1"},
+            {"status", "failed"},
+            {"reason", reason},
+            {"failed_step", step_done},
+            {"config", config_json()}};
+  };
   for (int64_t s = start_step_; s < steps; ++s) {
-    load_batch(s);
+    try {  // a data file that changed under the run fails it (every rank agrees) with a result
+      comm::agree(comm_.grid(), [&] { load_batch(s); });
+    } catch (const Error& e) {
+      return failed(
+          std::string("reading the batch of step ") + std::to_string(s + 1) + ": " + e.what(),
+          s + 1);
+    }
     comm_.set_timers(&timers_);  // collectives are timed and counted inside steps only
     timers_.begin_step();
     try {
       step(s);
     } catch (const RunFailed& e) {  // every rank stops at this step (trainer.hpp)
       comm_.set_timers(nullptr);
-      if (root()) std::printf("  step %6lld/%lld  stopped\n", (long long)s + 1, (long long)steps);
-      return {{"schema", "saescale.result/1"},
-              {"status", "failed"},
-              {"reason", e.what()},
-              {"failed_step", s + 1},
-              {"config", config_json()}};
+      return failed(e.what(), s + 1);
     }
     const double t = timers_.end_step(s >= cfg_.warmup_steps);
     comm_.set_timers(nullptr);
@@ -930,7 +1033,11 @@ nlohmann::json Trainer::run() {
     step_seconds_ += t;
     ++counted_steps_;
     if (stop_signal_ != 0) {  // agreed by every rank in this step's statistics
-      if (!cfg_.checkpoint_dir.empty()) save_checkpoint(s + 1, elapsed());
+      try {
+        if (!cfg_.checkpoint_dir.empty()) save_checkpoint(s + 1, elapsed());
+      } catch (const RunFailed& e) {
+        return failed(e.what(), s + 1);
+      }
       const std::string reason =
           std::string(stop_signal_ == SIGUSR1 ? "SIGUSR1" : "SIGTERM") + " at step " +
           std::to_string(s + 1) + ": " +
@@ -947,8 +1054,13 @@ nlohmann::json Trainer::run() {
     }
     if (!cfg_.checkpoint_dir.empty() && s + 1 < steps &&
         (checkpoint_due_ ||
-         (checkpoint_every_steps_ > 0 && (s + 1) % checkpoint_every_steps_ == 0)))
-      save_checkpoint(s + 1, elapsed());
+         (checkpoint_every_steps_ > 0 && (s + 1) % checkpoint_every_steps_ == 0))) {
+      try {
+        save_checkpoint(s + 1, elapsed());
+      } catch (const RunFailed& e) {
+        return failed(e.what(), s + 1);
+      }
+    }
     if (root() && ((s + 1) % every == 0 || s + 1 == steps)) {
       const auto& l = log_.back();
       std::printf("  step %6lld/%lld  loss %.5f  mse %.5f  L0 %7.2f  step %8.2f ms  %10.0f tok/s\n",
@@ -967,9 +1079,17 @@ nlohmann::json Trainer::run() {
     }
   }
   const double train_seconds = elapsed();
-  if (!cfg_.checkpoint_dir.empty() && start_step_ < steps) save_checkpoint(steps, train_seconds);
+  try {
+    if (!cfg_.checkpoint_dir.empty() && start_step_ < steps) save_checkpoint(steps, train_seconds);
+  } catch (const RunFailed& e) {
+    return failed(e.what(), steps);
+  }
 
   Fidelity fid = evaluate_now();
+  if (!std::isfinite(fid.fvu))  // the held-out rows are finite (checked at start): the SAE is not
+    return failed("the final evaluation's FVU is not finite (" + std::to_string(fid.fvu) +
+                      "): the trained SAE's reconstructions are not finite",
+                  steps);
   record_targets(fid.fvu, steps);
   const double dead = dead_fraction();
   const int64_t trained_tokens = steps * B;
@@ -1038,13 +1158,32 @@ nlohmann::json Trainer::run() {
                           {"cpu_time", times[i] * 1e3},
                           {"time_unit", "ms"}});
 
-  // The first replica's shards are gathered (over lp) and world rank 0 writes.
-  if (!cfg_.save_weights.empty() && comm_.rank(comm::Group::dp) == 0)
-    save_weights(cfg_.save_weights, *model_, norm_scale_, config["resolved"]);
+  // The first replica's shards are gathered (over lp) and world rank 0 writes; a failure (a full
+  // disk) fails the run on every rank, with the results of the training.
+  std::string weights_error;
+  if (!cfg_.save_weights.empty() && comm_.rank(comm::Group::dp) == 0) {
+    try {
+      save_weights(cfg_.save_weights, *model_, norm_scale_, config["resolved"]);
+    } catch (const Error& e) {
+      weights_error = e.what();
+    }
+  }
+  try {
+    comm::agree(comm_.grid(), [&] {
+      if (!weights_error.empty()) throw Error(weights_error);
+    });
+  } catch (const Error& e) {
+    nlohmann::json out = failed(std::string("saving the weights failed: ") + e.what(), steps);
+    out["timing"] = timing, out["memory"] = memory, out["fidelity"] = fidelity;
+    return out;
+  }
 
   if (root()) {
-    std::printf("done: FVU %.4f  L0 %.2f  dead %.1f%%  step median %.2f ms  %.0f tok/s", fid.fvu,
-                fid.l0, 100.0 * dead, median * 1e3, median > 0 ? B / median : 0.0);
+    std::printf("done: FVU %.4f  L0 %.2f  dead %.1f%%  ", fid.fvu, fid.l0, 100.0 * dead);
+    if (median > 0)
+      std::printf("step median %.2f ms  %.0f tok/s", median * 1e3, B / median);
+    else  // every step was a warm-up step
+      std::printf("no step timed (all %lld were --warmup-steps)", (long long)steps);
     if (fid.mmcs)
       std::printf("  MMCS %.3f  recovered %.1f%%", *fid.mmcs, 100 * *fid.recovered_fraction);
     if (timing["floor_ratio"].is_number())

@@ -7,12 +7,15 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "config.hpp"
 #include "data/source.hpp"
+#include "io/checkpoint.hpp"
+#include "io/outputs.hpp"
 #include "metrics/fidelity.hpp"
 #include "metrics/timers.hpp"
 #include "metrics/work_model.hpp"
@@ -32,6 +35,9 @@ double estimate_norm_scale(const std::string& mode, const std::vector<float>& ro
 void initialize_b_dec(Model& model, const std::vector<float>& rows, int64_t n,
                       const std::string& how);
 void weaken_latents(Model& model, int64_t n);
+
+// Options a resumed run may give differently (they cannot change the training's trajectory).
+const std::set<std::string>& resume_may_change();
 
 // Set by the SIGTERM/SIGUSR1 handler (cli/train.cpp): finish the step, checkpoint, stop.
 extern volatile std::sig_atomic_t g_stop_signal;
@@ -81,6 +87,7 @@ class Trainer {
   };
   Agreement agree_on_step(int64_t active, std::vector<int64_t> non_finite);
   nlohmann::json checkpoint_identity() const;
+  io::CheckpointWriter checkpoint_writer(int64_t next_step, double seconds) const;
   void save_checkpoint(int64_t next_step, double seconds);
   void load_checkpoint();
 
@@ -127,6 +134,7 @@ class Trainer {
   std::vector<Target> reached_;
   nlohmann::json sparse_calibration_;  // --sparse auto: Trainer::calibrate_sparse()
   nlohmann::json initial_l0_start_;    // --initial-l0: the parameter set and its value
+  io::DirectoryLock checkpoint_lock_;  // --checkpoint-dir is this run's (rank 0 holds it)
 };
 
 }  // namespace saescale

@@ -2,7 +2,9 @@
 #include <cstdio>
 
 #include "cli/commands.hpp"
+#include "data/source.hpp"
 #include "error.hpp"
+#include "io/outputs.hpp"
 #include "io/results.hpp"
 #include "trainer.hpp"
 
@@ -11,7 +13,9 @@ namespace saescale::cli {
 int eval(const Config& cfg) {
   if (cfg.init.empty())
     throw Error("eval needs --init WEIGHTS (a directory with cfg.json, or .safetensors)");
-  check_output_path(cfg.out, cfg.force);
+  std::vector<std::string> inputs = data_files(cfg.data);
+  for (const auto& f : io::weights_files(cfg.init)) inputs.push_back(f);
+  check_output_path(cfg.out, cfg.force, inputs);
   const Precision precision = parse_precision(cfg.precision);
   check_precision_supported(precision);
   nlohmann::json file_cfg;
@@ -63,7 +67,7 @@ int eval(const Config& cfg) {
     nlohmann::json out = {{"schema", "saescale.eval/1"}, {"weights", cfg.init},
                           {"variant", variant},          {"data", data->describe()},
                           {"fidelity", f.to_json()},     {"context", run_context(1, 1, 1)}};
-    write_results(cfg.out, out);
+    write_results(cfg.out, out, cfg.force);
   }
   return 0;
 }

@@ -2,9 +2,11 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "checked.hpp"
 #include "cli/commands.hpp"
 #include "data/synthetic.hpp"
 #include "error.hpp"
+#include "host_memory.hpp"
 #include "io/atomic_write.hpp"
 #include "io/npy.hpp"
 
@@ -30,13 +32,26 @@ void add_gen_data_options(CLI::App& app, GenDataOptions& o) {
 int gen_data(const GenDataOptions& o) {
   namespace fs = std::filesystem;
   SyntheticSpec spec = SyntheticSpec::parse(o.data, o.d_model, o.seed);
+  const int64_t d = spec.d, per_shard = o.shard_tokens > 0 ? o.shard_tokens : o.tokens;
+  // Before anything is created: sizes that fit, memory for a shard, disk for all of them.
+  const int64_t total = checked_elements(o.tokens, d, "--tokens x --d-model");
+  check_host_memory(4 * checked_elements(per_shard, d, "--shard-tokens x --d-model"),
+                    "gen-data's shard (tokens per shard x d floats)", "give --shard-tokens");
+  fs::path existing = fs::absolute(o.out_dir);
+  while (!existing.empty() && !fs::exists(existing) && existing != existing.parent_path())
+    existing = existing.parent_path();
+  std::error_code space_ec;
+  const auto space = fs::space(existing, space_ec);
+  if (!space_ec && 4.0 * double(total) > double(space.available))
+    throw Error(o.out_dir + ": " + std::to_string(o.tokens) + " tokens x " + std::to_string(d) +
+                " floats need " + gib(4 * total) + " but the disk has " +
+                gib(static_cast<int64_t>(space.available)) + " free");
   if (fs::exists(o.out_dir + "/dictionary.npy") && !o.force)
     throw Error(o.out_dir + " already holds generated data (use --force to overwrite)");
+  SyntheticData gen(spec);
   std::error_code ec;
   fs::create_directories(o.out_dir, ec);
   if (ec) throw Error(o.out_dir + ": cannot create directory: " + ec.message());
-  SyntheticData gen(spec);
-  const int64_t d = spec.d, per_shard = o.shard_tokens > 0 ? o.shard_tokens : o.tokens;
   std::vector<float> rows;
   int shard = 0;
   for (int64_t first = 0; first < o.tokens; first += per_shard, ++shard) {

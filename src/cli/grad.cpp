@@ -5,6 +5,7 @@
 #include "cli/commands.hpp"
 #include "data/source.hpp"
 #include "error.hpp"
+#include "io/outputs.hpp"
 #include "io/results.hpp"
 #include "io/safetensors.hpp"
 #include "trainer.hpp"
@@ -13,7 +14,9 @@ namespace saescale::cli {
 
 int grad(const Config& cfg) {
   if (cfg.out.empty()) throw Error("grad needs --out FILE.safetensors");
-  check_output_path(cfg.out, cfg.force);
+  std::vector<std::string> inputs = data_files(cfg.data);
+  for (const auto& f : io::weights_files(cfg.init)) inputs.push_back(f);
+  check_output_path(cfg.out, cfg.force, inputs);
   const Precision precision = parse_precision(cfg.precision);
   check_precision_supported(precision);
   auto data = open_data_source({cfg.data, cfg.d_model, cfg.seed, 1, 0, ""});
@@ -36,6 +39,7 @@ int grad(const Config& cfg) {
   Model model(cfg.variant, d, width);
   std::vector<float> rows(n * d);
   data->read_rows(0, n, rows.data());
+  check_finite_rows(rows, n, d, cfg.data);
   const double s = estimate_norm_scale(cfg.normalize, rows, n, d);
   const Resolved r = resolve_hyper(cfg, model.variant().defaults());
   Hyper h{r.sparsity_coeff, r.bandwidth, r.threshold_init, r.decoder_init_norm, cfg.k, cfg.aux_k};

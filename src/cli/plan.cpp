@@ -92,14 +92,16 @@ int plan(const Config& cfg) {
       work[phase] = {{"flops", w.flops}, {"bytes", w.bytes}};
     nlohmann::json config = cfg.to_json();
     write_results(
-        cfg.out, {{"schema", "saescale.plan/1"},
-                  {"config", config},
-                  {"grid", {{"dp", dp}, {"lp", lp}}},
-                  {"local_shape", {{"B", shape.B}, {"M", shape.M}, {"d", shape.d}, {"P", shape.P}}},
-                  {"work_per_step", work},
-                  {"communication_per_step", out_phases},
-                  {"sent_bytes_per_step", total},
-                  {"memory_per_rank", memory}});
+        cfg.out,
+        {{"schema", "saescale.plan/1"},
+         {"config", config},
+         {"grid", {{"dp", dp}, {"lp", lp}}},
+         {"local_shape", {{"B", shape.B}, {"M", shape.M}, {"d", shape.d}, {"P", shape.P}}},
+         {"work_per_step", work},
+         {"communication_per_step", out_phases},
+         {"sent_bytes_per_step", total},
+         {"memory_per_rank", memory}},
+        cfg.force);
     std::printf("plan: %s\n", cfg.out.c_str());
   }
   return 0;

@@ -3,7 +3,9 @@
 
 #include "cli/commands.hpp"
 #include "comm/communicator.hpp"
+#include "data/source.hpp"
 #include "error.hpp"
+#include "io/outputs.hpp"
 #include "io/results.hpp"
 #include "trainer.hpp"
 
@@ -49,13 +51,28 @@ bool preempted_results(const std::string& path) {
 }  // namespace
 
 int train(const Config& cfg) {
+  install_stop_handlers();  // from the start: a signal during setup still ends as "preempted"
   comm::Grid grid = comm::Grid::create(cfg.dp, cfg.lp);  // a bad grid fails alike on every rank
   const bool root = grid.world_rank() == 0;
   comm::Backend backend{};
   nlohmann::json tags;
+  // The results may replace a file only with --force, or the results of the preempted run this
+  // one resumes: decided now, and the final write refuses a file that appears meanwhile.
+  const bool replace_results = cfg.force || (cfg.resume && preempted_results(cfg.out));
   comm::agree(grid, [&] {
     tags = cfg.tags_json();
-    if (root) check_output_path(cfg.out, cfg.force || (cfg.resume && preempted_results(cfg.out)));
+    if (root) {  // every output, before anything is read or trained (io/outputs.hpp)
+      io::Outputs outputs;
+      outputs.results = cfg.out;
+      outputs.weights_dir = cfg.save_weights;
+      outputs.checkpoint_dir = cfg.checkpoint_dir;
+      outputs.force = cfg.force;
+      outputs.results_replaceable = replace_results;
+      outputs.inputs = data_files(cfg.data);
+      for (const auto& f : io::weights_files(cfg.init)) outputs.inputs.push_back(f);
+      if (!cfg.ground_truth.empty()) outputs.inputs.push_back(cfg.ground_truth);
+      io::check_outputs(outputs);
+    }
     backend = comm::parse_backend(cfg.comm);
   });
   comm::Communicator comm(grid, backend);  // NCCL communicators are created collectively
@@ -64,7 +81,6 @@ int train(const Config& cfg) {
   const nlohmann::json placement = grid.placement(comm::device_id());
   if (root && grid.world_size() > 1) print_placement(placement);
 
-  install_stop_handlers();
   nlohmann::json results;
   try {
     results = trainer->run();
@@ -78,7 +94,7 @@ int train(const Config& cfg) {
   results["context"]["tags"] = tags;
   const std::string status = results["status"];
   if (root && !cfg.out.empty()) {
-    write_results(cfg.out, results);
+    write_results(cfg.out, results, replace_results);
     std::printf("results: %s%s\n", cfg.out.c_str(),
                 status == "ok" ? "" : (" (status: " + status + ")").c_str());
   }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "checked.hpp"
+
 #include "comm/communicator.hpp"
 #include "kernels/tiling.hpp"
 #include "variant.hpp"
@@ -94,6 +96,13 @@ nlohmann::json memory_plan(const Config& cfg, int64_t d, int dp, int lp, bool ad
                            int64_t true_features) {
   const auto variant = make_variant(cfg.variant);
   const int64_t B = cfg.batch_size / dp, M = cfg.width / lp, f = sizeof(real);
+  // Every product below is of these sizes: bounded, none of the sums can wrap.
+  checked_elements(B, M, "--batch-size x --width (per rank)");
+  checked_elements(B, d, "--batch-size x --d-model (per rank)");
+  checked_elements(M, d, "--width x --d-model (per rank)");
+  checked_elements(true_features, std::max(d, M), "the true dictionary's features x width");
+  checked_elements(B, checked_elements(std::max(cfg.k, cfg.aux_k), lp + 1, "--k x (shards + 1)"),
+                   "--batch-size x --k x (shards + 1)");
   const int64_t slots = accumulator_slots();  // per-thread accumulators on CPUs, 1 on GPUs
   const int64_t P = local_parameters(*variant, d, M);
   const int64_t moments = cfg.optimizer == "adam" ? (adam_first_moment ? 2 : 1) : 0;

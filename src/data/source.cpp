@@ -1,5 +1,7 @@
 #include "data/source.hpp"
 
+#include <cmath>
+
 #include <glob.h>
 
 #include <algorithm>
@@ -176,8 +178,9 @@ class FileSource final : public DataSource {
     const size_t s = std::upper_bound(starts_.begin(), starts_.end(), row) - starts_.begin() - 1;
     const auto& shard = shards_[s];
     const size_t width = io::dtype_size(shard.dtype) * d_;
-    io::convert_to_float(shard.dtype, shard.file.data() + shard.offset + (row - starts_[s]) * width,
-                         d_, out);
+    row_bytes_.resize(width);
+    shard.file.read(shard.offset + (row - starts_[s]) * width, width, row_bytes_.data());
+    io::convert_to_float(shard.dtype, row_bytes_.data(), d_, out);
   }
 
   std::string spec_;
@@ -185,6 +188,7 @@ class FileSource final : public DataSource {
   std::vector<int64_t> starts_;
   std::vector<int64_t> buffer_;  // shuffle buffer of row indices
   std::vector<float> truth_;
+  mutable std::vector<unsigned char> row_bytes_;  // one row as stored, read with pread
   int64_t d_ = 0, total_ = 0, train_rows_ = 0, eval_rows_ = 0, buffer_rows_ = 0, cursor_ = 0;
   Rng rng_{0};
 };
@@ -205,6 +209,25 @@ std::vector<std::string> expand(const std::string& pattern) {
 }
 
 }  // namespace
+
+void check_finite_rows(const std::vector<float>& rows, int64_t n, int64_t d,
+                       const std::string& what, int64_t first_row) {
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < d; ++c)
+      if (!std::isfinite(rows[r * d + c]))
+        throw Error(what + ": row " + std::to_string(first_row + r) +
+                    " holds a non-finite value (" + std::to_string(rows[r * d + c]) +
+                    " at column " + std::to_string(c) + "): the data must be finite");
+}
+
+std::vector<std::string> data_files(const std::string& spec) {
+  if (spec.empty() || spec == "synthetic" || spec.rfind("synthetic:", 0) == 0) return {};
+  try {
+    return expand(spec);
+  } catch (const Error&) {
+    return {};  // opening the data says what is wrong
+  }
+}
 
 std::unique_ptr<DataSource> open_data_source(const DataOptions& o) {
   if (o.spec.empty())

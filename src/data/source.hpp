@@ -46,4 +46,12 @@ struct DataOptions {
 
 std::unique_ptr<DataSource> open_data_source(const DataOptions& options);
 
+// The files --data names (its glob expanded; none for synthetic data), for output checks.
+std::vector<std::string> data_files(const std::string& spec);
+
+// Throws (one line naming `what` and the first bad row) unless every value of the row-major
+// [n, d] rows is finite; `first_row` numbers the rows in the message.
+void check_finite_rows(const std::vector<float>& rows, int64_t n, int64_t d,
+                       const std::string& what, int64_t first_row = 0);
+
 }  // namespace saescale

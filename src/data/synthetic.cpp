@@ -4,8 +4,10 @@
 #include <cmath>
 #include <sstream>
 
+#include "checked.hpp"
 #include "data/rng.hpp"
 #include "error.hpp"
+#include "host_memory.hpp"
 
 namespace saescale {
 
@@ -39,6 +41,10 @@ SyntheticSpec SyntheticSpec::parse(const std::string& text, int64_t d, uint64_t 
         throw Error("--data synthetic: expected key=value, got '" + item + "'");
       const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
       const double v = parse_number(key, value);
+      if ((key == "features" || key == "tokens" || key == "seed") &&
+          !(v >= 0 && v <= double(kMaxElements) && v == std::floor(v)))
+        throw Error("--data synthetic: " + key + "=" + value +
+                    " must be a whole number in [0, 2^50]");
       if (key == "features")
         s.features = static_cast<int64_t>(v);
       else if (key == "l0")
@@ -85,6 +91,9 @@ std::string SyntheticSpec::describe() const {
 
 SyntheticData::SyntheticData(const SyntheticSpec& spec) : spec_(spec) {
   const int64_t d = spec.d, F = spec.features;
+  const int64_t dictionary = checked_elements(F, d, "--data synthetic: features x d");
+  check_host_memory(4 * dictionary, "--data synthetic's dictionary (features x d floats)",
+                    "give fewer features or a smaller --d-model");
   dictionary_.resize(F * d);
   for (int64_t j = 0; j < F; ++j) {
     Rng rng(spec.seed, kDictionary, j);

@@ -1,9 +1,11 @@
 #include "io/atomic_write.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "error.hpp"
@@ -29,7 +31,8 @@ void fsync_dir(const std::string& dir) {
 
 }  // namespace
 
-void write_file_atomic(const std::string& path, const std::function<void(std::FILE*)>& writer) {
+void write_file_atomic(const std::string& path, const std::function<void(std::FILE*)>& writer,
+                       Replace replace) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   if (f == nullptr) {
@@ -51,7 +54,28 @@ void write_file_atomic(const std::string& path, const std::function<void(std::FI
     std::remove(tmp.c_str());
     throw Error(path + ": close failed: " + std::strerror(err));
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    throw Error(path + " is not a regular file, so it is not replaced; the output is in " + tmp);
+  if (replace == Replace::no) {
+    // RENAME_NOREPLACE where the file system has it, else link() (which also refuses an
+    // existing target): a file that appeared while the run went is never overwritten.
+    int rc = ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE);
+    if (rc != 0 && (errno == EINVAL || errno == ENOSYS)) {
+      rc = ::link(tmp.c_str(), path.c_str());
+      if (rc == 0) ::unlink(tmp.c_str());
+    }
+    if (rc != 0 && errno == EEXIST)
+      throw Error(path +
+                  " appeared while this run was going (another run with the same output?): "
+                  "it was not replaced; this run's output is in " +
+                  tmp);
+    if (rc != 0) {
+      const int err = errno;
+      std::remove(tmp.c_str());
+      throw Error(path + ": cannot rename " + tmp + " into place: " + std::strerror(err));
+    }
+  } else if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     int err = errno;
     std::remove(tmp.c_str());
     throw Error(path + ": cannot rename " + tmp + " into place: " + std::strerror(err));
@@ -59,8 +83,9 @@ void write_file_atomic(const std::string& path, const std::function<void(std::FI
   fsync_dir(parent_dir(path));
 }
 
-void write_text_atomic(const std::string& path, const std::string& text) {
-  write_file_atomic(path, [&](std::FILE* f) { std::fwrite(text.data(), 1, text.size(), f); });
+void write_text_atomic(const std::string& path, const std::string& text, Replace replace) {
+  write_file_atomic(
+      path, [&](std::FILE* f) { std::fwrite(text.data(), 1, text.size(), f); }, replace);
 }
 
 }  // namespace saescale::io

@@ -1,9 +1,12 @@
 #include "io/checkpoint.hpp"
 
+#include <zlib.h>
+
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "error.hpp"
 #include "io/atomic_write.hpp"
@@ -14,6 +17,20 @@ namespace saescale::io {
 namespace fs = std::filesystem;
 namespace {
 constexpr char kMagic[8] = {'S', 'A', 'E', 'S', 'C', 'K', 'P', 'T'};
+constexpr const char* kFormat = "saescale.checkpoint/2";
+
+// The manifest's own CRC-32: over its compact dump without the "crc32" and "path" keys.
+uint32_t manifest_crc(nlohmann::json manifest) {
+  manifest.erase("crc32");
+  manifest.erase("path");
+  const std::string text = manifest.dump();
+  return crc32(text.data(), text.size());
+}
+}  // namespace
+
+uint32_t crc32(const void* data, size_t bytes, uint32_t crc) {
+  if (bytes == 0) return crc;  // zlib returns its initial value for a null buffer (empty vector)
+  return static_cast<uint32_t>(::crc32_z(crc, static_cast<const Bytef*>(data), bytes));
 }
 
 void CheckpointWriter::add(const std::string& name, const void* data, size_t bytes) {
@@ -21,27 +38,53 @@ void CheckpointWriter::add(const std::string& name, const void* data, size_t byt
   sections_[name].assign(p, p + bytes);
 }
 
-void CheckpointWriter::write(const std::string& path) const {
-  nlohmann::json header = {{"sections", nlohmann::json::array()}, {"state", state_}};
+RankFileRecord CheckpointWriter::write(const std::string& path,
+                                       const RankFileIdentity& identity) const {
+  nlohmann::json header = {
+      {"identity", identity.to_json()}, {"sections", nlohmann::json::array()}, {"state", state_}};
   uint64_t offset = 0;
   for (const auto& [name, bytes] : sections_) {
-    header["sections"].push_back({{"name", name}, {"offset", offset}, {"bytes", bytes.size()}});
+    header["sections"].push_back({{"name", name},
+                                  {"offset", offset},
+                                  {"bytes", bytes.size()},
+                                  {"crc32", crc32(bytes.data(), bytes.size())}});
     offset += bytes.size();
   }
   const std::string text = header.dump();
   const uint64_t length = text.size();
+  RankFileRecord record;
+  const auto put = [&](std::FILE* f, const void* p, size_t n) {
+    std::fwrite(p, 1, n, f);
+    record.crc32 = crc32(p, n, record.crc32);
+    record.bytes += n;
+  };
   write_file_atomic(path, [&](std::FILE* f) {
-    std::fwrite(kMagic, 1, sizeof kMagic, f);
-    std::fwrite(&length, sizeof length, 1, f);
-    std::fwrite(text.data(), 1, text.size(), f);
-    for (const auto& [name, bytes] : sections_) std::fwrite(bytes.data(), 1, bytes.size(), f);
+    put(f, kMagic, sizeof kMagic);
+    put(f, &length, sizeof length);
+    put(f, text.data(), text.size());
+    for (const auto& [name, bytes] : sections_) put(f, bytes.data(), bytes.size());
   });
+  return record;
 }
 
-CheckpointReader::CheckpointReader(const std::string& path) : path_(path) {
-  MappedFile file(path);
-  const unsigned char* data = file.data();
-  const size_t size = file.size();
+CheckpointReader::CheckpointReader(const std::string& path, const RankFileIdentity& expected,
+                                   const std::optional<RankFileRecord>& record)
+    : CheckpointReader(MappedFile(path), expected, record) {}
+
+CheckpointReader::CheckpointReader(const MappedFile& file, const RankFileIdentity& expected,
+                                   const std::optional<RankFileRecord>& record)
+    : CheckpointReader(file.data(), file.size(), file.path(), expected, record) {}
+
+CheckpointReader::CheckpointReader(const unsigned char* data, size_t size, const std::string& path,
+                                   const RankFileIdentity& expected,
+                                   const std::optional<RankFileRecord>& record)
+    : path_(path) {
+  if (record && (size != record->bytes || crc32(data, size) != record->crc32))
+    throw Error(path + ": this rank file is not the one the manifest lists (" +
+                std::to_string(size) + " bytes, the manifest says " +
+                std::to_string(record->bytes) +
+                " with another checksum): corrupt, replaced or "
+                "swapped; the checkpoint cannot be resumed");
   uint64_t length = 0;
   if (size < 16 || std::memcmp(data, kMagic, 8) != 0)
     throw Error(path + ": not a saescale checkpoint file");
@@ -49,15 +92,24 @@ CheckpointReader::CheckpointReader(const std::string& path) : path_(path) {
   if (length > size - 16) throw Error(path + ": truncated checkpoint (header)");
   try {
     const auto header = nlohmann::json::parse(data + 16, data + 16 + length);
+    const auto& id = header.at("identity");
+    if (id.at("rank").get<int>() != expected.rank ||
+        id.at("step").get<int64_t>() != expected.step || id.at("grid") != expected.grid)
+      throw Error(path + ": this file holds rank " + id.at("rank").dump() + " of step " +
+                  id.at("step").dump() + " on grid " + id.at("grid").dump() + ", not rank " +
+                  std::to_string(expected.rank) + " of step " + std::to_string(expected.step) +
+                  " on grid " + expected.grid.dump() + ": a swapped or foreign rank file");
     state_ = header.at("state");
     const size_t base = 16 + length;
     for (const auto& s : header.at("sections")) {
+      const std::string name = s.at("name");
       const uint64_t offset = s.at("offset"), bytes = s.at("bytes");
       if (offset > size - base || bytes > size - base - offset)
-        throw Error(path + ": truncated checkpoint (section " + s.at("name").get<std::string>() +
-                    ")");
+        throw Error(path + ": truncated checkpoint (section " + name + ")");
       const auto* p = reinterpret_cast<const char*>(data + base + offset);
-      sections_[s.at("name").get<std::string>()].assign(p, p + bytes);
+      if (crc32(p, bytes) != s.at("crc32").get<uint32_t>())
+        throw Error(path + ": section '" + name + "' fails its CRC-32: the file is corrupt");
+      sections_[name].assign(p, p + bytes);
     }
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + ": corrupt checkpoint header: " + e.what());
@@ -90,8 +142,21 @@ std::string checkpoint_rank_file(const std::string& step_dir, int rank) {
   return (fs::path(step_dir) / name).string();
 }
 
-void publish_checkpoint(const std::string& dir, int64_t step, const nlohmann::json& manifest) {
+void publish_checkpoint(const std::string& dir, int64_t step, nlohmann::json manifest,
+                        const std::vector<RankFileRecord>& files) {
   const std::string step_dir = checkpoint_step_dir(dir, step);
+  manifest["format"] = kFormat;
+  manifest["step"] = step;
+  manifest["ranks"] = files.size();
+  manifest["files"] = nlohmann::json::array();
+  for (size_t r = 0; r < files.size(); ++r)
+    manifest["files"].push_back(
+        {{"rank", r},
+         {"file",
+          fs::path(checkpoint_rank_file(step_dir, static_cast<int>(r))).filename().string()},
+         {"bytes", files[r].bytes},
+         {"crc32", files[r].crc32}});
+  manifest["crc32"] = manifest_crc(manifest);
   write_text_atomic(step_dir + "/manifest.json", manifest.dump(2) + "\n");
   write_text_atomic(dir + "/latest", fs::path(step_dir).filename().string() + "\n");
   // Older checkpoints go only now that the new one is complete and named.
@@ -107,16 +172,53 @@ std::optional<nlohmann::json> latest_checkpoint(const std::string& dir) {
   std::string name;
   if (!(latest >> name)) return std::nullopt;
   const std::string path = (fs::path(dir) / name).string();
-  std::ifstream in(path + "/manifest.json");
+  const std::string file = path + "/manifest.json";
+  std::ifstream in(file);
   if (!in) throw Error(dir + "/latest names " + name + " but it has no manifest.json");
-  nlohmann::json manifest;
-  try {
-    manifest = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(path + "/manifest.json: invalid JSON: " + e.what());
-  }
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json manifest = parse_manifest(text.str(), file, dir, path);
   manifest["path"] = path;
   return manifest;
+}
+
+nlohmann::json parse_manifest(const std::string& text, const std::string& file,
+                              const std::string& dir, const std::string& step_dir) {
+  nlohmann::json manifest;
+  try {
+    manifest = nlohmann::json::parse(text);
+    if (!manifest.is_object()) throw Error(file + ": not a checkpoint manifest (a JSON object)");
+    if (manifest.value("format", "") != kFormat)
+      throw Error(file + ": format " + manifest.value("format", std::string("(none)")) +
+                  ", this saescale reads " + kFormat);
+    if (manifest.at("crc32").get<uint32_t>() != manifest_crc(manifest))
+      throw Error(file +
+                  ": its content does not match its CRC-32 (edited or corrupt): the "
+                  "checkpoint cannot be resumed");
+    if (checkpoint_step_dir(dir, manifest.at("step").get<int64_t>()) != step_dir)
+      throw Error(file + ": says step " + manifest.at("step").dump() + " but lies in " + step_dir);
+    if (!manifest.at("files").is_array() ||
+        manifest.at("files").size() != manifest.at("ranks").get<size_t>())
+      throw Error(file + ": does not list one rank file per rank (" + manifest.at("ranks").dump() +
+                  " ranks)");
+    for (size_t r = 0; r < manifest.at("files").size(); ++r) {  // as manifest_record reads them
+      const auto& f = manifest.at("files")[r];
+      if (f.at("rank").get<size_t>() != r || !f.at("bytes").is_number_unsigned() ||
+          !f.at("crc32").is_number_unsigned() || f.at("crc32").get<uint64_t>() > 0xffffffffull)
+        throw Error(file + ": rank file entry " + std::to_string(r) + " is malformed");
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(file + ": invalid manifest: " + e.what());
+  }
+  return manifest;
+}
+
+RankFileRecord manifest_record(const nlohmann::json& manifest, int rank) {
+  const auto& files = manifest.at("files");
+  if (rank < 0 || static_cast<size_t>(rank) >= files.size() || files[rank].at("rank") != rank)
+    throw Error(manifest.value("path", std::string("the checkpoint")) +
+                "/manifest.json: no record of rank " + std::to_string(rank) + "'s file");
+  return {files[rank].at("bytes").get<uint64_t>(), files[rank].at("crc32").get<uint32_t>()};
 }
 
 }  // namespace saescale::io

@@ -1,5 +1,7 @@
 // Read-only memory map of a whole file, so the .npy / .safetensors parsers can validate and
-// convert straight from the page cache without an extra copy.
+// convert straight from the page cache without an extra copy. Reads during training go through
+// read() instead: a file truncated under a mapping kills the process with SIGBUS, while pread
+// returns short and becomes an error naming the file.
 #pragma once
 #include <cstddef>
 #include <string>
@@ -18,15 +20,18 @@ class MappedFile {
   MappedFile& operator=(MappedFile&& other) noexcept;
 
   const unsigned char* data() const { return data_; }
+  // Copies [offset, offset + bytes) into `out`; throws if the file no longer holds them.
+  void read(size_t offset, size_t bytes, void* out) const;
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 
  private:
-  void unmap() noexcept;
+  void release() noexcept;
 
   std::string path_;
   const unsigned char* data_ = nullptr;
   size_t size_ = 0;
+  int fd_ = -1;
 };
 
 }  // namespace saescale::io

@@ -12,6 +12,7 @@
 #include "device.hpp"
 #include "error.hpp"
 #include "io/atomic_write.hpp"
+#include "io/outputs.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/gemm_cublas.hpp"
 
@@ -78,17 +79,18 @@ nlohmann::json run_context(int ranks, int dp, int lp) {
           {"date", date}};
 }
 
-void check_output_path(const std::string& path, bool force) {
+void check_output_path(const std::string& path, bool replaceable,
+                       const std::vector<std::string>& inputs) {
   if (path.empty()) return;
-  if (std::filesystem::exists(path) && !force)
-    throw Error(path + " already exists (use --force to overwrite)");
-  const auto dir = std::filesystem::path(path).parent_path();
-  if (!dir.empty() && !std::filesystem::is_directory(dir))
-    throw Error(path + ": directory " + dir.string() + " does not exist");
+  io::Outputs outputs;
+  outputs.results = path;
+  outputs.results_replaceable = replaceable;
+  outputs.inputs = inputs;
+  io::check_outputs(outputs);
 }
 
-void write_results(const std::string& path, const nlohmann::json& results) {
-  io::write_text_atomic(path, results.dump(2) + "\n");
+void write_results(const std::string& path, const nlohmann::json& results, bool replace) {
+  io::write_text_atomic(path, results.dump(2) + "\n", replace ? io::Replace::yes : io::Replace::no);
 }
 
 }  // namespace saescale

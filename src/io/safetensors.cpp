@@ -132,11 +132,22 @@ SafetensorsInfo parse_safetensors(const unsigned char* data, size_t size, const 
                 std::to_string(size) + " bytes, limit " + std::to_string(kMaxHeaderLen) + ")");
   }
   nlohmann::json header;
+  std::set<std::string> keys;
+  std::string duplicate;  // a top-level key given twice (JSON parsers keep the last silently)
   try {
-    header = nlohmann::json::parse(data + 8, data + 8 + n);
+    header = nlohmann::json::parse(
+        data + 8, data + 8 + n,
+        [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+          if (event == nlohmann::json::parse_event_t::key && depth == 1 && duplicate.empty() &&
+              !keys.insert(parsed.get<std::string>()).second)
+            duplicate = parsed.get<std::string>();
+          return true;
+        });
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + ": safetensors header is not valid JSON: " + one_line(e.what()));
   }
+  if (!duplicate.empty())
+    throw Error(path + ": safetensors header names " + io::quoted(duplicate) + " twice");
   if (!header.is_object()) throw Error(path + ": safetensors header is not a JSON object");
 
   SafetensorsInfo info;
@@ -205,6 +216,10 @@ SafetensorsInfo parse_safetensors(const unsigned char* data, size_t size, const 
   std::sort(info.tensors.begin(), info.tensors.end(), [](const TensorInfo& x, const TensorInfo& y) {
     return x.begin != y.begin ? x.begin < y.begin : x.name < y.name;
   });
+  for (size_t i = 1; i < info.tensors.size(); ++i)
+    if (info.tensors[i].begin < info.tensors[i - 1].end)
+      throw Error(path + ": tensors " + io::quoted(info.tensors[i - 1].name) + " and " +
+                  io::quoted(info.tensors[i].name) + " overlap in the data section");
   return info;
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerates the fuzz seed corpus (tests/fuzz/corpus/{npy,safetensors,config}/) and the
+"""Regenerates the fuzz seed corpus (tests/fuzz/corpus/{npy,safetensors,config,checkpoint,
+manifest}/) and the
 dictionaries (tests/fuzz/*.dict). Python 3 standard library only; deterministic output.
 
     python3 tests/fuzz/make_corpus.py
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import struct
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
@@ -302,17 +304,69 @@ def make_dicts():
     write_dict("config.dict", tokens)
 
 
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def rank_file(rank=1, step=7, grid=(2, 1), sections=None, corrupt=None):
+    """A saescale checkpoint rank file (src/io/checkpoint.hpp): magic, header length, JSON header
+    with identity and CRC-32 per section, sections."""
+    sections = sections if sections is not None else [("adam_v", f4(4)), ("params", f4(6))]
+    header = {"identity": {"rank": rank, "step": step, "grid": {"dp": grid[0], "lp": grid[1]}},
+              "sections": [], "state": {"next_step": step}}
+    offset = 0
+    for name, data in sections:
+        header["sections"].append({"name": name, "offset": offset, "bytes": len(data),
+                                   "crc32": zlib.crc32(data) if corrupt != name else 0})
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return b"SAESCKPT" + struct.pack("<Q", len(text)) + text + b"".join(d for _, d in sections)
+
+
+def make_checkpoint():
+    good = rank_file()
+    write("checkpoint", "good.bin", good)
+    write("checkpoint", "no_sections.bin", rank_file(sections=[]))
+    write("checkpoint", "bad_crc.bin", rank_file(corrupt="params"))
+    write("checkpoint", "other_rank.bin", rank_file(rank=0))
+    write("checkpoint", "truncated.bin", good[:-3])
+    write("checkpoint", "bad_magic.bin", b"SAESCKPX" + good[8:])
+
+
+def manifest(step=10, ranks=2, edit=None):
+    """A checkpoint manifest whose crc32 is over its compact, key-sorted dump (nlohmann's)."""
+    m = {"format": "saescale.checkpoint/2", "step": step, "ranks": ranks,
+         "grid": {"dp": ranks, "lp": 1}, "options": {"variant": "topk", "k": 32},
+         "resolved": {"lr": 0.0001},
+         "files": [{"rank": r, "file": "rank-%05d.bin" % r, "bytes": 1000 + r, "crc32": 12345 + r}
+                   for r in range(ranks)]}
+    m["crc32"] = zlib.crc32(json.dumps(m, sort_keys=True, separators=(",", ":"),
+                                       ensure_ascii=False).encode())
+    if edit:
+        m.update(edit)
+    return json.dumps(m, indent=2)
+
+
+def make_manifest():
+    write("manifest", "good.json", manifest())
+    write("manifest", "one_rank.json", manifest(ranks=1))
+    write("manifest", "edited_step.json", manifest(edit={"step": 5}))
+    write("manifest", "wrong_step.json", manifest(step=20))
+    write("manifest", "not_json.json", manifest()[:40])
+
+
 def main():
-    for kind in ("npy", "safetensors", "config"):
+    for kind in ("npy", "safetensors", "config", "checkpoint", "manifest"):
         path = os.path.join(CORPUS, kind)
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path)
     make_npy()
     make_safetensors()
     make_config()
+    make_checkpoint()
+    make_manifest()
     make_dicts()
     total = sum(len(files) for _, _, files in os.walk(CORPUS))
-    assert total < 40, total
+    assert total < 60, total
     print("make_corpus.py: %d seed files under %s" % (total, os.path.relpath(CORPUS)))
 
 

@@ -7,7 +7,7 @@
 #
 #   FUZZ_SECONDS  seconds per target (default 20)
 #   FUZZ_BUILD    build and work directory (default <repo>/build-fuzz)
-#   FUZZ_TARGETS  which targets (default "npy safetensors config")
+#   FUZZ_TARGETS  which targets (default "npy safetensors config checkpoint manifest")
 #   FUZZ_JOBS     parallel build jobs (default 2)
 #   FUZZ_CXX      the clang++ to use (default clang++)
 #   FUZZ_CMAKE_ARGS  extra configure arguments, e.g. -DFUZZ_TOML_HEADER_ONLY=ON (see CMakeLists.txt)
@@ -20,7 +20,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 build=${FUZZ_BUILD:-$root/build-fuzz}
 seconds=${FUZZ_SECONDS:-20}
-targets=${FUZZ_TARGETS:-npy safetensors config}
+targets=${FUZZ_TARGETS:-npy safetensors config checkpoint manifest}
 jobs=${FUZZ_JOBS:-2}
 cxx=${FUZZ_CXX:-clang++}
 

@@ -12,6 +12,7 @@
 // cannot go stale).
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -53,9 +54,13 @@ std::string quote(const std::string& s) {
   return q + "'";
 }
 
-ts::Result saescale_in(const fs::path& cwd, const fs::path& capture, const std::string& args) {
+// Every command runs under `timeout`: a case that hangs (a FIFO given as data, say) fails with
+// exit 124 instead of stopping the suite.
+ts::Result saescale_in(const fs::path& cwd, const fs::path& capture, const std::string& args,
+                       const std::string& prefix = "") {
   fs::create_directories(capture);
-  return ts::run("cd " + quote(cwd.string()) + " && " + ts::saescale() + " " + args,
+  return ts::run("cd " + quote(cwd.string()) + " && timeout -s KILL 120 " + prefix +
+                     ts::saescale() + " " + args,
                  capture.string());
 }
 
@@ -187,6 +192,29 @@ void host_build_only(const fs::path& dir) {
     GTEST_SKIP() << "not a host build (gemm_backend " << backend << ")";
 }
 
+Setup fifo(const std::string& name) {
+  return [=](const fs::path& dir) {
+    fs::create_directories(dir);
+    ASSERT_EQ(::mkfifo((dir / name).c_str(), 0644), 0) << "mkfifo " << name;
+  };
+}
+Setup symlink(const std::string& name, const std::string& target) {
+  return [=](const fs::path& dir) { fs::create_symlink(target, dir / name); };
+}
+
+// A directory the command sees read-only: a read-only bind mount in a private mount namespace
+// (root: chmod does not stop it). Skipped where mount namespaces are not allowed.
+const std::string kReadOnly =
+    "unshare -m sh -c 'mount --bind ro ro && mount -o remount,bind,ro ro && exec \"$0\" \"$@\"' ";
+void read_only_dir(const fs::path& dir) {
+  fs::create_directories(dir / "ro");
+  const int rc = std::system(
+      ("cd " + quote(dir.string()) + " && " + kReadOnly + "true >/dev/null 2>&1").c_str());
+  if (rc != 0)
+    GTEST_SKIP() << "no private mount namespaces here (unshare -m): cannot make a "
+                    "read-only directory for root";
+}
+
 // chmod 000 does not stop root (the tests usually run as root): then the case is skipped, saying
 // so; `data_path_through_a_file` covers an unopenable path either way.
 void unreadable_npy(const fs::path& dir) {
@@ -208,6 +236,7 @@ struct Case {
   Setup setup;       // builds the case's input files (or nullptr)
   std::string args;  // {dir} = the case's scratch directory, {tiny} = a tiny run, {outputs} below
   std::vector<std::string> needles;  // each must appear in the error line
+  std::string prefix = "";           // what the command runs under (e.g. a read-only mount)
 };
 
 // gtest prints a failing row by its name (not as bytes).
@@ -555,7 +584,7 @@ const std::vector<Case> kCases = {
      nullptr,
      "train --d-model 8 {tiny} --out {dir}/no_such_dir/results.json --save-weights {dir}/weights",
      {"no_such_dir"}},
-    // Fails after training, when the weights are saved: no results file may appear either.
+    // Refused before training (a path through a file): no results file may appear either.
     {"save_weights_under_a_file",
      text("blocker", "a file, not a directory\n"),
      "train --d-model 8 {tiny} --out {dir}/results.json --save-weights {dir}/blocker/weights",
@@ -588,6 +617,198 @@ const std::vector<Case> kCases = {
      "gen-data --d-model 8 --tokens 100 --out-dir {dir}/blocker/generated",
      {"blocker/generated"}},
     {"plan_without_d_model", nullptr, "plan --width 32 --out {dir}/results.json", {"--d-model"}},
+
+    // --- values refused when parsed (issue 15): each names the option ------------------------
+    {"lr_infinite", nullptr, "train --d-model 8 {tiny} --lr inf {outputs}", {"--lr", "finite"}},
+    {"lr_beyond_float", nullptr, "train --d-model 8 {tiny} --lr 1e39 {outputs}", {"--lr", "1e39"}},
+    {"sparsity_coeff_nan",
+     nullptr,
+     "train --d-model 8 {tiny} --sparsity-coeff nan {outputs}",
+     {"--sparsity-coeff", "finite"}},
+    {"sparsity_coeff_infinite",
+     nullptr,
+     "train --d-model 8 {tiny} --sparsity-coeff inf {outputs}",
+     {"--sparsity-coeff"}},
+    {"adam_eps_negative",
+     nullptr,
+     "train --d-model 8 {tiny} --adam-eps -1 {outputs}",
+     {"--adam-eps", "positive"}},
+    {"clip_norm_nan",
+     nullptr,
+     "train --d-model 8 {tiny} --clip-norm nan {outputs}",
+     {"--clip-norm"}},
+    {"seed_negative", nullptr, "train --d-model 8 {tiny} --seed -5 {outputs}", {"--seed", "-5"}},
+    {"checkpoint_every_beyond_any_run",
+     nullptr,
+     "train --d-model 8 {tiny} --checkpoint-dir {dir}/ckpt --checkpoint-every 1e23 {outputs}",
+     {"--checkpoint-every", "1e23"}},
+    {"checkpoint_every_without_directory",
+     nullptr,
+     "train --d-model 8 {tiny} --checkpoint-every 5 {outputs}",
+     {"--checkpoint-every", "--checkpoint-dir"}},
+    {"sparse_crossover_without_auto",
+     nullptr,
+     "train --d-model 8 {tiny} --sparse-crossover 4 {outputs}",
+     {"--sparse-crossover", "--sparse auto"}},
+    {"toml_sets_an_option_twice",
+     text("run.toml", "d-model = 8\nd_model = 8\n"),
+     "train --config {dir}/run.toml {tiny} {outputs}",
+     {"run.toml", "d-model", "d_model"}},
+    {"toml_float_for_an_integer_option",
+     text("run.toml", "steps = 2.5\n"),
+     "train --config {dir}/run.toml --d-model 8 --width 32 --batch-size 64 {outputs}",
+     {"run.toml", "steps"}},
+    {"toml_float_equal_to_an_integer",
+     text("run.toml", "width = 3.2e1\n"),
+     "train --config {dir}/run.toml --d-model 8 --batch-size 64 --steps 2 {outputs}",
+     {"run.toml", "width", "whole number"}},
+    {"config_is_a_fifo",
+     fifo("run.toml"),
+     "train --config {dir}/run.toml --d-model 8 {tiny} {outputs}",
+     {"run.toml", "regular file"}},
+
+    // --- sizes that would overflow, and memory that is not there --------------------------------
+    {"batch_size_overflows",
+     nullptr,
+     "train --d-model 8 {tiny} --batch-size 4611686018427387904 {outputs}",
+     {"--batch-size", "too large"}},
+    {"d_model_overflows",
+     nullptr,
+     "train --d-model 4611686018427387904 {tiny} {outputs}",
+     {"too large"}},
+    {"plan_size_overflows",
+     nullptr,
+     "plan --d-model 4611686018427387904 --width 32 --out {dir}/results.json",
+     {"--d-model", "too large"}},
+    {"gen_data_tokens_overflow",
+     nullptr,
+     "gen-data --d-model 8 --tokens 9223372036854775807 --out-dir {dir}/generated",
+     {"--tokens", "too large"}},
+    {"eval_tokens_beyond_host_memory",
+     nullptr,
+     "train --d-model 1024 --width 32 --batch-size 64 --steps 2 --eval-tokens 1000000000000"
+     " --no-gemm-floor {outputs}",
+     {"host memory", "--eval-tokens"}},
+    {"synthetic_features_beyond_host_memory",
+     nullptr,
+     "train --d-model 1024 {tiny} --data synthetic:features=1000000000000,l0=8 {outputs}",
+     {"host memory", "features"}},
+    {"synthetic_features_not_a_whole_number",
+     nullptr,
+     "train --d-model 8 {tiny} --data synthetic:features=1e30 {outputs}",
+     {"features", "whole number"}},
+
+    // --- files that are not what they claim ---------------------------------------------------
+    {"data_is_a_fifo",
+     fifo("x.npy"),
+     "train --data {dir}/x.npy {tiny} {outputs}",
+     {"x.npy", "FIFO"}},
+    {"data_held_out_rows_not_finite",
+     file("x.npy",
+          [] {
+            auto v = random_floats(200 * 8, "x.npy");
+            v[190 * 8 + 5] = std::nanf("");  // in the held-out fifth only
+            return npy_image("<f4", "(200, 8)", false, bytes_of(v));
+          }),
+     "train --data {dir}/x.npy {tiny} {outputs}",
+     {"x.npy", "held-out", "row 190"}},
+    {"grad_data_not_finite",
+     file("x.npy",
+          [] {
+            auto v = random_floats(40 * 8, "x.npy");
+            v[17 * 8 + 2] = INFINITY;
+            return npy_image("<f4", "(40, 8)", false, bytes_of(v));
+          }),
+     "grad --variant relu --width 16 --data {dir}/x.npy --out {dir}/grad.safetensors",
+     {"x.npy", "row 17"}},
+    {"eval_weights_not_finite",
+     all({weights("relu", "init_relu"), npy("x.npy", 200, 8),
+          [](const fs::path& dir) {
+            // W_enc is the first tensor: poison its first value in place.
+            const fs::path f = dir / "init_relu" / "sae_weights.safetensors";
+            std::string image = ts::slurp(f.string());
+            uint64_t n = 0;
+            std::memcpy(&n, image.data(), 8);
+            const auto header = nlohmann::json::parse(image.substr(8, n));
+            const size_t at = 8 + n + header["W_enc"]["data_offsets"][0].get<size_t>();
+            const float nan = std::nanf("");
+            std::memcpy(&image[at], &nan, 4);
+            write_bytes(f, image);
+          }}),
+     "eval --init {dir}/init_relu --data {dir}/x.npy --out {dir}/results.json",
+     {"sae_weights.safetensors", "W_enc", "non-finite"}},
+    {"safetensors_duplicate_key",
+     file("x.safetensors",
+          [] {
+            const std::string data = bytes_of(random_floats(200 * 8, "x.safetensors"));
+            std::string header = tensor_header("activations", "F32", 200, 8, data.size());
+            header.pop_back();  // ... } -> ..., "activations": {...} }
+            header +=
+                ",\"activations\":{\"dtype\":\"F32\",\"shape\":[200,8],"
+                "\"data_offsets\":[0," +
+                std::to_string(data.size()) + "]}}";
+            return safetensors_image(header, data);
+          }),
+     "train --data {dir}/x.safetensors {tiny} {outputs}",
+     {"x.safetensors", "twice"}},
+    {"safetensors_overlapping_tensors",
+     file("x.safetensors",
+          [] {
+            const std::string data = bytes_of(random_floats(200 * 8, "x.safetensors"));
+            const nlohmann::json header = {
+                {"activations",
+                 {{"dtype", "F32"}, {"shape", {100, 8}}, {"data_offsets", {0, 3200}}}},
+                {"other", {{"dtype", "F32"}, {"shape", {100, 8}}, {"data_offsets", {1600, 4800}}}}};
+            return safetensors_image(header.dump(), data);
+          }),
+     "train --data {dir}/x.safetensors {tiny} {outputs}",
+     {"x.safetensors", "overlap"}},
+
+    // --- outputs: checked before anything is read or trained ----------------------------------
+    {"out_is_a_directory",
+     directory("results.json"),
+     "train --d-model 8 {tiny} {outputs}",
+     {"results.json", "directory"}},
+    {"out_is_a_special_file_even_with_force",
+     symlink("results.json", "/dev/null"),
+     "train --d-model 8 {tiny} {outputs} --force",
+     {"results.json", "regular file"}},
+    {"out_is_the_training_data_even_with_force",
+     npy("x.npy"),
+     "train --data {dir}/x.npy {tiny} --out {dir}/x.npy --force",
+     {"x.npy", "input"}},
+    {"save_weights_over_the_init_weights",
+     weights("relu", "init_relu"),
+     "train --variant relu --d-model 8 {tiny} --init {dir}/init_relu --save-weights"
+     " {dir}/init_relu --out {dir}/results.json --force",
+     {"init_relu", "input"}},
+    {"save_weights_exist_without_force",
+     weights("relu", "old_weights"),
+     "train --d-model 8 {tiny} --out {dir}/results.json --save-weights {dir}/old_weights",
+     {"old_weights", "--force"}},
+    {"save_weights_is_a_file",
+     text("weights", "a file\n"),
+     "train --d-model 8 {tiny} {outputs}",
+     {"--save-weights", "not a directory"}},
+    {"checkpoint_dir_is_a_file",
+     text("ckpt", "a file\n"),
+     "train --d-model 8 {tiny} --checkpoint-dir {dir}/ckpt {outputs}",
+     {"--checkpoint-dir", "not a directory"}},
+    {"out_in_a_read_only_directory",
+     read_only_dir,
+     "train --d-model 8 {tiny} --out {dir}/ro/results.json",
+     {"ro", "Read-only"},
+     kReadOnly},
+    {"save_weights_in_a_read_only_directory",
+     read_only_dir,
+     "train --d-model 8 {tiny} --out {dir}/results.json --save-weights {dir}/ro/weights",
+     {"--save-weights", "Read-only"},
+     kReadOnly},
+    {"checkpoint_dir_in_a_read_only_directory",
+     read_only_dir,
+     "train --d-model 8 {tiny} --out {dir}/results.json --checkpoint-dir {dir}/ro/ckpt",
+     {"--checkpoint-dir", "Read-only"},
+     kReadOnly},
 };
 
 // Cases that do not meet the contract yet, and why (see the report in the commit that added this
@@ -604,8 +825,12 @@ std::map<std::string, std::string> snapshot(const fs::path& dir) {
   std::map<std::string, std::string> files;
   for (const auto& e : fs::recursive_directory_iterator(dir)) {
     const std::string rel = fs::relative(e.path(), dir).string();
-    if (e.is_directory()) {
+    if (e.is_symlink()) {
+      files[rel] = "<link to " + fs::read_symlink(e.path()).string() + ">";
+    } else if (e.is_directory()) {
       files[rel] = "<dir>";
+    } else if (!e.is_regular_file()) {
+      files[rel] = "<special file>";  // a FIFO: reading it would wait for a writer
     } else {
       std::ifstream in(e.path(), std::ios::binary);
       std::stringstream s;
@@ -680,7 +905,7 @@ TEST_P(BadInput, FailsWithOneLineAndNoOutput) {
 
   const auto before = snapshot(dir);
   const std::string args = substitute(c.args, dir);
-  const ts::Result r = saescale_in(dir, base / "capture", args);
+  const ts::Result r = saescale_in(dir, base / "capture", args, c.prefix);
   const auto found = violations(c, dir, r, before, snapshot(dir));
 
   std::string report = "saescale " + args + "\n  exit " + std::to_string(r.code) +

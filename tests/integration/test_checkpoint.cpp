@@ -6,8 +6,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <thread>
 
 #include "io/checkpoint.hpp"
@@ -45,7 +48,9 @@ class Checkpoint : public ::testing::Test {
     std::vector<std::vector<char>> out;
     for (int r = 0; r < manifest->at("ranks").get<int>(); ++r) {
       const saescale::io::CheckpointReader reader(
-          saescale::io::checkpoint_rank_file(manifest->at("path"), r));
+          saescale::io::checkpoint_rank_file(manifest->at("path"), r),
+          {r, manifest->at("step").get<int64_t>(), manifest->at("grid")},
+          saescale::io::manifest_record(*manifest, r));
       for (const char* name : {"params", "adam_m", "adam_v", "tokens_since_fired", "dead"}) {
         std::vector<char> bytes(reader.size(name));
         reader.read(name, bytes.data(), bytes.size());
@@ -173,6 +178,87 @@ TEST_F(Checkpoint, AKillWhileWritingKeepsThePreviousCheckpoint) {
   ASSERT_EQ(resumed.code, 0) << resumed.err;
   EXPECT_NE(resumed.out.find("at step 5"), std::string::npos) << resumed.out;
   expect_same_run("straight", "resumed");
+}
+
+// A checkpoint that is not what was written is refused with one line naming the file: a bit
+// flipped in each section of a rank file, rank files swapped between ranks, an edited manifest.
+// The run is then resumed from the intact copy, so what was refused was the damage alone.
+TEST_F(Checkpoint, DamagedCheckpointsAreRefusedNamingTheFile) {
+  const std::string base = kRun + "--variant topk --lp 2 ";
+  ASSERT_EQ(saescale(run_args("run", base + "--test-preempt-step 9 --test-fail-rank 1"), 2).code,
+            3);
+  const std::string ckpt = dir_ + "/run/ckpt", step = ckpt + "/step-000000010";
+  const std::string pristine = dir_ + "/pristine";
+  fs::copy(ckpt, pristine, fs::copy_options::recursive);
+  const auto restore = [&] {
+    fs::remove_all(ckpt);
+    fs::copy(pristine, ckpt, fs::copy_options::recursive);
+  };
+  const auto refused = [&](const std::string& file, const std::string& what) {
+    const auto r = saescale(run_args("run", base + "--resume"), 2);
+    EXPECT_EQ(r.code, 1) << what;
+    EXPECT_NE(r.err.find(file), std::string::npos) << what << ": " << r.err;
+    EXPECT_EQ(r.err.find("saescale: error: "), 0u) << what << ": " << r.err;
+    restore();
+  };
+  // Each section of rank 1's file: the header says where the sections lie.
+  const std::string rank1 = step + "/rank-00001.bin";
+  const std::string image = ts::slurp(rank1);
+  uint64_t length = 0;
+  std::memcpy(&length, image.data() + 8, 8);
+  const auto header = nlohmann::json::parse(image.substr(16, length));
+  std::mt19937_64 rng(ts::test_seed());
+  for (const auto& section : header["sections"]) {
+    const uint64_t bytes = section["bytes"];
+    if (bytes == 0) continue;
+    const size_t at = 16 + length + section["offset"].get<size_t>() + rng() % bytes;
+    std::string bad = image;
+    bad[at] = static_cast<char>(bad[at] ^ (1 << (rng() % 8)));
+    std::ofstream(rank1, std::ios::binary | std::ios::trunc) << bad;
+    refused("rank-00001.bin", "a bit flipped in " + section["name"].get<std::string>());
+  }
+  // Rank files swapped.
+  fs::rename(step + "/rank-00000.bin", step + "/tmp.bin");
+  fs::rename(step + "/rank-00001.bin", step + "/rank-00000.bin");
+  fs::rename(step + "/tmp.bin", step + "/rank-00001.bin");
+  refused("rank-0000", "swapped rank files");
+  // The manifest's step and rank count, edited.
+  for (const auto& [key, value] : {std::pair<std::string, int>{"step", 5}, {"ranks", 1}}) {
+    auto manifest = nlohmann::json::parse(ts::slurp(step + "/manifest.json"));
+    manifest[key] = value;
+    std::ofstream(step + "/manifest.json", std::ios::trunc) << manifest.dump(2);
+    refused("manifest.json", "the manifest's " + key + " edited");
+  }
+  const auto resumed = saescale(run_args("run", base + "--resume"), 2);
+  EXPECT_EQ(resumed.code, 0) << "the intact checkpoint resumes: " << resumed.err;
+}
+
+// --resume refuses every option that would change the training's trajectory, naming it, and
+// accepts those that cannot (the README lists them).
+TEST_F(Checkpoint, ResumeRefusesOptionsThatChangeTheRun) {
+  const std::string base = kRun + "--variant topk ";
+  ASSERT_EQ(saescale(run_args("run", base + "--test-preempt-step 9")).code, 3);
+  for (const auto& [option, value] :
+       std::vector<std::pair<std::string, std::string>>{{"--lr", "0.5"},
+                                                        {"--k", "8"},
+                                                        {"--aux-k", "4"},
+                                                        {"--normalize", "none"},
+                                                        {"--norm-tokens", "1000"},
+                                                        {"--eval-tokens", "64"},
+                                                        {"--dead-window-tokens", "300"},
+                                                        {"--precision", "fp32 --sparse on"}}) {
+    const auto r = saescale(run_args("run", base + option + " " + value + " --resume"));
+    EXPECT_EQ(r.code, 1) << option;
+    const std::string named = option == "--precision" ? "--sparse" : option;
+    EXPECT_NE(r.err.find("started with " + named + " = "), std::string::npos) << r.err;
+  }
+  // What may change: where results and weights go, evaluation and measurement settings.
+  const auto r =
+      saescale("train " + base + "--resume --checkpoint-dir " + dir_ + "/run/ckpt --out " + dir_ +
+               "/elsewhere.json --eval-every 5 --target-fvu 0.5 --no-fence --warmup-steps 1 "
+               "--progress-every 3");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("resumed from"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -152,6 +152,31 @@ TEST_F(Cli, SparseAutoFollowsItsCalibration) {
   products("--variant jumprelu --sparse-capacity 2048", "j.json", &crossover);
 }
 
+// The decision itself, with the crossover given instead of measured (--sparse-crossover): rows of
+// at most k = 4 entries run sparse under a crossover of 4.5 and dense under 0.5, every step.
+TEST_F(Cli, SparseAutoFollowsAGivenCrossover) {
+  for (const auto& [crossover, path] :
+       {std::pair<double, const char*>{4.5, "sparse"}, {0.5, "dense"}}) {
+    const std::string name = std::string(path) + ".json";
+    const auto r = saescale(
+        "train --variant topk --k 4 --d-model 64 --width 2048 --batch-size 256 --steps 6 "
+        "--warmup-steps 1 --eval-tokens 256 --no-gemm-floor --sparse auto --sparse-crossover " +
+        std::to_string(crossover) + " --out " + dir_ + "/" + name);
+    ASSERT_EQ(r.code, 0) << r.err;
+    const auto j = nlohmann::json::parse(std::ifstream(dir_ + "/" + name));
+    const auto& sparse = j["timing"]["sparse"];
+    EXPECT_TRUE(sparse["calibration"]["given"].get<bool>());
+    EXPECT_EQ(sparse["calibration"]["crossover_entries_per_row"].get<double>(), crossover);
+    EXPECT_TRUE(sparse["calibration"]["dense_products_s"].is_null());
+    for (const auto& [product, c] : sparse["products"].items()) {
+      const int other = c[std::string(path) == "sparse" ? "dense" : "sparse"].get<int>();
+      EXPECT_GE(c[path].get<int>(), 6) << product << " at crossover " << crossover;
+      EXPECT_EQ(other, 0) << product << " at crossover " << crossover;
+    }
+    ts::expect_valid_results(dir_ + "/" + name);
+  }
+}
+
 // The plan's JSON breaks every communication phase into its collectives (what a latency-bandwidth
 // projection needs) and gives the work model on one rank's shapes; the pieces add up to the totals.
 TEST_F(Cli, PlanJsonCollectivesAddUp) {

@@ -17,6 +17,7 @@
 
 #include "error.hpp"
 #include "io/atomic_write.hpp"
+#include "io/checkpoint.hpp"
 #include "io/dtype.hpp"
 #include "io/mapped_file.hpp"
 #include "io/npy.hpp"
@@ -507,6 +508,59 @@ TEST_F(IoTest, AtomicWriteLeavesNothingOnFailure) {
 
   const std::string nodir = path("no/such/dir.txt");
   expect_error([&] { write_text_atomic(nodir, "x"); }, nodir, "cannot create");
+}
+
+// A rank file's sections carry CRC-32s and its header its rank, step and grid: any bit flipped in
+// a section, and a file read as another rank's or another step's, are refused naming the file
+// (and the section); the whole-file record the manifest keeps catches the rest.
+TEST_F(IoTest, CheckpointRankFilesAreChecked) {
+  const nlohmann::json grid = {{"dp", 2}, {"lp", 1}};
+  CheckpointWriter w;
+  const std::vector<float> params = random_floats(257), moment = random_floats(64), none;
+  w.add("params", params.data(), params.size() * 4);
+  w.add("adam_v", moment.data(), moment.size() * 4);
+  w.add("adam_m", none.data(), 0);  // an empty section (Adam with beta1 = 0) between them
+  w.state() = {{"next_step", 7}};
+  const std::string file = path("rank-00001.bin");
+  const RankFileRecord record = w.write(file, {1, 7, grid});
+  EXPECT_EQ(record.bytes, fs::file_size(file));
+  const std::string good = read_bytes(file);
+  EXPECT_EQ(record.crc32, crc32(good.data(), good.size()));
+
+  CheckpointReader ok(file, {1, 7, grid}, record);
+  std::vector<float> back(params.size());
+  ok.read("params", back.data(), back.size() * 4);
+  EXPECT_EQ(back, params);
+  EXPECT_EQ(ok.state()["next_step"], 7);
+
+  expect_error([&] { CheckpointReader(file, {0, 7, grid}, std::nullopt); }, file, "rank 1");
+  expect_error([&] { CheckpointReader(file, {1, 8, grid}, std::nullopt); }, file, "step 7");
+  expect_error(
+      [&] {
+        CheckpointReader(file, {1, 7, {{"dp", 1}, {"lp", 2}}}, std::nullopt);
+      },
+      file, "grid");
+  // One bit of each section, at a random place in it: its CRC-32 fails.
+  const size_t data = good.size() - (params.size() + moment.size()) * 4;  // sections are last
+  std::uniform_int_distribution<size_t> in_moment(0, moment.size() * 4 - 1),
+      in_params(0, params.size() * 4 - 1);
+  for (const auto& [section, at] :
+       {std::pair<std::string, size_t>{"adam_v", data + in_moment(rng_)},  // sorted by name
+        {"params", data + moment.size() * 4 + in_params(rng_)}}) {
+    std::string bad = good;
+    bad[at] = static_cast<char>(bad[at] ^ (1 << (at % 8)));
+    write_bytes(file, bad);
+    expect_error(
+        [&] {
+          CheckpointReader(file, {1, 7, grid}, std::nullopt);
+        },
+        file, "section '" + section + "' fails its CRC-32");
+    expect_error(
+        [&] {
+          CheckpointReader(file, {1, 7, grid}, record);
+        },
+        file, "not the one the manifest lists");
+  }
 }
 
 }  // namespace
