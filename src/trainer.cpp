@@ -115,12 +115,15 @@ namespace {
 // MemAvailable shared by the ranks on the node. -1 when unknown.
 int64_t available_bytes(const comm::Communicator& comm) {
   if (const auto gpu = device::memory()) return gpu->free_bytes;
+  // The node's share, and no more than this process's limits (ulimit -v, -d) leave it.
   std::ifstream meminfo("/proc/meminfo");
   std::string key;
   int64_t kib = -1;
   while (meminfo >> key && key != "MemAvailable:") meminfo.ignore(256, '\n');
-  if (!(meminfo >> kib)) return -1;
-  return kib * 1024 / std::max(1, comm.grid().local_size());
+  const int64_t own = host_available_bytes();
+  if (!(meminfo >> kib)) return own;
+  const int64_t share = kib * 1024 / std::max(1, comm.grid().local_size());
+  return own < 0 ? share : std::min(share, own);
 }
 
 int64_t planned_bytes(const Config& cfg, int64_t d, int dp, int lp, bool first_moment,

@@ -693,6 +693,12 @@ const std::vector<Case> kCases = {
      nullptr,
      "train --d-model 1024 {tiny} --data synthetic:features=1000000000000,l0=8 {outputs}",
      {"host memory", "features"}},
+    // The device plan (4 GiB here) against a host build's memory, capped by `ulimit -v`.
+    {"memory_beyond_ulimit_v",
+     host_build_only,
+     "train --d-model 512 --width 65536 --batch-size 4096 --steps 2 --no-gemm-floor {outputs}",
+     {"GiB per rank", "is available", "--lp"},
+     "sh -c 'ulimit -v 2500000 && exec \"$0\" \"$@\"' "},
     {"synthetic_features_not_a_whole_number",
      nullptr,
      "train --d-model 8 {tiny} --data synthetic:features=1e30 {outputs}",

@@ -75,6 +75,18 @@ TEST_F(Cli, VersionPrintsAndSucceeds) {
   EXPECT_EQ(r.err, "");
 }
 
+// Every step a warm-up step: the summary says that no step was timed (not "0 tok/s").
+TEST_F(Cli, NoTimedStepIsSaidSo) {
+  const auto r = saescale(
+      "train --d-model 16 --width 64 --batch-size 64 --steps 3 --warmup-steps 3 --eval-tokens 64 "
+      "--no-gemm-floor --out " +
+      dir_ + "/r.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string done = r.out.substr(r.out.find("done:"));
+  EXPECT_NE(done.find("no step timed (all 3 were --warmup-steps)"), std::string::npos) << r.out;
+  EXPECT_EQ(done.find("tok/s"), std::string::npos) << r.out;
+}
+
 TEST_F(Cli, InfoIsJson) {
   const auto r = saescale("info");
   ASSERT_EQ(r.code, 0);

@@ -132,6 +132,22 @@ TEST_F(Reliability, DataFileTruncatedMidRunFailsTheRunWithAResult) {
   EXPECT_NE(r["reason"].get<std::string>().find("shrank"), std::string::npos) << r["reason"];
 }
 
+// The same on two ranks: the rank that reads the shrunk file and the one that does not stop at
+// the same step, together, with one results file saying why.
+TEST_F(Reliability, DataFileTruncatedMidRunFailsBothRanks) {
+  write_data("x.npy", 4000, 16);
+  Background run(dir_, kLong + "--dp 2 --data x.npy --out r.json",
+                 std::string(SAESCALE_MPIEXEC) + " 2 ");
+  ASSERT_TRUE(run.wait_for_output("step ")) << run.err();
+  fs::resize_file(dir_ + "/x.npy", 4096);
+  EXPECT_EQ(run.wait(), 1) << run.err();
+  EXPECT_NE(run.err().find("the file shrank while it was being read"), std::string::npos)
+      << run.err();
+  const auto r = results("r.json");
+  EXPECT_EQ(r["status"], "failed");
+  EXPECT_NE(r["reason"].get<std::string>().find("shrank"), std::string::npos) << r["reason"];
+}
+
 // A results file that appears while the run goes (another run with the same --out) is not
 // replaced: the run's results are kept beside it and the error says where.
 TEST_F(Reliability, AResultsFileThatAppearsDuringTheRunIsNotReplaced) {
