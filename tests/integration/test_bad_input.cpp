@@ -689,6 +689,11 @@ const std::vector<Case> kCases = {
      "train --d-model 1024 --width 32 --batch-size 64 --steps 2 --eval-tokens 1000000000000"
      " --no-gemm-floor {outputs}",
      {"host memory", "--eval-tokens"}},
+    {"norm_tokens_beyond_host_memory",
+     nullptr,
+     "train --d-model 1024 --width 32 --batch-size 64 --steps 2 --norm-tokens 1000000000000"
+     " --no-gemm-floor {outputs}",
+     {"host memory", "--norm-tokens"}},
     {"synthetic_features_beyond_host_memory",
      nullptr,
      "train --d-model 1024 {tiny} --data synthetic:features=1000000000000,l0=8 {outputs}",
