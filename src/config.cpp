@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "error.hpp"
+#include "variants/traits.hpp"
 
 namespace saescale {
 
@@ -88,7 +89,7 @@ nlohmann::json opt(const std::optional<T>& v) {
 
 void add_model_options(CLI::App& app, Config& c) {
   app.add_option("--variant", c.variant, "SAE variant")
-      ->check(CLI::IsMember({"relu", "jumprelu", "gated", "topk", "batchtopk"}))
+      ->check(CLI::IsMember(variant_names()))
       ->capture_default_str();
   app.add_option("--d-model", c.d_model, "activation dimension d (default: from the data)");
   app.add_option("--width", c.width, "number of latents M")->check(kPositive);
@@ -265,7 +266,7 @@ void add_train_options(CLI::App& app, Config& c) {
 }  // namespace
 
 int64_t Config::sparse_capacity_or_default() const {
-  return sparse_capacity > 0 ? sparse_capacity : variant == "topk" ? k : 32 * k;
+  return sparse_capacity > 0 ? sparse_capacity : variant_traits(variant).default_sparse_capacity(k);
 }
 
 nlohmann::json Config::tags_json() const {

@@ -95,7 +95,7 @@ void Model::allocate(int64_t batch, int64_t global_batch, int64_t row_offset) {
     return Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label));
   };
   buf_.x = Matrix(noinit("saescale::buffers::x"), batch, d_);
-  buf_.x_in = variant_->subtracts_decoder_bias()
+  buf_.x_in = variant_->traits().subtracts_decoder_bias
                   ? Matrix(noinit("saescale::buffers::x_in"), batch, d_)
                   : buf_.x;
   buf_.pi = Matrix(noinit("saescale::buffers::pi"), batch, width_);
@@ -113,7 +113,7 @@ void Model::allocate(int64_t batch, int64_t global_batch, int64_t row_offset) {
 }
 
 void Model::encode(Precision p) {
-  if (variant_->subtracts_decoder_bias())
+  if (variant_->traits().subtracts_decoder_bias)
     kernels::subtract_row("saescale::encode::subtract_b_dec", buf_.x, params_.vector("b_dec"),
                           buf_.x_in);
   gemm(Trans::N, Trans::N, 1, buf_.x_in, params_.matrix("W_enc"), 0, buf_.pi, p);
@@ -343,7 +343,7 @@ void Model::bias_gradients() {
                        g_b_dec, buf_.column_scratch);
   // x_in = x - b_dec: b_dec also reaches the loss through the encoder, g -= W_enc sum_b g_pi
   // (each shard's W_enc columns give part of it).
-  if (variant_->subtracts_decoder_bias()) {
+  if (variant_->traits().subtracts_decoder_bias) {
     gemv(Trans::N, -1, params_.matrix("W_enc"), buf_.g_pi_sum, 1, g_b_dec);
     buf_.comm->allreduce_sum("bias_gradient", comm::Group::lp, g_b_dec);
   }
@@ -482,18 +482,17 @@ void save_weights(const std::string& dir, const Model& model, double norm_scale,
     }
   } cleanup{dir, created};
   // The layout the file has (BatchTopK exports a JumpReLU SAE) decides what cfg.json says.
-  const auto exported_ptr = make_variant(model.variant().exported_variant());
-  const Variant& exported = *exported_ptr;
+  const VariantTraits& exported = variant_traits(model.variant().traits().exported_as);
   const nlohmann::json cfg = {
-      {"architecture", exported.architecture()},
+      {"architecture", exported.architecture},
       {"d_in", model.d()},
       {"d_sae", model.global_width()},
       {"dtype", "float32"},
       {"device", "cpu"},
-      {"apply_b_dec_to_input", exported.subtracts_decoder_bias()},
+      {"apply_b_dec_to_input", exported.subtracts_decoder_bias},
       {"normalize_activations", "none"},  // the scalar is folded into the weights
       {"saescale",
-       {{"variant", exported.name()},
+       {{"variant", exported.name},
         {"trained_as", model.variant().name()},
         {"norm_scale_folded", norm_scale},
         {"hyper_parameters", hyper}}}};

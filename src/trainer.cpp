@@ -143,7 +143,7 @@ void check_memory(const Config& cfg, int64_t d, int64_t features, const comm::Co
   const int dp = comm.size(comm::Group::dp), lp = comm.size(comm::Group::lp);
   const bool first_moment =
       cfg.optimizer == "adam" &&
-      cfg.adam_beta1.value_or(make_variant(cfg.variant)->defaults().adam_beta1) != 0;
+      cfg.adam_beta1.value_or(variant_traits(cfg.variant).defaults.adam_beta1) != 0;
   const int64_t need = planned_bytes(cfg, d, dp, lp, first_moment, features);
   if (need <= available) return;
   const auto gib = [](int64_t b) {
@@ -190,11 +190,12 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
       {cfg.data, cfg.d_model, cfg.seed, cfg.shuffle_buffer, cfg.eval_tokens, cfg.ground_truth});
   const int64_t d = data_->dim();
   if (cfg.width <= 0) throw Error("--width is required and must be positive");
-  if ((cfg.variant == "topk" || cfg.variant == "batchtopk") && cfg.k > cfg.width)
+  const VariantTraits& traits = variant_traits(cfg.variant);
+  if (traits.selects() && cfg.k > cfg.width)
     throw Error("--k " + std::to_string(cfg.k) + " exceeds --width " + std::to_string(cfg.width));
   if (cfg.initial_l0 > 0) {
-    if (cfg.variant == "topk" || cfg.variant == "batchtopk")
-      throw Error("--initial-l0 sets where relu, gated and jumprelu start; " + cfg.variant +
+    if (traits.start == VariantTraits::Start::k)
+      throw Error("--initial-l0 sets where elementwise variants start; " + cfg.variant +
                   " has exactly --k active latents: use --k");
     if (cfg.initial_l0 >= cfg.width)
       throw Error("--initial-l0 " + std::to_string(cfg.initial_l0) + " must be below --width " +
@@ -215,7 +216,7 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
                     "the batch, x d floats)",
                     "lower --norm-tokens or --eval-tokens");
   model_ = std::make_unique<Model>(cfg.variant, d, cfg.width, &comm);
-  hyper_ = resolve_hyper(cfg, model_->variant().defaults());
+  hyper_ = resolve_hyper(cfg, model_->variant().traits().defaults);
 
   // Every rank reads the same head rows, so all agree on the scalar and on b_dec's start.
   const int64_t n_norm =
@@ -231,7 +232,7 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
   model_->allocate(local_batch_, cfg.batch_size, comm.rank(comm::Group::dp) * local_batch_);
   if (cfg.sparse != "off") model_->enable_sparse(cfg.sparse_capacity_or_default());
   model_->initialize(hyper_at(0), cfg.seed);
-  if (model_->variant().b_dec_from_data() && cfg.b_dec_init != "zero") {
+  if (model_->variant().traits().b_dec_from_data && cfg.b_dec_init != "zero") {
     for (auto& v : head) v = static_cast<float>(v * norm_scale_);
     initialize_b_dec(*model_, head, std::min<int64_t>(n_norm, 4096), cfg.b_dec_init);
   }
@@ -301,7 +302,7 @@ void Trainer::start_at_l0(const std::vector<float>& head, int64_t n) {
                 ": fewer latents than that have a positive pre-activation on the first batch; "
                 "give a smaller --initial-l0");
   Hyper h = hyper_at(0);
-  const bool threshold = model_->params().has("log_threshold");
+  const bool threshold = model_->variant().traits().start == VariantTraits::Start::threshold;
   (threshold ? h.threshold_init : h.encoder_bias_init) = threshold ? t : -t;
   model_->initialize_sparsity(h);
   initial_l0_start_ = {{"l0", cfg_.initial_l0},
@@ -313,16 +314,21 @@ void Trainer::start_at_l0(const std::vector<float>& head, int64_t n) {
                 threshold ? t : -t);
 }
 
+Hyper make_hyper(const Config& cfg, const Resolved& r, int64_t width, double sparsity_scale) {
+  Hyper h{
+      r.sparsity_coeff * sparsity_scale, r.bandwidth, r.threshold_init, r.decoder_init_norm, cfg.k,
+      std::min(cfg.aux_k, width)};
+  h.topk_algo = kernels::effective_topk_algo(kernels::parse_topk_algo(cfg.topk_algo));
+  h.batch_scope_global = cfg.batch_scope == "global";
+  h.encoder_bias_init = cfg.encoder_bias_init;
+  return h;
+}
+
 Hyper Trainer::hyper_at(int64_t step) const {
   const double warm = hyper_.sparsity_warmup_steps > 0
                           ? std::min(1.0, double(step + 1) / hyper_.sparsity_warmup_steps)
                           : 1.0;
-  Hyper h{hyper_.sparsity_coeff * warm, hyper_.bandwidth, hyper_.threshold_init,
-          hyper_.decoder_init_norm,     cfg_.k,           std::min(cfg_.aux_k, cfg_.width)};
-  h.topk_algo = topk_algo_;
-  h.batch_scope_global = cfg_.batch_scope == "global";
-  h.encoder_bias_init = cfg_.encoder_bias_init;
-  return h;
+  return make_hyper(cfg_, hyper_, cfg_.width, warm);
 }
 
 double Trainer::lr_at(int64_t step) const {
@@ -420,7 +426,7 @@ void Trainer::step(int64_t step) {
   });
 
   ParamStore& params = m.params();
-  if (m.variant().unit_norm_decoder())
+  if (m.variant().traits().unit_norm_decoder)
     timers_.run("decoder_projection", [&] {
       kernels::project_decoder_gradient(params.matrix("W_dec"), params.grad_matrix("W_dec"));
     });
@@ -446,7 +452,7 @@ void Trainer::step(int64_t step) {
     else
       kernels::sgd_update(params.values(), params.grads(), lr);
   });
-  if (m.variant().unit_norm_decoder())
+  if (m.variant().traits().unit_norm_decoder)
     timers_.run("renormalize", [&] { kernels::renormalize_rows(params.matrix("W_dec")); });
 
   Agreement agreed;

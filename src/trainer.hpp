@@ -25,6 +25,11 @@ namespace saescale {
 
 // Hyper-parameters after the variant's defaults and the run length are applied.
 Resolved resolve_hyper(const Config& cfg, const VariantDefaults& defaults);
+// What the model's pieces take (one for train, grad and eval): the resolved values, k, AuxK's k
+// (at most `width`), the selection algorithm this build runs, the encoder bias to start from;
+// the sparsity coefficient times `sparsity_scale` (its warm-up).
+Hyper make_hyper(const Config& cfg, const Resolved& resolved, int64_t width,
+                 double sparsity_scale = 1);
 
 // The scalar s with E||s x||^2 = 1 (unit-msq), E||s x|| = sqrt(d) (sqrt-d), or 1 (none),
 // estimated from `rows` (host, row-major [n, d]).

@@ -1,6 +1,9 @@
-// The Variant interface: what differs between SAE variants, and nothing else. The GEMMs, the
-// optimiser, schedules, statistics and timing are shared (trainer.cpp). Adding a variant = one
-// file in src/variants/, its kernels in kernels/activations/, one line in variants/registry.cpp.
+// The Variant interface: what a variant computes differently, and nothing else. Its static facts
+// (how it encodes, its decoder constraint, selection, auxiliary loss, defaults, parameters) are
+// its record in variants/registry.cpp (variants/traits.hpp). The GEMMs, the optimiser, schedules,
+// statistics and timing are shared (trainer.cpp). Adding a variant: one file in src/variants/,
+// its kernels in kernels/activations/, its record in variants/registry.cpp and its factory in
+// variants/factory.cpp.
 #pragma once
 #include <memory>
 #include <string>
@@ -13,21 +16,9 @@
 #include "kernels/select/topk.hpp"
 #include "kernels/sparse.hpp"
 #include "params.hpp"
+#include "variants/traits.hpp"
 
 namespace saescale {
-
-// Defaults from sae-variants.md. Warm-ups given as steps are capped at `warmup_cap_frac` of the
-// run for short runs; a fraction-based warm-up (ReLU) is given as *_frac.
-struct VariantDefaults {
-  double lr, adam_beta1, adam_beta2, adam_eps, clip_norm;
-  double sparsity_coeff;
-  int64_t lr_warmup_steps = 0;
-  double lr_decay_frac = 0;
-  int64_t sparsity_warmup_steps = 0;
-  double sparsity_warmup_frac = 0;  // used instead of steps when > 0
-  double decoder_init_norm = 1.0;
-  double warmup_cap_frac = 0.2;
-};
 
 // Buffers of one step, owned by the trainer and shared with the variant.
 struct StepBuffers {
@@ -72,14 +63,12 @@ struct Hyper {
 class Variant {
  public:
   virtual ~Variant() = default;
-  virtual const char* name() const = 0;
-  virtual VariantDefaults defaults() const = 0;
-  // Parameters in SAELens names and shapes (file order).
-  virtual std::vector<ParamSpec> param_specs(int64_t d, int64_t width) const;
+  const VariantTraits& traits() const { return *traits_; }
+  const char* name() const { return traits_->name; }
+  // Parameters in SAELens names and shapes (file order), from the record.
+  std::vector<ParamSpec> param_specs(int64_t d, int64_t width) const;
   // Variant-specific initialisation after the shared one (decoder rows, W_enc = W_dec^T, zeros).
   virtual void initialize(ParamStore&, const Hyper&) const {}
-  virtual bool unit_norm_decoder() const { return true; }
-  virtual bool subtracts_decoder_bias() const { return false; }
   virtual void allocate(int64_t /*batch*/, int64_t /*d*/, int64_t /*width*/) {}
 
   // f from pi (adding the encoder bias), LatentStats filled. Returns the penalty term of the loss
@@ -111,7 +100,7 @@ class Variant {
   // Auxiliary losses (Gated's frozen-decoder reconstruction, TopK's AuxK): the forward runs after
   // the main decode (s.e holds the residual) and returns its loss term; the backward runs after
   // the main backward GEMMs and before `backward`, and may add to the W_dec gradient.
-  virtual bool has_auxiliary_loss() const { return false; }
+  bool has_auxiliary_loss() const { return traits_->auxiliary != VariantTraits::Auxiliary::none; }
   // Whether this step's auxiliary loss sends gradient to entries outside f's rows (TopK's AuxK,
   // while latents are dead; any auxiliary loss on a dense step): the backward then runs dense.
   virtual bool auxiliary_outside_rows() const { return has_auxiliary_loss(); }
@@ -129,21 +118,20 @@ class Variant {
                                                       const std::string& /*source*/) const {
     return tensors;
   }
-  // TopK/BatchTopK initialise b_dec from data (geometric median or mean of a sample).
-  virtual bool b_dec_from_data() const { return false; }
   // Called once per training step after the optimiser (BatchTopK's running threshold).
   virtual void post_step(ParamStore&, const StepBuffers&) {}
   // State kept across steps outside the parameters (BatchTopK's threshold), for checkpoints.
   virtual nlohmann::json state() const { return nlohmann::json::object(); }
   virtual void load_state(const nlohmann::json&) {}
-  // The variant whose layout the exported weights have (BatchTopK: a JumpReLU SAE).
-  virtual const char* exported_variant() const { return name(); }
 
-  // SAELens architecture name for cfg.json.
-  virtual const char* architecture() const { return "standard"; }
+ private:
+  friend std::unique_ptr<Variant> make_variant(const std::string& name);
+  const VariantTraits* traits_ = nullptr;  // set by make_variant
 };
 
+// A new variant of the registered record `name` (variants/factory.cpp).
 std::unique_ptr<Variant> make_variant(const std::string& name);
-std::vector<std::string> variant_names();
+// A variant added outside src/variants/ (a test's toy variant): its record and its factory.
+void register_variant(const VariantTraits& traits, std::unique_ptr<Variant> (*make)());
 
 }  // namespace saescale

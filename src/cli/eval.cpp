@@ -20,12 +20,17 @@ int eval(const Config& cfg) {
   check_precision_supported(precision);
   nlohmann::json file_cfg;
   auto weights = read_weights(cfg.init, &file_cfg);
-  // The variant comes from cfg.json when present; --variant otherwise.
+  // The variant comes from cfg.json when present (saescale's own entry, else SAELens'
+  // architecture); --variant otherwise.
   std::string variant = cfg.variant;
-  if (file_cfg.contains("saescale"))
+  if (file_cfg.contains("saescale")) {
     variant = file_cfg["saescale"].value("variant", variant);
-  else if (file_cfg.value("architecture", "") == "jumprelu")
-    variant = "jumprelu";
+  } else if (const std::string arch = file_cfg.value("architecture", ""); !arch.empty()) {
+    variant = variant_for_architecture(arch);
+    if (variant.empty())
+      throw Error(cfg.init + ": cfg.json's architecture '" + arch +
+                  "' is not one saescale reads (standard, jumprelu, gated, topk)");
+  }
   int64_t width = 0, d = 0;
   for (const auto& t : weights)
     if (t.name == "W_enc" && t.shape.size() == 2) d = t.shape[0], width = t.shape[1];
@@ -48,9 +53,8 @@ int eval(const Config& cfg) {
   data->read_rows(total < 0 ? (int64_t(1) << 50) : 0, n, rows.data());
 
   Model model(variant, d, width);
-  const Resolved r = resolve_hyper(cfg, model.variant().defaults());
-  Hyper h{r.sparsity_coeff, r.bandwidth, r.threshold_init, r.decoder_init_norm, cfg.k, cfg.aux_k};
-  h.topk_algo = kernels::effective_topk_algo(kernels::parse_topk_algo(cfg.topk_algo));
+  const Resolved r = resolve_hyper(cfg, model.variant().traits().defaults);
+  const Hyper h = make_hyper(cfg, r, width);
   model.allocate(std::min(cfg.batch_size, n));
   if (cfg.sparse != "off") model.enable_sparse(cfg.sparse_capacity_or_default());
   model.initialize(h, cfg.seed);

@@ -41,10 +41,8 @@ int grad(const Config& cfg) {
   data->read_rows(0, n, rows.data());
   check_finite_rows(rows, n, d, cfg.data);
   const double s = estimate_norm_scale(cfg.normalize, rows, n, d);
-  const Resolved r = resolve_hyper(cfg, model.variant().defaults());
-  Hyper h{r.sparsity_coeff, r.bandwidth, r.threshold_init, r.decoder_init_norm, cfg.k, cfg.aux_k};
-  h.topk_algo = kernels::effective_topk_algo(kernels::parse_topk_algo(cfg.topk_algo));
-  h.encoder_bias_init = cfg.encoder_bias_init;
+  const Resolved r = resolve_hyper(cfg, model.variant().traits().defaults);
+  const Hyper h = make_hyper(cfg, r, width);
 
   model.allocate(n);
   if (cfg.sparse != "off") model.enable_sparse(cfg.sparse_capacity_or_default());

@@ -26,8 +26,8 @@ int plan(const Config& cfg) {
   if (cfg.batch_size % dp != 0)
     throw Error("--batch-size " + std::to_string(cfg.batch_size) + " is not divisible by --dp " +
                 std::to_string(dp));
-  const auto variant = make_variant(cfg.variant);
-  const double beta1 = cfg.adam_beta1.value_or(variant->defaults().adam_beta1);
+  const VariantTraits& traits = variant_traits(cfg.variant);
+  const double beta1 = cfg.adam_beta1.value_or(traits.defaults.adam_beta1);
   const auto phases = comm::communication_plan(cfg, cfg.d_model, dp, lp);
   // Synthetic data brings its true dictionary, which evaluation compares the decoder with.
   const bool synthetic = cfg.data == "synthetic" || cfg.data.rfind("synthetic:", 0) == 0;
@@ -73,20 +73,20 @@ int plan(const Config& cfg) {
     check_output_path(cfg.out, cfg.force);
     // One rank's shapes and the work model's FLOPs and bytes per phase on them (AuxK planned as
     // active, as the communication is): what a projection scales measured phase times by.
-    const bool selection = cfg.variant == "topk" || cfg.variant == "batchtopk";
     metrics::WorkShape shape;
     shape.variant = cfg.variant;
     shape.B = double(cfg.batch_size / dp);
     shape.d = double(cfg.d_model);
     shape.M = double(cfg.width / lp);
-    for (const auto& spec : variant->param_specs(cfg.d_model, cfg.width / lp))
-      shape.P += double(spec.numel());
+    shape.P = double(traits.parameter_count(cfg.d_model, cfg.width / lp));
     shape.k = double(cfg.k);
-    shape.aux_k = selection ? double(std::min(cfg.aux_k, cfg.width)) : 0.0;
+    shape.aux_k = traits.auxiliary == VariantTraits::Auxiliary::auxk
+                      ? double(std::min(cfg.aux_k, cfg.width))
+                      : 0.0;
     shape.topk_algo = cfg.topk_algo;
     shape.adam = cfg.optimizer == "adam";
     shape.adam_first_moment = beta1 != 0;
-    shape.clip = cfg.clip_norm.value_or(variant->defaults().clip_norm) > 0;
+    shape.clip = cfg.clip_norm.value_or(traits.defaults.clip_norm) > 0;
     nlohmann::json work = nlohmann::json::object();
     for (const auto& [phase, w] : metrics::work_model(shape))
       work[phase] = {{"flops", w.flops}, {"bytes", w.bytes}};

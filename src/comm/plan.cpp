@@ -3,25 +3,17 @@
 #include <algorithm>
 
 #include "checked.hpp"
-
 #include "comm/communicator.hpp"
 #include "kernels/tiling.hpp"
 #include "variant.hpp"
 
 namespace saescale::comm {
 
-namespace {
-int64_t local_parameters(const Variant& v, int64_t d, int64_t width_here) {
-  int64_t n = 0;
-  for (const auto& spec : v.param_specs(d, width_here)) n += spec.numel();
-  return n;
-}
-bool selects(const std::string& variant) { return variant == "topk" || variant == "batchtopk"; }
-}  // namespace
-
 std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_t d, int dp,
                                                        int lp) {
-  const auto variant = make_variant(cfg.variant);
+  const VariantTraits& traits = variant_traits(cfg.variant);
+  using Selection = VariantTraits::Selection;
+  using Auxiliary = VariantTraits::Auxiliary;
   const int world = dp * lp;
   const double B = double(cfg.batch_size) / dp, M = double(cfg.width) / lp;
   std::map<std::string, PlannedPhase> plan;
@@ -49,8 +41,8 @@ std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_
   };
 
   // Forward: selection, decode, auxiliary losses, loss.
-  if (cfg.variant == "topk") allgather("selection", "lp", lp, B * cfg.k * 8);
-  if (cfg.variant == "batchtopk") {
+  if (traits.selection == Selection::row) allgather("selection", "lp", lp, B * cfg.k * 8);
+  if (traits.selection == Selection::batch) {
     const bool global = cfg.batch_scope == "global";
     const int ranks = global ? world : lp;
     const char* group = global ? "world" : "lp";
@@ -65,8 +57,8 @@ std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_
     allreduce("selection", group, ranks, 8);        // the smallest selected value
   }
   allreduce("decode", "lp", lp, B * d * 4);
-  if (cfg.variant == "gated") allreduce("auxiliary", "lp", lp, B * d * 4);
-  if (selects(cfg.variant) && cfg.aux_k > 0) {
+  if (traits.auxiliary == Auxiliary::frozen_decoder) allreduce("auxiliary", "lp", lp, B * d * 4);
+  if (traits.auxiliary == Auxiliary::auxk && cfg.aux_k > 0) {
     allreduce("auxiliary", "lp", lp, 8);  // the dead count
     allgather("auxiliary", "lp", lp, B * std::min(cfg.aux_k, cfg.width) * 8);
     allreduce("auxiliary", "lp", lp, B * d * 4);  // e_aux
@@ -75,26 +67,27 @@ std::map<std::string, PlannedPhase> communication_plan(const Config& cfg, int64_
   }
   allreduce("loss", "world", world, 3 * 8);
   // Backward and update.
-  if (variant->subtracts_decoder_bias()) allreduce("bias_gradient", "lp", lp, d * 4);
-  allreduce("gradients", "dp", dp, local_parameters(*variant, d, cfg.width / lp) * 4.0, 1);
+  if (traits.subtracts_decoder_bias) allreduce("bias_gradient", "lp", lp, d * 4);
+  allreduce("gradients", "dp", dp, traits.parameter_count(d, cfg.width / lp) * 4.0, 1);
   if (dp > 1) {  // three buckets (before W_dec, W_dec, after it) split the same bytes
     auto& g = plan["comm_gradients"];
     g.calls = 3;
     g.collectives.back().calls = 3;
     g.collectives.back().bytes /= 3;  // ring time is linear in bytes: 3 equal messages, same total
   }
-  const double clip = cfg.clip_norm.value_or(variant->defaults().clip_norm);
+  const double clip = cfg.clip_norm.value_or(traits.defaults.clip_norm);
   if (clip > 0) allreduce("clip", "lp", lp, 8);
   allreduce("statistics", "dp", dp, M * 8);  // fired counts per latent
   // What every rank must decide together, in one all-reduce (Trainer::step): the L0 count,
   // non-finite values per gradient tensor, a stop signal, a checkpoint due by the clock.
-  allreduce("statistics", "world", world, 8.0 * (variant->param_specs(d, 1).size() + 3));
+  allreduce("statistics", "world", world, 8.0 * (traits.parameters.size() + 3));
   return plan;
 }
 
 nlohmann::json memory_plan(const Config& cfg, int64_t d, int dp, int lp, bool adam_first_moment,
                            int64_t true_features) {
-  const auto variant = make_variant(cfg.variant);
+  const VariantTraits& traits = variant_traits(cfg.variant);
+  using Auxiliary = VariantTraits::Auxiliary;
   const int64_t B = cfg.batch_size / dp, M = cfg.width / lp, f = sizeof(real);
   // Every product below is of these sizes: bounded, none of the sums can wrap.
   checked_elements(B, M, "--batch-size x --width (per rank)");
@@ -104,26 +97,26 @@ nlohmann::json memory_plan(const Config& cfg, int64_t d, int dp, int lp, bool ad
   checked_elements(B, checked_elements(std::max(cfg.k, cfg.aux_k), lp + 1, "--k x (shards + 1)"),
                    "--batch-size x --k x (shards + 1)");
   const int64_t slots = accumulator_slots();  // per-thread accumulators on CPUs, 1 on GPUs
-  const int64_t P = local_parameters(*variant, d, M);
+  const int64_t P = traits.parameter_count(d, M);
   const int64_t moments = cfg.optimizer == "adam" ? (adam_first_moment ? 2 : 1) : 0;
-  const bool gated = cfg.variant == "gated", selection = selects(cfg.variant);
   // The step's buffers: pi, f, g [B, M]; x, e (and x - b_dec) [B, d]; Gated's ReLU(pi_gate) and
   // its residual; AuxK's z, g_z and e_aux.
+  const bool auxiliary = traits.auxiliary != Auxiliary::none;
   const int64_t activations =
-      f * (B * M * (3 + (gated ? 1 : 0) + (selection ? 2 : 0)) +
-           B * d * ((variant->subtracts_decoder_bias() ? 3 : 2) + (gated || selection ? 1 : 0)));
+      f * (B * M * (3 + traits.extra_bm_buffers) +
+           B * d * ((traits.subtracts_decoder_bias ? 3 : 2) + (auxiliary ? 1 : 0)));
   // Per-latent state: active/fired counts and activation sums per accumulator slot, the variant's
   // per-slot gradient accumulators, dead flags, tokens since fired, sum of g_pi, and per-latent
   // values (thresholds, decoder norms, magnitude scales).
-  const int64_t accumulators = cfg.variant == "gated" ? 4 : cfg.variant == "jumprelu" ? 2 : 1;
-  const int64_t latent_state = 8 * slots * M * (3 + accumulators) + 8 * 2 * M + f * 2 * M +
-                               8 * slots * d + (selection ? f * d : 0);
+  const int64_t latent_state = 8 * slots * M * (3 + traits.per_latent_accumulators) + 8 * 2 * M +
+                               f * 2 * M + 8 * slots * d +
+                               (traits.auxiliary == Auxiliary::auxk ? f * d : 0);
   // Evaluation: per-row L0 and ever-fired counts; with a true dictionary of F features, it, the
   // unit decoder rows and their F x M cosines.
   const int64_t F = true_features;
   const int64_t evaluation = 8 * (B + M) + (F > 0 ? f * (F * d + M * d + F * M + F) : 0);
   const int64_t candidates =
-      lp > 1 && selection ? (1 + lp) * B * std::max(cfg.k, cfg.aux_k) * 8 + 8 * B : 0;
+      lp > 1 && traits.selects() ? (1 + lp) * B * std::max(cfg.k, cfg.aux_k) * 8 + 8 * B : 0;
   // --sparse on (Model::enable_sparse): two sets of rows (f, g_pi: int32 latent + float value per
   // slot, a count per row), g_f's and g_pi's values at f's entries and two latent indices.
   const int64_t cap = std::max<int64_t>(1, std::min(cfg.sparse_capacity_or_default(), M));

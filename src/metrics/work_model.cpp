@@ -1,10 +1,17 @@
 #include "metrics/work_model.hpp"
 
+#include "variants/traits.hpp"
+
 namespace saescale::metrics {
 
 namespace {
 constexpr double kF = 4;  // bytes per fp32 value
-bool selects(const std::string& v) { return v == "topk" || v == "batchtopk"; }
+using Selection = VariantTraits::Selection;
+using Auxiliary = VariantTraits::Auxiliary;
+Work element_work(const VariantTraits::ElementWork& w, double B, double M) {
+  return {w.flops_per_element * B * M,
+          kF * (w.values_per_element * B * M + w.values_per_latent * M)};
+}
 // Passes reading B x M to find the threshold: radix 4 histograms, bisect 32 counts and one more,
 // filter one scan (its candidate buffer is small and stays in cache).
 double selection_passes(const std::string& algo) {
@@ -30,20 +37,14 @@ Work batch_selection_work(double B, double M, const std::string& algo) {
 
 Work activation_forward_work(const std::string& variant, double B, double M,
                              const std::string& topk_algo) {
-  const double BM = B * M;
-  if (variant == "relu") return {2 * BM, kF * (2 * BM + M)};          // pi + b, max; f
-  if (variant == "jumprelu") return {3 * BM, kF * (2 * BM + 2 * M)};  // + compare with theta
-  if (variant == "gated") return {6 * BM, kF * (3 * BM + 4 * M)};     // f and ReLU(pi_gate)
-  if (variant == "topk") return row_selection_work(B, M, topk_algo);
-  return batch_selection_work(B, M, topk_algo);
+  const VariantTraits& t = variant_traits(variant);
+  if (t.selection == Selection::row) return row_selection_work(B, M, topk_algo);
+  if (t.selection == Selection::batch) return batch_selection_work(B, M, topk_algo);
+  return element_work(t.forward, B, M);
 }
 
 Work activation_backward_work(const std::string& variant, double B, double M) {
-  const double BM = B * M;
-  if (variant == "relu") return {3 * BM, kF * (3 * BM + 2 * M)};      // pi, g in; g out
-  if (variant == "jumprelu") return {6 * BM, kF * (3 * BM + 3 * M)};  // + the window test
-  if (variant == "gated") return {10 * BM, kF * (4 * BM + 5 * M)};    // + the aux gradient
-  return {BM, kF * (3 * BM + M)};  // selection masks: f (and z), g in; g out
+  return element_work(variant_traits(variant).backward, B, M);
 }
 
 Work adam_work(double P, bool first_moment) {
@@ -88,7 +89,8 @@ Work sparse_encoder_gradient_work(double B, double d, double M, double nnz) {
 
 std::map<std::string, Work> work_model(const WorkShape& s) {
   const double B = s.B, d = s.d, M = s.M, P = s.P;
-  const bool subtracts = s.variant != "relu" && s.variant != "jumprelu";
+  const VariantTraits& traits = variant_traits(s.variant);
+  const bool subtracts = traits.subtracts_decoder_bias;
   std::map<std::string, Work> w;
   Work encode = gemm_work(B, M, d);
   if (subtracts) encode.flops += B * d, encode.bytes += kF * (2 * B * d + d);  // x - b_dec
@@ -100,12 +102,12 @@ std::map<std::string, Work> work_model(const WorkShape& s) {
   w["loss"] = {2 * B * d, kF * B * d};
   w["backward_decoder_gemm"] = gemm_work(M, d, B);
   w["backward_activation_gemm"] = gemm_work(B, M, d);
-  if (s.variant == "gated") {
+  if (traits.auxiliary == Auxiliary::frozen_decoder) {
     Work aux = gemm_work(B, d, M);
     aux.flops += 3 * B * d, aux.bytes += kF * (B * d + d);  // residual and its energy
     w["auxiliary_forward"] = aux;
     w["auxiliary_backward"] = gemm_work(B, M, d);
-  } else if (selects(s.variant) && s.aux_k > 0) {
+  } else if (traits.auxiliary == Auxiliary::auxk && s.aux_k > 0) {
     Work aux = row_selection_work(B, M, s.topk_algo);
     const Work e_aux = gemm_work(B, d, M);
     aux.flops += e_aux.flops + 6 * B * d;
@@ -119,11 +121,11 @@ std::map<std::string, Work> work_model(const WorkShape& s) {
   Work bias = {B * d, kF * (B * d + d)};
   if (subtracts) bias.flops += 2 * d * M, bias.bytes += kF * (d * M + M + d);  // the GEMV
   w["bias_gradients"] = bias;
-  if (s.variant != "relu") w["decoder_projection"] = projection_work(M, d);
+  if (traits.unit_norm_decoder) w["decoder_projection"] = projection_work(M, d);
   w["check"] = {P, kF * P};  // non-finite gradients: one pass
   if (s.clip) w["clip"] = {2 * P, kF * P};
   w["optimizer"] = s.adam ? adam_work(P, s.adam_first_moment) : Work{2 * P, kF * 3 * P};
-  if (s.variant != "relu") w["renormalize"] = renormalize_work(M, d);
+  if (traits.unit_norm_decoder) w["renormalize"] = renormalize_work(M, d);
   w["statistics"] = {M, 8 * 3 * M};  // fired counts in, tokens since fired in and out
   return w;
 }

@@ -17,7 +17,7 @@ struct Work {
 };
 
 struct WorkShape {
-  std::string variant;  // relu, jumprelu, gated, topk, batchtopk
+  std::string variant;  // a registered variant (variants/traits.hpp)
   double B = 0, d = 0, M = 0, P = 0;
   double k = 32, aux_k = 0;  // aux_k > 0: AuxK runs (some latents dead)
   std::string topk_algo = "radix";

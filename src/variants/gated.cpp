@@ -11,28 +11,6 @@ namespace {
 
 class Gated final : public Variant {
  public:
-  const char* name() const override { return "gated"; }
-  const char* architecture() const override { return "gated"; }
-  VariantDefaults defaults() const override {
-    VariantDefaults d{};
-    d.lr = 5e-5;
-    d.adam_beta1 = 0.0;
-    d.adam_beta2 = 0.999;
-    d.adam_eps = 1e-8;
-    d.clip_norm = 0.0;
-    d.sparsity_coeff = 0.5;
-    d.lr_warmup_steps = 1000;
-    d.sparsity_warmup_steps = 2000;
-    return d;
-  }
-  bool subtracts_decoder_bias() const override { return true; }
-  bool has_auxiliary_loss() const override { return true; }
-
-  std::vector<ParamSpec> param_specs(int64_t d, int64_t width) const override {
-    return {{"W_enc", {d, width}, 1}, {"b_gate", {width}, 0},   {"r_mag", {width}, 0},
-            {"b_mag", {width}, 0},    {"W_dec", {width, d}, 0}, {"b_dec", {d}}};
-  }
-
   void allocate(int64_t batch, int64_t d, int64_t width) override {
     const int64_t slots = accumulator_slots();
     scale_ = Vector("saescale::gated::mag_scale", width);

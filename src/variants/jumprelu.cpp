@@ -13,27 +13,6 @@ namespace {
 
 class JumpRelu final : public Variant {
  public:
-  const char* name() const override { return "jumprelu"; }
-  const char* architecture() const override { return "jumprelu"; }
-  VariantDefaults defaults() const override {
-    VariantDefaults d{};
-    d.lr = 7e-5;
-    d.adam_beta1 = 0.0;
-    d.adam_beta2 = 0.999;
-    d.adam_eps = 1e-8;
-    d.clip_norm = 0.0;
-    d.sparsity_coeff = 1e-3;
-    d.lr_warmup_steps = 1000;
-    d.sparsity_warmup_steps = 10000;
-    return d;
-  }
-
-  std::vector<ParamSpec> param_specs(int64_t d, int64_t width) const override {
-    auto specs = Variant::param_specs(d, width);
-    specs.push_back({"log_threshold", {width}, 0});
-    return specs;
-  }
-
   void initialize(ParamStore& p, const Hyper& h) const override {
     kernels::fill("saescale::init::log_threshold", p.vector("log_threshold"),
                   static_cast<real>(std::log(h.threshold_init)));

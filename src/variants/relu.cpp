@@ -10,22 +10,6 @@ namespace {
 
 class Relu final : public Variant {
  public:
-  const char* name() const override { return "relu"; }
-  VariantDefaults defaults() const override {
-    VariantDefaults d{};
-    d.lr = 5e-5;
-    d.adam_beta1 = 0.9;
-    d.adam_beta2 = 0.999;
-    d.adam_eps = 1e-8;
-    d.clip_norm = 1.0;
-    d.sparsity_coeff = 5.0;
-    d.sparsity_warmup_frac = 0.05;
-    d.lr_decay_frac = 0.2;
-    d.decoder_init_norm = 0.1;
-    return d;
-  }
-  bool unit_norm_decoder() const override { return false; }
-
   void allocate(int64_t, int64_t, int64_t width) override {
     dec_norm_ = Vector("saescale::relu::decoder_norms", width);
     g_b_enc_ = SlotView<double>("saescale::relu::g_b_enc_slots", accumulator_slots(), width);

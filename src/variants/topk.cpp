@@ -24,20 +24,6 @@ constexpr double kAuxAlpha = 1.0 / 32;
 
 class SelectionVariant : public Variant {
  public:
-  VariantDefaults defaults() const override {
-    VariantDefaults d{};
-    d.lr = 1e-4;
-    d.adam_beta1 = 0.9;
-    d.adam_beta2 = 0.999;
-    d.adam_eps = 6.25e-10;
-    d.clip_norm = 0.0;
-    d.sparsity_coeff = 0.0;  // no sparsity penalty: k sets the sparsity
-    return d;
-  }
-  bool subtracts_decoder_bias() const override { return true; }
-  bool has_auxiliary_loss() const override { return true; }
-  bool b_dec_from_data() const override { return true; }
-
   void allocate(int64_t batch, int64_t d, int64_t width) override {
     z_ = Matrix("saescale::auxk::z", batch, width);
     g_z_ = Matrix("saescale::auxk::g_z", batch, width);
@@ -146,9 +132,6 @@ class SelectionVariant : public Variant {
 
 class TopK final : public SelectionVariant {
  public:
-  const char* name() const override { return "topk"; }
-  const char* architecture() const override { return "topk"; }
-
  protected:
   void select(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
     kernels::SelectedEntries entries;
@@ -165,10 +148,6 @@ class TopK final : public SelectionVariant {
 // step's value); exported as a JumpReLU SAE with that threshold for every latent.
 class BatchTopK final : public SelectionVariant {
  public:
-  const char* name() const override { return "batchtopk"; }
-  const char* architecture() const override { return "jumprelu"; }
-  const char* exported_variant() const override { return "jumprelu"; }
-
   void post_step(ParamStore&, const StepBuffers&) override {
     if (min_selected_ <= 0) return;
     threshold_ = threshold_ > 0 ? 0.99 * threshold_ + 0.01 * min_selected_ : min_selected_;
