@@ -250,17 +250,6 @@ void add_train_options(CLI::App& app, Config& c) {
           },
           "KEY=VALUE"))
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  app.add_option("--test-weaken-latents", c.test_weaken_latents)->group("");  // tests: AuxK revival
-  // tests: an error on one rank at one step must abort every rank, not hang them
-  app.add_option("--test-fail-step", c.test_fail_step)->group("");
-  app.add_option("--test-fail-rank", c.test_fail_rank)->group("");
-  // tests: a NaN in the data or in a gradient must stop the run with "status": "failed"
-  app.add_option("--test-nan-step", c.test_nan_step)->group("");
-  app.add_option("--test-preempt-step", c.test_preempt_step)->group("");
-  app.add_option("--test-crash-in-checkpoint", c.test_crash_in_checkpoint)->group("");
-  app.add_option("--test-nan-target", c.test_nan_target)
-      ->check(CLI::IsMember({"data", "gradient"}))
-      ->group("");
 }
 
 }  // namespace
@@ -337,7 +326,10 @@ void add_options(CLI::App& app, Config& cfg, Subcommand which) {
   add_model_options(app, cfg);
   if (which == Subcommand::train) add_train_options(app, cfg);
   if (which == Subcommand::grad)
-    app.add_option("--test-dead-latents", cfg.test_dead_latents)->delimiter(',')->group("");
+    app.add_option("--dead-latents", cfg.dead_latents,
+                   "latents AuxK treats as dead (comma-separated; default none): validates AuxK's "
+                   "gradient")
+        ->delimiter(',');
   if (which == Subcommand::eval) {
     app.add_option("--eval-tokens", cfg.eval_tokens, "tokens to evaluate on")
         ->check(kPositive)

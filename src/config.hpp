@@ -56,18 +56,10 @@ struct Config {
   // preempted), and resuming from the newest one there
   std::string checkpoint_dir, checkpoint_every = "0";
   bool resume = false;
-  bool fence = true;               // fence every phase (off: only the step total is meaningful)
-  std::vector<double> target_fvu;  // record when the evaluation FVU first reaches each
-  std::vector<std::string> tags;   // KEY=VALUE labels copied into the results' context.tags
-  // test-only (hidden options)
-  std::vector<int64_t> test_dead_latents;  // grad: the AuxK dead set
-  int64_t test_weaken_latents = 0;         // train: scale the first N encoder columns by 0.05
-  int64_t test_fail_step = -1, test_fail_rank = 0;  // train: throw at this step on this rank
-  int64_t test_nan_step = -1;            // train: a NaN at this step (on test_fail_rank) ...
-  std::string test_nan_target = "data";  // ... in the batch ("data") or W_dec's "gradient"
-  int64_t test_preempt_step = -1;        // train: SIGTERM to itself at this step (test_fail_rank)
-  int64_t test_crash_in_checkpoint =
-      0;  // train: die inside the N-th checkpoint, before its manifest
+  bool fence = true;                  // fence every phase (off: only the step total is meaningful)
+  std::vector<double> target_fvu;     // record when the evaluation FVU first reaches each
+  std::vector<std::string> tags;      // KEY=VALUE labels copied into the results' context.tags
+  std::vector<int64_t> dead_latents;  // grad: the AuxK dead set (AuxK's gradient, validated)
 
   nlohmann::json to_json() const;
   nlohmann::json tags_json() const;  // context.tags: {KEY: VALUE}

@@ -21,6 +21,7 @@
 #include "kernels/optim.hpp"
 #include "kernels/reduce.hpp"
 #include "metrics/memory.hpp"
+#include "testing/faults.hpp"
 
 namespace saescale {
 
@@ -80,17 +81,6 @@ void initialize_b_dec(Model& model, const std::vector<float>& rows, int64_t n,
   auto b_dec = Kokkos::create_mirror_view(Kokkos::HostSpace(), model.params().vector("b_dec"));
   for (int64_t c = 0; c < d; ++c) b_dec(c) = static_cast<float>(y[c]);
   Kokkos::deep_copy(model.params().vector("b_dec"), b_dec);
-}
-
-// Test hook: the first n latents' encoder columns scaled by 0.05, so they stop winning the
-// selection and die (the AuxK revival test starts from them).
-void weaken_latents(Model& model, int64_t n) {
-  auto w = model.params().matrix("W_enc");
-  Kokkos::parallel_for(
-      "saescale::init::weaken_latents", Kokkos::RangePolicy<ExecSpace>(0, w.extent(0)),
-      KOKKOS_LAMBDA(int64_t c) {
-        for (int64_t i = 0; i < n && i < static_cast<int64_t>(w.extent(1)); ++i) w(c, i) *= 0.05f;
-      });
 }
 
 double estimate_norm_scale(const std::string& mode, const std::vector<float>& rows, int64_t n,
@@ -237,7 +227,7 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
     initialize_b_dec(*model_, head, std::min<int64_t>(n_norm, 4096), cfg.b_dec_init);
   }
   if (cfg.initial_l0 > 0) start_at_l0(head, n_norm);
-  if (cfg.test_weaken_latents > 0) weaken_latents(*model_, cfg.test_weaken_latents);
+  faults::inject({faults::Site::init, 0, comm.rank(comm::Group::world), nullptr, model_.get()});
   if (!cfg.init.empty()) {
     nlohmann::json file_cfg;
     auto tensors = read_weights(cfg.init, &file_cfg);
@@ -344,9 +334,7 @@ void Trainer::load_batch(int64_t step) {
   const auto t0 = std::chrono::steady_clock::now();
   data_->next_batch(batch_host_.data(), cfg_.batch_size, model_->buffers().row_offset,
                     local_batch_);
-  if (step == cfg_.test_nan_step && comm_.rank(comm::Group::world) == cfg_.test_fail_rank &&
-      cfg_.test_nan_target == "data")
-    batch_host_[0] = std::nanf("");
+  faults::inject({faults::Site::batch, step, comm_.rank(comm::Group::world), batch_host_.data()});
   const float s = static_cast<float>(norm_scale_);
   for (size_t i = 0; i < batch_host_.size(); ++i) x_staging_.data()[i] = batch_host_[i] * s;
   Kokkos::deep_copy(model_->buffers().x, x_staging_);
@@ -380,10 +368,7 @@ void Trainer::step(int64_t step) {
   const Precision p = precision_;
   const int64_t B = cfg_.batch_size;  // global
   LossParts local;
-  if (step == cfg_.test_fail_step && comm_.rank(comm::Group::world) == cfg_.test_fail_rank)
-    throw Error("test fault injected at step " + std::to_string(step));
-  if (step == cfg_.test_preempt_step && comm_.rank(comm::Group::world) == cfg_.test_fail_rank)
-    std::raise(SIGTERM);  // as Slurm would: through the real handler, on one rank only
+  faults::inject({faults::Site::step, step, comm_.rank(comm::Group::world)});
 
   timers_.run("encode_gemm", [&] { m.encode(p); });
   timers_.run("activation", [&] { local.penalty = m.activate(h); });
@@ -413,9 +398,7 @@ void Trainer::step(int64_t step) {
   timers_.run("bias_gradients", [&] { m.bias_gradients(); });
   start_gradient_buckets(false);
   comm_.wait_buckets("gradients");
-  if (step == cfg_.test_nan_step && comm_.rank(comm::Group::world) == cfg_.test_fail_rank &&
-      cfg_.test_nan_target == "gradient")
-    Kokkos::deep_copy(Kokkos::subview(m.params().grad_vector("W_dec"), 0), std::nanf(""));
+  faults::inject({faults::Site::gradients, step, comm_.rank(comm::Group::world), nullptr, &m});
   // Non-finite gradients, per tensor (one pass over the gradients); the counts travel with the
   // statistics' all-reduce below, so every rank stops at this step together.
   std::vector<int64_t> non_finite;
@@ -801,8 +784,8 @@ void Trainer::save_checkpoint(int64_t next_step, double seconds) {
   } catch (const Error& e) {
     throw give_up(e.what());
   }
-  if (++checkpoints_written_ == cfg_.test_crash_in_checkpoint)
-    std::_Exit(9);  // test hook: killed after the rank files, before the manifest
+  faults::inject(
+      {faults::Site::checkpoint, ++checkpoints_written_, comm_.rank(comm::Group::world)});
   comm_.allreduce_host_sum("checkpoint", comm::Group::world, records.data(),
                            static_cast<int>(records.size()));
   try {

@@ -39,7 +39,6 @@ double estimate_norm_scale(const std::string& mode, const std::vector<float>& ro
 // b_dec from data for TopK/BatchTopK: "geometric-median" (Weiszfeld) or "mean" of `n` rows.
 void initialize_b_dec(Model& model, const std::vector<float>& rows, int64_t n,
                       const std::string& how);
-void weaken_latents(Model& model, int64_t n);
 
 // Options a resumed run may give differently (they cannot change the training's trajectory).
 const std::set<std::string>& resume_may_change();

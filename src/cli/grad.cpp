@@ -48,12 +48,12 @@ int grad(const Config& cfg) {
   if (cfg.sparse != "off") model.enable_sparse(cfg.sparse_capacity_or_default());
   model.initialize(h, cfg.seed);
   if (!weights.empty()) model.import_tensors(std::move(weights), s, cfg.init);
-  // The AuxK dead set is empty in `grad` unless the test-only option names one.
-  if (!cfg.test_dead_latents.empty()) {
+  // The AuxK dead set is empty in `grad` unless --dead-latents names one.
+  if (!cfg.dead_latents.empty()) {
     auto dead = Kokkos::create_mirror_view(Kokkos::HostSpace(), model.buffers().dead);
-    for (int64_t i : cfg.test_dead_latents) {
+    for (int64_t i : cfg.dead_latents) {
       if (i < 0 || i >= width)
-        throw Error("--test-dead-latents: latent " + std::to_string(i) + " out of range");
+        throw Error("--dead-latents: latent " + std::to_string(i) + " out of range");
       dead(i) = 1;
     }
     Kokkos::deep_copy(model.buffers().dead, dead);

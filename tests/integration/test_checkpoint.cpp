@@ -74,6 +74,14 @@ class Checkpoint : public ::testing::Test {
   std::string dir_;
 };
 
+// A run stopped at step 9 as a SIGTERM would stop it (through the real handler), on `rank`.
+template <class Run>
+ts::Result preempted_at_9(const Run& run, int rank = 0) {
+  const ts::FaultPlan stop(R"([{"site": "step", "action": "sigterm", "step": 9, "rank": )" +
+                           std::to_string(rank) + "}]");
+  return run();
+}
+
 const std::string kRun =
     "--d-model 16 --width 64 --batch-size 64 --steps 20 --warmup-steps 2 --k 4 --aux-k 8 "
     "--dead-window-tokens 200 --eval-tokens 128 --no-gemm-floor ";
@@ -92,7 +100,7 @@ TEST_F(Checkpoint, StopAndResumeEqualsTheStraightRunBitwise) {
           kRun + "--variant " + variant + " --data " + data + " --shuffle-buffer 512 ";
       ASSERT_EQ(saescale(run_args("straight", base)).code, 0);
       // N steps, stopped as a SIGTERM would (test hook), then resumed for the other N.
-      const auto stopped = saescale(run_args("resumed", base + "--test-preempt-step 9"));
+      const auto stopped = preempted_at_9([&] { return saescale(run_args("resumed", base)); });
       ASSERT_EQ(stopped.code, 3) << stopped.err;
       const auto resumed = saescale(run_args("resumed", base + "--resume"));
       ASSERT_EQ(resumed.code, 0) << resumed.err;
@@ -108,9 +116,7 @@ TEST_F(Checkpoint, GridsResumeBitwiseAndRefuseAnotherGrid) {
     SCOPED_TRACE(grid);
     const std::string base = kRun + "--variant topk " + grid + " ";
     ASSERT_EQ(saescale(run_args("straight", base), 2).code, 0);
-    ASSERT_EQ(
-        saescale(run_args("resumed", base + "--test-preempt-step 9 --test-fail-rank 1"), 2).code,
-        3);
+    ASSERT_EQ(preempted_at_9([&] { return saescale(run_args("resumed", base), 2); }, 1).code, 3);
     const auto resumed = saescale(run_args("resumed", base + "--resume"), 2);
     ASSERT_EQ(resumed.code, 0) << resumed.err;
     expect_same_run("straight", "resumed");
@@ -169,8 +175,10 @@ TEST_F(Checkpoint, SigtermLeavesACheckpointAndAResumableRun) {
 TEST_F(Checkpoint, AKillWhileWritingKeepsThePreviousCheckpoint) {
   const std::string base = kRun + "--variant topk --checkpoint-every 5 ";
   ASSERT_EQ(saescale(run_args("straight", base)).code, 0);
-  const auto killed = saescale(run_args("resumed", base + "--test-crash-in-checkpoint 2"));
-  EXPECT_EQ(killed.code, 9);
+  {
+    const ts::FaultPlan crash(R"([{"site": "checkpoint", "action": "exit", "step": 2}])");
+    EXPECT_EQ(saescale(run_args("resumed", base)).code, 9);
+  }
   const auto manifest = saescale::io::latest_checkpoint(dir_ + "/resumed/ckpt");
   ASSERT_TRUE(manifest.has_value());
   EXPECT_EQ(manifest->at("step"), 5);
@@ -185,8 +193,7 @@ TEST_F(Checkpoint, AKillWhileWritingKeepsThePreviousCheckpoint) {
 // The run is then resumed from the intact copy, so what was refused was the damage alone.
 TEST_F(Checkpoint, DamagedCheckpointsAreRefusedNamingTheFile) {
   const std::string base = kRun + "--variant topk --lp 2 ";
-  ASSERT_EQ(saescale(run_args("run", base + "--test-preempt-step 9 --test-fail-rank 1"), 2).code,
-            3);
+  ASSERT_EQ(preempted_at_9([&] { return saescale(run_args("run", base), 2); }, 1).code, 3);
   const std::string ckpt = dir_ + "/run/ckpt", step = ckpt + "/step-000000010";
   const std::string pristine = dir_ + "/pristine";
   fs::copy(ckpt, pristine, fs::copy_options::recursive);
@@ -237,7 +244,7 @@ TEST_F(Checkpoint, DamagedCheckpointsAreRefusedNamingTheFile) {
 // accepts those that cannot (the README lists them).
 TEST_F(Checkpoint, ResumeRefusesOptionsThatChangeTheRun) {
   const std::string base = kRun + "--variant topk ";
-  ASSERT_EQ(saescale(run_args("run", base + "--test-preempt-step 9")).code, 3);
+  ASSERT_EQ(preempted_at_9([&] { return saescale(run_args("run", base)); }).code, 3);
   for (const auto& [option, value] :
        std::vector<std::pair<std::string, std::string>>{{"--lr", "0.5"},
                                                         {"--k", "8"},

@@ -87,6 +87,20 @@ TEST_F(Cli, NoTimedStepIsSaidSo) {
   EXPECT_EQ(done.find("tok/s"), std::string::npos) << r.out;
 }
 
+// The fault plan of the tests (src/testing/faults.hpp) comes from the environment; a malformed
+// one is one clear error, not a run without the faults it asked for.
+TEST_F(Cli, AMalformedFaultPlanIsOneLine) {
+  for (const char* plan : {"not json", R"([{"site": "nowhere", "action": "throw"}])",
+                           R"([{"site": "step", "action": "explode", "step": 1}])"}) {
+    const ts::FaultPlan faults(plan);
+    const auto r = saescale("train --d-model 8" + small_ + "--steps 3 --out " + dir_ + "/r.json");
+    EXPECT_EQ(r.code, 1) << plan;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find("SAESCALE_FAULTS"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir_ + "/r.json")) << plan;
+  }
+}
+
 TEST_F(Cli, InfoIsJson) {
   const auto r = saescale("info");
   ASSERT_EQ(r.code, 0);
@@ -361,8 +375,10 @@ TEST_F(Cli, NonFiniteLossOrGradientFailsTheRun) {
   for (const Case& c : {Case{"data", "step 4: the loss is not finite in the reconstruction"},
                         Case{"gradient", "step 4: the gradient of W_dec has 1 non-finite"}}) {
     const std::string out = dir_ + "/failed_" + c.target + ".json";
-    const auto r = saescale("train --d-model 8" + small_ + "--steps 10 --test-nan-step 3 " +
-                            "--test-nan-target " + c.target + " --out " + out);
+    const ts::FaultPlan faults(R"([{"site": ")" +
+                               std::string(c.target == "data" ? "batch" : "gradients") +
+                               R"(", "action": "nan", "step": 3}])");
+    const auto r = saescale("train --d-model 8" + small_ + "--steps 10 --out " + out);
     EXPECT_EQ(r.code, 1) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
     EXPECT_NE(r.err.find(c.needle), std::string::npos) << r.err;

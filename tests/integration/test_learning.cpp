@@ -92,8 +92,10 @@ nlohmann::json train(const std::string& name, const std::string& args) {
 // x0.05) so it never wins the selection and dies after the 20k-token window. With AuxK the dead
 // fraction peaks and then falls; without it, it does not fall.
 TEST(AuxK, RevivesDeadLatents) {
+  const testing_support::FaultPlan weakened(
+      R"([{"site": "init", "action": "weaken", "count": 64}])");
   const std::string args =
-      " --variant topk --k 4 --lr 5e-3 --steps 600 --test-weaken-latents 64"
+      " --variant topk --k 4 --lr 5e-3 --steps 600"
       " --dead-window-tokens 20000 --eval-every 50 --eval-tokens 2048";
   const auto without = train("auxk_off", args + " --aux-k 0");
   const auto with = train("auxk_on", args + " --aux-k 128");

@@ -78,10 +78,11 @@ TEST_F(MpiCli, BadGridsFailOnEveryRankWithOneMessage) {
 }
 
 TEST_F(MpiCli, AnErrorOnOneRankAbortsEveryRankQuickly) {
+  const ts::FaultPlan faults(R"([{"site": "step", "action": "throw", "step": 3, "rank": 1}])");
   const auto start = std::chrono::steady_clock::now();
   const auto r = mpirun(2,
                         "train --d-model 8 --width 32 --batch-size 64 --steps 1000000 "
-                        "--lp 2 --test-fail-step 3 --test-fail-rank 1 --no-gemm-floor");
+                        "--lp 2 --no-gemm-floor");
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_NE(r.code, 0);
@@ -93,12 +94,9 @@ TEST_F(MpiCli, AnErrorOnOneRankAbortsEveryRankQuickly) {
 // no abort, one message, a "failed" results file from rank 0.
 TEST_F(MpiCli, ANonFiniteGradientOnOneShardStopsEveryRank) {
   const std::string out = dir_ + "/failed.json";
-  const auto r = mpirun(2,
-                        "train --d-model 8 --width 32 --batch-size 64 --steps 10 --lp 2 "
-                        "--test-nan-step 2 --test-nan-target gradient --test-fail-rank 1 "
-                        "--out " +
-                            out,
-                        true);
+  const ts::FaultPlan faults(R"([{"site": "gradients", "action": "nan", "step": 2, "rank": 1}])");
+  const auto r = mpirun(
+      2, "train --d-model 8 --width 32 --batch-size 64 --steps 10 --lp 2 --out " + out, true);
   EXPECT_EQ(count(r.err, "saescale: error: step 3: the gradient of W_dec"), 1) << r.err;
   EXPECT_EQ(count(r.err, "rank exit 1"), 2) << r.err;
   EXPECT_EQ(count(r.err, "MPI_ABORT"), 0) << r.err;

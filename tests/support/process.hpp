@@ -37,4 +37,14 @@ inline std::string saescale() {
   return env && *env ? env : SAESCALE_BINARY;
 }
 
+// Faults for the runs started while it lives (src/testing/faults.hpp): SAESCALE_FAULTS in this
+// process's environment, which the commands it runs (and mpiexec's ranks) inherit.
+class FaultPlan {
+ public:
+  explicit FaultPlan(const std::string& json) { setenv("SAESCALE_FAULTS", json.c_str(), 1); }
+  ~FaultPlan() { unsetenv("SAESCALE_FAULTS"); }
+  FaultPlan(const FaultPlan&) = delete;
+  FaultPlan& operator=(const FaultPlan&) = delete;
+};
+
 }  // namespace testing_support
