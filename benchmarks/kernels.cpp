@@ -32,6 +32,7 @@
 #include "kernels/gemm.hpp"
 #include "kernels/optim.hpp"
 #include "kernels/select/topk.hpp"
+#include "benchmarks/lab/decoder_gradient_atomic.hpp"
 #include "kernels/sparse.hpp"
 #include "metrics/work_model.hpp"
 
@@ -379,7 +380,7 @@ void sparse_decoder_gradient(benchmark::State& state, const Shape& s, bool sorte
       sparse::build_latent_index(in.rows, index);
       sparse::sparse_decoder_gradient_sorted(in.rows, index, e, alpha, 0, g_w_dec);
     } else {
-      sparse::sparse_decoder_gradient_atomic(in.rows, e, alpha, 0, g_w_dec);
+      sparse::lab::sparse_decoder_gradient_atomic(in.rows, e, alpha, 0, g_w_dec);
     }
   });
 }

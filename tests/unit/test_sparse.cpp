@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "benchmarks/lab/decoder_gradient_atomic.hpp"
 #include "kernels/sparse.hpp"
 #include "support/random_views.hpp"
 
@@ -193,7 +194,7 @@ TEST(Sparse, DecoderGradientAtomicAndSortedMatchReferenceAndEachOther) {
     Kokkos::deep_copy(atomic, g0);
     Kokkos::deep_copy(sorted, g0);
     Kokkos::deep_copy(sorted2, g0);
-    sparse::sparse_decoder_gradient_atomic(fx.rows, G, alpha, beta, atomic);
+    sparse::lab::sparse_decoder_gradient_atomic(fx.rows, G, alpha, beta, atomic);
     sparse::sparse_decoder_gradient_sorted(fx.rows, index, G, alpha, beta, sorted);
     sparse::build_latent_index(fx.rows, index);
     sparse::sparse_decoder_gradient_sorted(fx.rows, index, G, alpha, beta, sorted2);
