@@ -72,10 +72,6 @@ Vector constant_vector(const std::string& label, int64_t n, real value) {
   return v;
 }
 
-SlotView<double> slots(const std::string& label, int64_t width) {
-  return SlotView<double>(label, accumulator_slots(), width);
-}
-
 // Everything an activation kernel reads or writes besides its variant's own parameters:
 // pre-activations pi = x W_enc (no bias), the encoder bias, f, g (= g_f on entry to backward).
 struct ActivationBuffers {
@@ -124,23 +120,19 @@ const std::string kNoSelection = "radix";
 
 void relu_forward(benchmark::State& state, const Shape& s) {
   ActivationBuffers a(s);
+  const kernels::ReluRule rule{a.pi, a.b_enc, {}, 0, {}};
   time_kernel(state, metrics::activation_forward_work("relu", s.B, s.M, kNoSelection), [&] {
-    for_each_tile("saescale::activation::relu_forward", s.B, s.M,
-                  kernels::ReluForward{a.pi, a.b_enc, a.f, a.stats});
-    a.stats.reduce();
+    kernels::dense_forward("saescale::activation::relu_forward", rule, a.f, {}, a.stats);
   });
 }
 
 void relu_backward(benchmark::State& state, const Shape& s) {
   ActivationBuffers a(s);
   const Vector dec_norm = constant_vector("decoder_norms", s.M, 0.1f);
-  const Vector g_b_enc("g_b_enc", s.M);
-  const auto g_b_enc_slots = slots("g_b_enc_slots", s.M);
+  const kernels::ReluRule rule{a.pi, a.b_enc, dec_norm, kLambda / s.B, Vector("g_b_enc", s.M)};
+  const auto sums = kernels::gradient_slots<kernels::ReluRule>("sums", s.M);
   time_kernel(state, metrics::activation_backward_work("relu", s.B, s.M), [&] {
-    for_each_tile(
-        "saescale::variant_backward::relu", s.B, s.M,
-        kernels::ReluBackward{a.pi, a.b_enc, dec_norm, kLambda / s.B, a.g, g_b_enc_slots});
-    sum_slots("saescale::variant_backward::relu_b_enc", g_b_enc_slots, g_b_enc);
+    kernels::dense_backward("saescale::variant_backward::relu", rule, a.g, sums);
   });
 }
 
@@ -150,11 +142,10 @@ Vector jumprelu_log_thresholds(int64_t M) { return constant_vector("log_threshol
 void jumprelu_forward(benchmark::State& state, const Shape& s) {
   ActivationBuffers a(s);
   const Vector log_threshold = jumprelu_log_thresholds(s.M), theta("theta", s.M);
+  const kernels::JumpReluRule rule(a.pi, a.b_enc, theta, kBandwidth, kLambda / s.B);
   time_kernel(state, metrics::activation_forward_work("jumprelu", s.B, s.M, kNoSelection), [&] {
     kernels::thresholds(log_threshold, theta);
-    for_each_tile("saescale::activation::jumprelu_forward", s.B, s.M,
-                  kernels::JumpReluForward{a.pi, a.b_enc, theta, a.f, a.stats});
-    a.stats.reduce();
+    kernels::dense_forward("saescale::activation::jumprelu_forward", rule, a.f, {}, a.stats);
   });
 }
 
@@ -162,14 +153,11 @@ void jumprelu_backward(benchmark::State& state, const Shape& s) {
   ActivationBuffers a(s);
   const Vector log_threshold = jumprelu_log_thresholds(s.M), theta("theta", s.M);
   kernels::thresholds(log_threshold, theta);  // forward's, still valid in backward
-  const Vector g_b_enc("g_b_enc", s.M), g_log_threshold("g_log_threshold", s.M);
-  const auto g_b_enc_slots = slots("g_b_enc_slots", s.M), g_theta_slots = slots("g_theta", s.M);
+  const kernels::JumpReluRule rule(a.pi, a.b_enc, theta, kBandwidth, kLambda / s.B,
+                                   Vector("g_b_enc", s.M), Vector("g_log_threshold", s.M));
+  const auto sums = kernels::gradient_slots<kernels::JumpReluRule>("sums", s.M);
   time_kernel(state, metrics::activation_backward_work("jumprelu", s.B, s.M), [&] {
-    for_each_tile("saescale::variant_backward::jumprelu", s.B, s.M,
-                  kernels::JumpReluBackward{a.pi, a.b_enc, theta, kBandwidth, kLambda / s.B, a.g,
-                                            g_b_enc_slots, g_theta_slots});
-    kernels::JumpReluBackward::finish(g_b_enc_slots, g_theta_slots, theta, g_b_enc,
-                                      g_log_threshold);
+    kernels::dense_backward("saescale::variant_backward::jumprelu", rule, a.g, sums);
   });
 }
 
@@ -187,11 +175,10 @@ void gated_forward(benchmark::State& state, const Shape& s) {
   ActivationBuffers a(s);
   const GatedParams p(s.M);
   const Matrix gate_act("gate_act", s.B, s.M);
+  const kernels::GatedRule rule{a.pi, p.b_gate, p.scale, p.b_mag, 0, {}, {}, {}, {}, {}};
   time_kernel(state, metrics::activation_forward_work("gated", s.B, s.M, kNoSelection), [&] {
     kernels::magnitude_scales(p.r_mag, p.scale);
-    for_each_tile("saescale::activation::gated_forward", s.B, s.M,
-                  kernels::GatedForward{a.pi, p.b_gate, p.scale, p.b_mag, a.f, gate_act, a.stats});
-    a.stats.reduce();
+    kernels::dense_forward("saescale::activation::gated_forward", rule, a.f, gate_act, a.stats);
   });
 }
 
@@ -200,21 +187,19 @@ void gated_backward(benchmark::State& state, const Shape& s) {
   const GatedParams p(s.M);
   kernels::magnitude_scales(p.r_mag, p.scale);  // forward's, still valid in backward
   const Matrix g_aux = random_matrix("g_aux", s.B, s.M, -1e-3f, 1e-3f);
-  const Vector g_b_gate("g_b_gate", s.M), g_b_mag("g_b_mag", s.M), g_r_mag("g_r_mag", s.M),
-      g_pi_sum("g_pi_sum", s.M);
-  const auto g_b_gate_slots = slots("g_b_gate_slots", s.M),
-             g_b_mag_slots = slots("g_b_mag_slots", s.M),
-             g_r_mag_slots = slots("g_r_mag_slots", s.M),
-             g_p_sum_slots = slots("g_p_sum_slots", s.M);
+  const kernels::GatedRule rule{a.pi,
+                                p.b_gate,
+                                p.scale,
+                                p.b_mag,
+                                kLambda / s.B,
+                                g_aux,
+                                Vector("g_b_gate", s.M),
+                                Vector("g_b_mag", s.M),
+                                Vector("g_r_mag", s.M),
+                                Vector("g_pi_sum", s.M)};
+  const auto sums = kernels::gradient_slots<kernels::GatedRule>("sums", s.M);
   time_kernel(state, metrics::activation_backward_work("gated", s.B, s.M), [&] {
-    for_each_tile(
-        "saescale::variant_backward::gated", s.B, s.M,
-        kernels::GatedBackward{a.pi, p.b_gate, p.scale, p.b_mag, kLambda / s.B, a.g, g_aux,
-                               g_b_gate_slots, g_b_mag_slots, g_r_mag_slots, g_p_sum_slots});
-    sum_slots("saescale::variant_backward::gated_b_gate", g_b_gate_slots, g_b_gate);
-    sum_slots("saescale::variant_backward::gated_b_mag", g_b_mag_slots, g_b_mag);
-    sum_slots("saescale::variant_backward::gated_g_p_sum", g_p_sum_slots, g_pi_sum);
-    sum_slots("saescale::variant_backward::gated_r_mag", g_r_mag_slots, g_r_mag);
+    kernels::dense_backward("saescale::variant_backward::gated", rule, a.g, sums);
   });
 }
 
@@ -223,12 +208,10 @@ void gated_backward(benchmark::State& state, const Shape& s) {
 void topk_backward(benchmark::State& state, const Shape& s) {
   ActivationBuffers a(s);
   kernels::row_topk(a.pi, a.b_enc, s.k, kernels::TopkAlgo::radix, a.f);
-  const Vector g_b_enc("g_b_enc", s.M);
-  const auto g_pi_slots = slots("g_pi_slots", s.M);
+  const kernels::TopkRule rule{a.f, {}, {}, false, Vector("g_b_enc", s.M), Vector("g_pi", s.M)};
+  const auto sums = kernels::gradient_slots<kernels::TopkRule>("sums", s.M);
   time_kernel(state, metrics::activation_backward_work("topk", s.B, s.M), [&] {
-    for_each_tile("saescale::variant_backward::topk", s.B, s.M,
-                  kernels::TopkBackward{a.f, Matrix(), Matrix(), false, a.g, g_pi_slots});
-    sum_slots("saescale::variant_backward::topk_b_enc", g_pi_slots, g_b_enc);
+    kernels::dense_backward("saescale::variant_backward::topk", rule, a.g, sums);
   });
 }
 

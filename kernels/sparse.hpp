@@ -407,32 +407,6 @@ inline void sparse_gradient_by_latent(const char* label, const SparseRows& rows,
   }
 }
 
-// The backward of an activation whose derivative is 1 on the rows' entries, plus a per-latent
-// constant: g_pi(e) = g_f(e) + scale shift(m) at latent m's entries (shift empty: no constant),
-// and sums(m) = sum_b g_pi (in row order, in double; 0 for latents without entries) — b_enc's
-// gradient. TopK and BatchTopK (selected entries), ReLU (active entries; shift: its penalty's
-// ||W_dec[m]||).
-inline void shifted_gradient_by_latent(const char* label, const SparseRows& g_f,
-                                       const LatentIndex& index, const Vector& shift, real scale,
-                                       const Matrix& g_pi_values, const Vector& sums) {
-  const int64_t cap = g_f.capacity();
-  const Matrix val = g_f.val;
-  const IndexVector offsets = index.offsets, entries = index.entries;
-  const bool shifted = shift.extent(0) > 0;
-  Kokkos::parallel_for(
-      label, Kokkos::RangePolicy<ExecSpace>(0, index.latents()), KOKKOS_LAMBDA(int64_t m) {
-        const real add = shifted ? scale * shift(m) : real(0);
-        double sum = 0;
-        for (Index a = offsets(m); a < offsets(m + 1); ++a) {
-          const int64_t e = entries(a), b = e / cap, j = e - b * cap;
-          const real gp = shifted ? val(b, j) + add : val(b, j);
-          g_pi_values(b, j) = gp;
-          sum += gp;
-        }
-        sums(m) = static_cast<real>(sum);
-      });
-}
-
 // g_W_dec [M, d] = beta g_W_dec + alpha f^T G, from an index built on rows (build_latent_index).
 inline void sparse_decoder_gradient_sorted(const SparseRows& rows, const LatentIndex& index,
                                            const Matrix& G, real alpha, real beta,

@@ -1,10 +1,15 @@
-// JumpReLU SAE activation (sae-variants.md §5): f = pi * 1[pi > theta], theta = exp(t).
+// JumpReLU SAE (Rajamanoharan et al. 2024): f = pre 1[pre > theta], pre = pi + b_enc, with a
+// trainable threshold theta = exp(t) per latent and an L0 penalty (lambda/B) sum_bi 1[pre > theta].
 //
-// The straight-through estimator uses the rectangle kernel K(u) = 1[-1/2 < u < 1/2] (strict) and
-// produces gradients ONLY for t: the L0 term sends nothing to W_enc or b_enc.
+// Derivation (docs/variants.md): the step has no useful derivative, so the threshold's gradient
+// is a straight-through estimate with the rectangle kernel K(u) = 1[-1/2 < u < 1/2] (strict) of
+// bandwidth eps, u = pre - theta:
+//   g_pi    = g_f 1[u > 0]                                      (the L0 term reaches nothing else)
+//   g_theta = sum_b K(u/eps) ( -(theta/eps) g_f - lambda/(B eps) )
+//   g_t     = theta g_theta                                     (chain rule through exp)
+//   g_b_enc = sum_b g_pi
 #pragma once
-#include "kernels/activations/latent_stats.hpp"
-#include "kernels/sparse.hpp"
+#include "kernels/activations/drivers.hpp"
 
 namespace saescale::kernels {
 
@@ -16,131 +21,55 @@ inline void thresholds(const Vector& log_threshold, const Vector& theta) {
       KOKKOS_LAMBDA(int64_t i) { theta(i) = kmath::exp(log_threshold(i)); });
 }
 
-struct JumpReluForward {
-  Matrix pi_raw;  // x W_enc, bias added here
+struct JumpReluRule {
+  static constexpr int kSums = 2;  // g_b_enc, g_theta
+  static constexpr bool kL1Sum = false, kKeepsL1Input = false;
+
+  Matrix pi;  // x W_enc, without the bias
   Vector b_enc;
-  Vector theta;
-  Matrix f;
-  LatentStats stats;
+  Vector theta;                        // exp(t), from thresholds()
+  real half_window, inv_eps, l0_term;  // eps/2, 1/eps, lambda/(B eps): constants, so
+                                       // every path rounds the same products
+  Vector g_b_enc, g_log_threshold;     // out (backward)
 
-  KOKKOS_INLINE_FUNCTION void tile(int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                                   int64_t s) const {
-    int64_t* active = &stats.active(s, 0);
-    int64_t* fired = &stats.fired(s, 0);
-    const real* bias = b_enc.data();
-    const real* th = theta.data();
-    for (int64_t i = c0; i < c1; ++i) active[i] = fired[i] = 0, stats.f_sum(s, i) = 0;
-    for (int64_t b = r0; b < r1; ++b) {
-      const real* p = &pi_raw(b, 0);
-      real* out = &f(b, 0);
-      for (int64_t i = c0; i < c1; ++i) {
-        const real pre = p[i] + bias[i];
-        // Branch-free (bitwise &, selects) so the loop vectorises: whether an entry is active is
-        // data-dependent and unpredictable. The step is applied to pi, not to f.
-        const bool on = pre > th[i];
-        out[i] = on ? pre : real(0);
-        active[i] += on;
-        fired[i] += on & (pre > kFireThreshold);
-      }
-    }
+  JumpReluRule(Matrix pi_, Vector b_enc_, Vector theta_, real bandwidth, real l0_scale,
+               Vector g_b_enc_ = {}, Vector g_log_threshold_ = {})
+      : pi(pi_),
+        b_enc(b_enc_),
+        theta(theta_),
+        half_window(bandwidth / 2),
+        inv_eps(1 / bandwidth),
+        l0_term(l0_scale * (1 / bandwidth)),
+        g_b_enc(g_b_enc_),
+        g_log_threshold(g_log_threshold_) {}
+
+  KOKKOS_INLINE_FUNCTION real pre(int64_t b, int64_t i) const { return pi(b, i) + b_enc(i); }
+
+  // Branch-free (selects) so the dense loop vectorises: whether an entry is active is
+  // data-dependent and unpredictable.
+  KOKKOS_INLINE_FUNCTION Activation forward(int64_t b, int64_t i) const {
+    const real p = pre(b, i);
+    return {p > theta(i) ? p : real(0), 0};
   }
-};
-
-// In place over g: g_f in, g_pi = g_f * 1[pi > theta] out. Per latent (per slot):
-//   g_b_enc  = sum_b g_pi
-//   g_theta  = sum_b K((pi - theta)/eps) * ( -(theta/eps) g_f - lambda/(B eps) )
-// and `finish` applies the chain rule through theta = exp(t): g_t = theta * g_theta.
-struct JumpReluBackward {
-  Matrix pi_raw;
-  Vector b_enc;
-  Vector theta;
-  real bandwidth;  // eps
-  real l0_scale;   // lambda / B
-  Matrix g;
-  SlotView<double> g_b_enc, g_theta;
-
-  KOKKOS_INLINE_FUNCTION void tile(int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                                   int64_t s) const {
-    double* gb = &g_b_enc(s, 0);
-    double* gt = &g_theta(s, 0);
-    const real* bias = b_enc.data();
-    const real* th = theta.data();
-    const real half_window = bandwidth / 2, inv_eps = 1 / bandwidth, l0_term = l0_scale * inv_eps;
-    for (int64_t i = c0; i < c1; ++i) gb[i] = gt[i] = 0;
-    for (int64_t b = r0; b < r1; ++b) {
-      const real* p = &pi_raw(b, 0);
-      real* grow = &g(b, 0);
-      for (int64_t i = c0; i < c1; ++i) {
-        const real pre = p[i] + bias[i], gf = grow[i], u = pre - th[i];
-        const real gp = u > 0 ? gf : real(0);
-        const bool in_window = (-half_window < u) & (u < half_window);  // strict rectangle
-        grow[i] = gp;
-        gb[i] += gp;
-        gt[i] += in_window ? -(th[i] * inv_eps) * gf - l0_term : real(0);
-      }
-    }
-  }
-
-  // Slot sums -> parameter gradients (float), with g_t = theta * g_theta.
-  static void finish(const SlotView<double>& gb, const SlotView<double>& gt, const Vector& theta,
-                     const Vector& g_b_enc, const Vector& g_log_threshold) {
-    Kokkos::parallel_for(
-        "saescale::variant_backward::jumprelu_finish",
-        Kokkos::RangePolicy<ExecSpace>(0, theta.extent(0)), KOKKOS_LAMBDA(int64_t i) {
-          double b = 0, t = 0;
-          for (int64_t s = 0; s < static_cast<int64_t>(gb.extent(0)); ++s)
-            b += gb(s, i), t += gt(s, i);
-          g_b_enc(i) = static_cast<real>(b);
-          g_log_threshold(i) = static_cast<real>(theta(i) * t);
-        });
-  }
-};
-
-// The sparse path (kernels/sparse.hpp, rows_from_rule): the entries JumpReLU's backward reads,
-// straight from pi — the active ones (u = pi + b_enc - theta > 0, value pi + b_enc) and the
-// inactive ones inside the straight-through window (-eps/2 < u <= 0, value 0: they carry g_f to
-// the threshold's gradient and add nothing to the decode). The same float expressions as
-// JumpReluForward and JumpReluBackward, so both paths make the same decisions.
-struct JumpReluRows {
-  Matrix pi_raw;
-  Vector b_enc, theta;
-  real half_window;
+  // The active entries and the inactive ones inside the window (-eps/2 < u <= 0): those carry g_f
+  // to the threshold's gradient (value 0, nothing added to the decode).
   KOKKOS_INLINE_FUNCTION bool keep(int64_t b, int64_t i) const {
-    return pi_raw(b, i) + b_enc(i) - theta(i) > -half_window;
+    return pre(b, i) - theta(i) > -half_window;
   }
-  KOKKOS_INLINE_FUNCTION real value(int64_t b, int64_t i) const {
-    const real pre = pi_raw(b, i) + b_enc(i);
-    return pre > theta(i) ? pre : real(0);
+
+  KOKKOS_INLINE_FUNCTION real backward(int64_t b, int64_t i, int64_t /*j*/, real g_f,
+                                       real (&terms)[kSums]) const {
+    const real u = pre(b, i) - theta(i);
+    const real g_pi = u > 0 ? g_f : real(0);
+    const bool in_window = (-half_window < u) & (u < half_window);  // strict rectangle
+    terms[0] = g_pi;
+    terms[1] = in_window ? -(theta(i) * inv_eps) * g_f - l0_term : real(0);
+    return g_pi;
+  }
+  KOKKOS_INLINE_FUNCTION void finish(int64_t i, const double (&sums)[kSums]) const {
+    g_b_enc(i) = static_cast<real>(sums[0]);
+    g_log_threshold(i) = static_cast<real>(theta(i) * sums[1]);
   }
 };
-
-// JumpReluBackward over those rows: g_f at the rows' entries in, g_pi at the same entries out, and
-// per latent g_b_enc and g_t, each latent summing its own entries (the index) in row order: no
-// atomics, deterministic. Latents without entries get zero gradients, as on the dense path.
-inline void jumprelu_backward_rows(const sparse::SparseRows& g_f, const sparse::LatentIndex& index,
-                                   const Matrix& pi_raw, const Vector& b_enc, const Vector& theta,
-                                   real bandwidth, real l0_scale, const Matrix& g_pi_values,
-                                   const Vector& g_b_enc, const Vector& g_log_threshold) {
-  const int64_t cap = g_f.capacity();
-  const Matrix gf = g_f.val;
-  const sparse::IndexVector offsets = index.offsets, entries = index.entries;
-  const real half_window = bandwidth / 2, inv_eps = 1 / bandwidth, l0_term = l0_scale * inv_eps;
-  Kokkos::parallel_for(
-      "saescale::variant_backward::jumprelu_rows",
-      Kokkos::RangePolicy<ExecSpace>(0, index.latents()), KOKKOS_LAMBDA(int64_t m) {
-        const real bias = b_enc(m), th = theta(m);
-        double gb = 0, gt = 0;
-        for (sparse::Index a = offsets(m); a < offsets(m + 1); ++a) {
-          const int64_t e = entries(a), b = e / cap, j = e - b * cap;
-          const real u = pi_raw(b, m) + bias - th, g = gf(b, j);
-          const real gp = u > 0 ? g : real(0);
-          g_pi_values(b, j) = gp;
-          gb += gp;
-          if ((-half_window < u) & (u < half_window)) gt += -(th * inv_eps) * g - l0_term;
-        }
-        g_b_enc(m) = static_cast<real>(gb);
-        g_log_threshold(m) = static_cast<real>(th * gt);
-      });
-}
 
 }  // namespace saescale::kernels

@@ -1,75 +1,42 @@
-// ReLU SAE activation (sae-variants.md §1): f = ReLU(pi + b_enc).
+// ReLU SAE (Anthropic, April 2024): f = ReLU(pi + b_enc), L1 penalty weighted by each decoder
+// row's norm, (lambda/B) sum_b sum_i f_bi ||W_dec[i]||.
+//
+// Derivation (docs/variants.md): d penalty / d f_bi = (lambda/B) ||W_dec[i]||, so
+//   g_pi = (g_f + (lambda/B) ||W_dec[i]||) 1[pi + b_enc > 0],   g_b_enc = sum_b g_pi.
+// The decoder-norm term of W_dec's gradient is the variant's (src/variants/relu.cpp).
 #pragma once
-#include "kernels/activations/latent_stats.hpp"
+#include "kernels/activations/drivers.hpp"
 
 namespace saescale::kernels {
 
-// pi_raw = x W_enc without the bias: the GEMM writes it, forward and backward both add b_enc,
-// which saves a B x M write pass.
-struct ReluForward {
-  Matrix pi_raw;
-  Vector b_enc;
-  Matrix f;
-  LatentStats stats;
+struct ReluRule {
+  static constexpr int kSums = 1;  // g_b_enc
+  static constexpr bool kL1Sum = true, kKeepsL1Input = false;
 
-  KOKKOS_INLINE_FUNCTION void tile(int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                                   int64_t s) const {
-    int64_t* active = &stats.active(s, 0);
-    int64_t* fired = &stats.fired(s, 0);
-    double* sum = &stats.f_sum(s, 0);
-    const real* bias = b_enc.data();
-    for (int64_t i = c0; i < c1; ++i) active[i] = fired[i] = 0, sum[i] = 0;
-    for (int64_t b = r0; b < r1; ++b) {
-      const real* p = &pi_raw(b, 0);
-      real* out = &f(b, 0);
-      for (int64_t i = c0; i < c1; ++i) {
-        const real pre = p[i] + bias[i];
-        const real v = pre > 0 ? pre : real(0);
-        out[i] = v;
-        active[i] += v != 0;
-        fired[i] += v > kFireThreshold;
-        sum[i] += v;
-      }
-    }
+  Matrix pi;           // x W_enc, without the bias (both passes add it: no B x M write pass)
+  Vector b_enc;        //
+  Vector dec_norm;     // ||W_dec[i]|| (backward)
+  real penalty_scale;  // lambda / B (backward)
+  Vector g_b_enc;      // out (backward)
+
+  KOKKOS_INLINE_FUNCTION real pre(int64_t b, int64_t i) const { return pi(b, i) + b_enc(i); }
+
+  KOKKOS_INLINE_FUNCTION Activation forward(int64_t b, int64_t i) const {
+    const real p = pre(b, i);
+    const real f = p > 0 ? p : real(0);
+    return {f, f};
   }
-};
+  KOKKOS_INLINE_FUNCTION bool keep(int64_t b, int64_t i) const { return pre(b, i) > 0; }
 
-// g_pi = (g_f + (lambda/B) ||W_dec[i]||) * 1[pi > 0], in place over g; per-slot sums of g_pi.
-struct ReluBackward {
-  Matrix pi_raw;
-  Vector b_enc;
-  Vector dec_norm;
-  real penalty_scale;  // lambda / B
-  Matrix g;            // in: g_f, out: g_pi
-  SlotView<double> g_b_enc;
-
-  KOKKOS_INLINE_FUNCTION void tile(int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                                   int64_t s) const {
-    double* gb = &g_b_enc(s, 0);
-    const real* bias = b_enc.data();
-    const real* norm = dec_norm.data();
-    for (int64_t i = c0; i < c1; ++i) gb[i] = 0;
-    for (int64_t b = r0; b < r1; ++b) {
-      const real* p = &pi_raw(b, 0);
-      real* grow = &g(b, 0);
-      for (int64_t i = c0; i < c1; ++i) {
-        const real gp = p[i] + bias[i] > 0 ? grow[i] + penalty_scale * norm[i] : real(0);
-        grow[i] = gp;
-        gb[i] += gp;
-      }
-    }
+  KOKKOS_INLINE_FUNCTION real backward(int64_t b, int64_t i, int64_t /*j*/, real g_f,
+                                       real (&terms)[kSums]) const {
+    const real g_pi = pre(b, i) > 0 ? g_f + penalty_scale * dec_norm(i) : real(0);
+    terms[0] = g_pi;
+    return g_pi;
   }
-};
-
-// The sparse path (kernels/sparse.hpp, rows_from_rule): the active entries straight from pi, with
-// ReluForward's expressions.
-struct ReluRows {
-  Matrix pi_raw;
-  Vector b_enc;
-  KOKKOS_INLINE_FUNCTION bool keep(int64_t b, int64_t i) const {
-    return pi_raw(b, i) + b_enc(i) > 0;
+  KOKKOS_INLINE_FUNCTION void finish(int64_t i, const double (&sums)[kSums]) const {
+    g_b_enc(i) = static_cast<real>(sums[0]);
   }
-  KOKKOS_INLINE_FUNCTION real value(int64_t b, int64_t i) const { return pi_raw(b, i) + b_enc(i); }
 };
 
 }  // namespace saescale::kernels

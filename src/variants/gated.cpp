@@ -1,6 +1,7 @@
-// Gated SAE (sae-variants.md §2): gate and magnitude paths sharing W_enc; L1 on ReLU(pi_gate); an
-// auxiliary reconstruction of x from ReLU(pi_gate) through the FROZEN decoder (a second decoder
-// GEMM forward and a second g W_dec^T backward; no gradient to W_dec or the decoder-side b_dec).
+// Gated SAE: gate and magnitude paths sharing W_enc; L1 on ReLU(pi_gate); an auxiliary
+// reconstruction of x from ReLU(pi_gate) through the FROZEN decoder (a second decoder GEMM forward
+// and a second g W_dec^T backward; no gradient to W_dec or the decoder-side b_dec). Its rule:
+// kernels/activations/gated.hpp.
 #include "kernels/activations/gated.hpp"
 
 #include "kernels/reduce.hpp"
@@ -12,23 +13,17 @@ namespace {
 class Gated final : public Variant {
  public:
   void allocate(int64_t batch, int64_t d, int64_t width) override {
-    const int64_t slots = accumulator_slots();
     scale_ = Vector("saescale::gated::mag_scale", width);
     aux_ = Matrix("saescale::gated::aux", batch, width);  // ReLU(pi_gate), then its gradient
     e_aux_ = Matrix("saescale::gated::e_aux", batch, d);
-    g_b_gate_ = SlotView<double>("saescale::gated::g_b_gate", slots, width);
-    g_b_mag_ = SlotView<double>("saescale::gated::g_b_mag", slots, width);
-    g_r_mag_ = SlotView<double>("saescale::gated::g_r_mag", slots, width);
-    g_p_sum_ = SlotView<double>("saescale::gated::g_p_sum", slots, width);
+    sums_ = kernels::gradient_slots<kernels::GatedRule>("saescale::gated::sums", width);
   }
 
   double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
     rows_ = {};
     kernels::magnitude_scales(p.vector("r_mag"), scale_);
-    for_each_tile("saescale::activation::gated_forward", s.f.extent(0), s.f.extent(1),
-                  kernels::GatedForward{s.pi, p.vector("b_gate"), scale_, p.vector("b_mag"), s.f,
-                                        aux_, s.stats});
-    s.stats.reduce();
+    kernels::dense_forward("saescale::activation::gated_forward", rule(p, s, h, aux_), s.f, aux_,
+                           s.stats);
     double gate_l1 = 0;
     auto sums = s.stats.f_sum_total();
     Kokkos::parallel_reduce(
@@ -44,15 +39,15 @@ class Gated final : public Variant {
   double forward_rows(const ParamStore& p, StepBuffers& s, const Hyper& h,
                       const sparse::SparseRows& rows) override {
     kernels::magnitude_scales(p.vector("r_mag"), scale_);
-    sparse::rows_from_rule("saescale::activation::gated_rows", s.pi.extent(0), s.pi.extent(1),
-                           kernels::GatedRows{s.pi, p.vector("b_gate"), scale_, p.vector("b_mag")},
-                           rows, &s.stats);
+    kernels::rows_forward("saescale::activation::gated_rows", rule(p, s, h, {}), s.pi.extent(1),
+                          rows, s.stats);
     if (gate_values_.extent(1) != rows.val.extent(1)) {  // first use, or the rows grew
       gate_values_ = Matrix("saescale::gated::gate_values", rows.rows(), rows.capacity());
       g_aux_values_ = Matrix("saescale::gated::g_aux_values", rows.rows(), rows.capacity());
     }
     rows_ = rows.with_values(gate_values_);
-    const double gate_l1 = kernels::gate_values(rows, s.pi, p.vector("b_gate"), gate_values_);
+    const double gate_l1 = kernels::rows_l1_input("saescale::activation::gated_gate_values",
+                                                  rule(p, s, h, {}), rows, gate_values_);
     return h.sparsity_coeff * gate_l1 / s.global_batch;
   }
   bool auxiliary_outside_rows() const override { return !rows_.rows(); }  // a dense step
@@ -76,30 +71,27 @@ class Gated final : public Variant {
 
   void backward_rows(ParamStore& p, StepBuffers& s, const Hyper& h, const sparse::SparseRows& g_f,
                      const sparse::LatentIndex& index, const Matrix& g_pi_values) override {
-    kernels::gated_backward_rows(
-        g_f, g_aux_values_, index, s.pi, p.vector("b_gate"), scale_, p.vector("b_mag"),
-        static_cast<real>(h.sparsity_coeff / s.global_batch), g_pi_values, p.grad_vector("b_gate"),
-        p.grad_vector("b_mag"), p.grad_vector("r_mag"), s.g_pi_sum);
-    magnitude_chain(p);
+    kernels::rows_backward("saescale::variant_backward::gated_rows", rule(p, s, h, g_aux_values_),
+                           g_f, index, g_pi_values);
   }
-
+  // aux_ holds the auxiliary gradient by now (auxiliary_backward).
   void backward(ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    for_each_tile("saescale::variant_backward::gated", s.g.extent(0), s.g.extent(1),
-                  kernels::GatedBackward{s.pi, p.vector("b_gate"), scale_, p.vector("b_mag"),
-                                         static_cast<real>(h.sparsity_coeff / s.global_batch), s.g,
-                                         aux_, g_b_gate_, g_b_mag_, g_r_mag_, g_p_sum_});
-    sum_slots("saescale::variant_backward::gated_b_gate", g_b_gate_, p.grad_vector("b_gate"));
-    sum_slots("saescale::variant_backward::gated_b_mag", g_b_mag_, p.grad_vector("b_mag"));
-    sum_slots("saescale::variant_backward::gated_g_p_sum", g_p_sum_, s.g_pi_sum);
-    sum_slots("saescale::variant_backward::gated_r_mag", g_r_mag_, p.grad_vector("r_mag"));
-    magnitude_chain(p);
+    kernels::dense_backward("saescale::variant_backward::gated", rule(p, s, h, aux_), s.g, sums_);
   }
 
  private:
-  // d/dr = exp(r) d/d(exp r)
-  void magnitude_chain(ParamStore& p) const {
-    kernels::multiply("saescale::variant_backward::gated_r_mag_chain", p.grad_vector("r_mag"),
-                      scale_);
+  kernels::GatedRule rule(const ParamStore& p, const StepBuffers& s, const Hyper& h,
+                          const Matrix& g_aux) const {
+    return {s.pi,
+            p.vector("b_gate"),
+            scale_,
+            p.vector("b_mag"),
+            static_cast<real>(h.sparsity_coeff / s.global_batch),
+            g_aux,
+            p.grad_vector("b_gate"),
+            p.grad_vector("b_mag"),
+            p.grad_vector("r_mag"),
+            s.g_pi_sum};
   }
 
   Vector scale_;
@@ -108,7 +100,7 @@ class Gated final : public Variant {
   // empty on a dense step.
   Matrix gate_values_, g_aux_values_;
   sparse::SparseRows rows_;
-  SlotView<double> g_b_gate_, g_b_mag_, g_r_mag_, g_p_sum_;
+  kernels::GradientSlots sums_;
 };
 
 }  // namespace

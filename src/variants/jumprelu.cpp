@@ -1,5 +1,6 @@
-// JumpReLU SAE (sae-variants.md §5): elementwise threshold, trainable t = log(theta), L0 penalty
-// through a rectangle-kernel straight-through estimator that reaches only t.
+// JumpReLU SAE: elementwise threshold, trainable t = log(theta), L0 penalty through a
+// rectangle-kernel straight-through estimator that reaches only t. Its rule:
+// kernels/activations/jumprelu.hpp.
 #include "kernels/activations/jumprelu.hpp"
 
 #include <cmath>
@@ -20,47 +21,34 @@ class JumpRelu final : public Variant {
 
   void allocate(int64_t, int64_t, int64_t width) override {
     theta_ = Vector("saescale::jumprelu::theta", width);
-    g_b_enc_ = SlotView<double>("saescale::jumprelu::g_b_enc_slots", accumulator_slots(), width);
-    g_theta_ = SlotView<double>("saescale::jumprelu::g_theta_slots", accumulator_slots(), width);
+    sums_ = kernels::gradient_slots<kernels::JumpReluRule>("saescale::jumprelu::sums", width);
   }
 
   double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
     kernels::thresholds(p.vector("log_threshold"), theta_);
-    for_each_tile("saescale::activation::jumprelu_forward", s.f.extent(0), s.f.extent(1),
-                  kernels::JumpReluForward{s.pi, p.vector("b_enc"), theta_, s.f, s.stats});
-    s.stats.reduce();
+    kernels::dense_forward("saescale::activation::jumprelu_forward", rule(p, s, h), s.f, {},
+                           s.stats);
     return penalty(s, h);
   }
-
   // The sparse path: the active entries and, for the threshold, those inside the window, straight
-  // from pi (kernels/activations/jumprelu.hpp).
+  // from pi.
   bool emits_rows() const override { return true; }
   double forward_rows(const ParamStore& p, StepBuffers& s, const Hyper& h,
                       const sparse::SparseRows& rows) override {
     kernels::thresholds(p.vector("log_threshold"), theta_);
-    sparse::rows_from_rule(
-        "saescale::activation::jumprelu_rows", s.pi.extent(0), s.pi.extent(1),
-        kernels::JumpReluRows{s.pi, p.vector("b_enc"), theta_, static_cast<real>(h.bandwidth / 2)},
-        rows, &s.stats);
+    kernels::rows_forward("saescale::activation::jumprelu_rows", rule(p, s, h), s.pi.extent(1),
+                          rows, s.stats);
     return penalty(s, h);
   }
+
+  // theta_ still holds exp(t) from the forward: parameters do not change in between.
   void backward_rows(ParamStore& p, StepBuffers& s, const Hyper& h, const sparse::SparseRows& g_f,
                      const sparse::LatentIndex& index, const Matrix& g_pi_values) override {
-    kernels::jumprelu_backward_rows(
-        g_f, index, s.pi, p.vector("b_enc"), theta_, static_cast<real>(h.bandwidth),
-        static_cast<real>(h.sparsity_coeff / s.global_batch), g_pi_values, p.grad_vector("b_enc"),
-        p.grad_vector("log_threshold"));
+    kernels::rows_backward("saescale::variant_backward::jumprelu_rows", rule(p, s, h), g_f, index,
+                           g_pi_values);
   }
-
   void backward(ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    // theta_ still holds exp(t) from forward: parameters do not change in between.
-    for_each_tile(
-        "saescale::variant_backward::jumprelu", s.g.extent(0), s.g.extent(1),
-        kernels::JumpReluBackward{s.pi, p.vector("b_enc"), theta_, static_cast<real>(h.bandwidth),
-                                  static_cast<real>(h.sparsity_coeff / s.global_batch), s.g,
-                                  g_b_enc_, g_theta_});
-    kernels::JumpReluBackward::finish(g_b_enc_, g_theta_, theta_, p.grad_vector("b_enc"),
-                                      p.grad_vector("log_threshold"));
+    kernels::dense_backward("saescale::variant_backward::jumprelu", rule(p, s, h), s.g, sums_);
   }
 
   // Files store `threshold` (SAELens / Gemma Scope); training keeps log_threshold.
@@ -86,6 +74,16 @@ class JumpRelu final : public Variant {
   }
 
  private:
+  kernels::JumpReluRule rule(const ParamStore& p, const StepBuffers& s, const Hyper& h) const {
+    return {s.pi,
+            p.vector("b_enc"),
+            theta_,
+            static_cast<real>(h.bandwidth),
+            static_cast<real>(h.sparsity_coeff / s.global_batch),
+            p.grad_vector("b_enc"),
+            p.grad_vector("log_threshold")};
+  }
+
   // (lambda / B) * number of (token, latent) pairs above threshold, from the stats.
   static double penalty(const StepBuffers& s, const Hyper& h) {
     const int64_t active =
@@ -94,7 +92,7 @@ class JumpRelu final : public Variant {
   }
 
   Vector theta_;
-  SlotView<double> g_b_enc_, g_theta_;
+  kernels::GradientSlots sums_;
 };
 
 }  // namespace

@@ -1,5 +1,6 @@
-// ReLU SAE, Anthropic's April 2024 recipe (sae-variants.md §1): no decoder constraint; the L1
-// penalty is weighted by each decoder row's norm, so it cannot be dodged by shrinking f.
+// ReLU SAE, Anthropic's April 2024 recipe: no decoder constraint; the L1 penalty is weighted by
+// each decoder row's norm, so it cannot be dodged by shrinking f. Its rule:
+// kernels/activations/relu.hpp.
 #include "kernels/activations/relu.hpp"
 
 #include "kernels/reduce.hpp"
@@ -12,38 +13,29 @@ class Relu final : public Variant {
  public:
   void allocate(int64_t, int64_t, int64_t width) override {
     dec_norm_ = Vector("saescale::relu::decoder_norms", width);
-    g_b_enc_ = SlotView<double>("saescale::relu::g_b_enc_slots", accumulator_slots(), width);
+    sums_ = kernels::gradient_slots<kernels::ReluRule>("saescale::relu::sums", width);
   }
 
   double forward(const ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    for_each_tile("saescale::activation::relu_forward", s.f.extent(0), s.f.extent(1),
-                  kernels::ReluForward{s.pi, p.vector("b_enc"), s.f, s.stats});
-    s.stats.reduce();
+    kernels::dense_forward("saescale::activation::relu_forward", rule(p, s, h), s.f, {}, s.stats);
     return penalty(p, s, h);
   }
 
-  // The sparse path: the active entries straight from pi; the backward adds the penalty's
-  // ||W_dec[i]|| at them, as ReluBackward does.
+  // The sparse path: the active entries straight from pi.
   bool emits_rows() const override { return true; }
   double forward_rows(const ParamStore& p, StepBuffers& s, const Hyper& h,
                       const sparse::SparseRows& rows) override {
-    sparse::rows_from_rule("saescale::activation::relu_rows", s.pi.extent(0), s.pi.extent(1),
-                           kernels::ReluRows{s.pi, p.vector("b_enc")}, rows, &s.stats);
+    kernels::rows_forward("saescale::activation::relu_rows", rule(p, s, h), s.pi.extent(1), rows,
+                          s.stats);
     return penalty(p, s, h);
   }
   void backward_rows(ParamStore& p, StepBuffers& s, const Hyper& h, const sparse::SparseRows& g_f,
                      const sparse::LatentIndex& index, const Matrix& g_pi_values) override {
-    sparse::shifted_gradient_by_latent(
-        "saescale::variant_backward::relu_rows", g_f, index, dec_norm_,
-        static_cast<real>(h.sparsity_coeff / s.global_batch), g_pi_values, p.grad_vector("b_enc"));
+    kernels::rows_backward("saescale::variant_backward::relu_rows", rule(p, s, h), g_f, index,
+                           g_pi_values);
   }
-
   void backward(ParamStore& p, StepBuffers& s, const Hyper& h) override {
-    const real penalty_scale = static_cast<real>(h.sparsity_coeff / s.global_batch);
-    for_each_tile(
-        "saescale::variant_backward::relu", s.g.extent(0), s.g.extent(1),
-        kernels::ReluBackward{s.pi, p.vector("b_enc"), dec_norm_, penalty_scale, s.g, g_b_enc_});
-    sum_slots("saescale::variant_backward::relu_b_enc", g_b_enc_, p.grad_vector("b_enc"));
+    kernels::dense_backward("saescale::variant_backward::relu", rule(p, s, h), s.g, sums_);
   }
 
   // g_W_dec[i] += (lambda/B) (sum_b f_bi) W_dec[i] / ||W_dec[i]||
@@ -63,6 +55,11 @@ class Relu final : public Variant {
   }
 
  private:
+  kernels::ReluRule rule(const ParamStore& p, const StepBuffers& s, const Hyper& h) const {
+    return {s.pi, p.vector("b_enc"), dec_norm_,
+            static_cast<real>(h.sparsity_coeff / s.global_batch), p.grad_vector("b_enc")};
+  }
+
   // (lambda / B) sum_i (sum_b f_bi) ||W_dec[i]||, from the stats; keeps the norms for backward.
   double penalty(const ParamStore& p, const StepBuffers& s, const Hyper& h) {
     kernels::row_norms("saescale::activation::relu_decoder_norms", p.matrix("W_dec"), dec_norm_);
@@ -72,7 +69,7 @@ class Relu final : public Variant {
   }
 
   Vector dec_norm_;
-  SlotView<double> g_b_enc_;
+  kernels::GradientSlots sums_;
 };
 
 }  // namespace

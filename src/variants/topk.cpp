@@ -1,4 +1,4 @@
-// TopK (sae-variants.md §3) and BatchTopK (§4): b_dec subtracted from the input, an exact selection
+// TopK and BatchTopK: b_dec subtracted from the input, an exact selection
 // (row-wise, or over the whole batch), ReLU after selection, and AuxK on the dead latents:
 //   z     = ReLU(pi) on the k_aux' = min(k_aux, |D|) largest pi of each row among dead latents
 //   e_aux = z W_dec                        (no b_dec)
@@ -29,7 +29,7 @@ class SelectionVariant : public Variant {
     g_z_ = Matrix("saescale::auxk::g_z", batch, width);
     e_aux_ = Matrix("saescale::auxk::e_aux", batch, d);
     mean_ = Vector("saescale::auxk::residual_mean", d);
-    g_pi_slots_ = SlotView<double>("saescale::topk::g_pi_slots", accumulator_slots(), width);
+    sums_ = kernels::gradient_slots<kernels::TopkRule>("saescale::topk::sums", width);
   }
 
   // The selection writes f and counts active/fired tokens per latent in the same pass (slot 0;
@@ -102,16 +102,12 @@ class SelectionVariant : public Variant {
   bool auxiliary_outside_rows() const override { return auxk_on_; }
   void backward_rows(ParamStore& p, StepBuffers& s, const Hyper&, const sparse::SparseRows& g_f,
                      const sparse::LatentIndex& index, const Matrix& g_pi_values) override {
-    sparse::shifted_gradient_by_latent("saescale::variant_backward::topk_rows", g_f, index, {}, 0,
-                                       g_pi_values, p.grad_vector("b_enc"));
-    Kokkos::deep_copy(s.g_pi_sum, p.grad_vector("b_enc"));
+    kernels::rows_backward("saescale::variant_backward::topk_rows", rule(p, s), g_f, index,
+                           g_pi_values);
   }
 
   void backward(ParamStore& p, StepBuffers& s, const Hyper&) override {
-    for_each_tile("saescale::variant_backward::topk", s.g.extent(0), s.g.extent(1),
-                  kernels::TopkBackward{s.f, z_, g_z_, auxk_on_, s.g, g_pi_slots_});
-    sum_slots("saescale::variant_backward::topk_b_enc", g_pi_slots_, p.grad_vector("b_enc"));
-    Kokkos::deep_copy(s.g_pi_sum, p.grad_vector("b_enc"));  // the same sum reaches b_dec via x~
+    kernels::dense_backward("saescale::variant_backward::topk", rule(p, s), s.g, sums_);
   }
 
  protected:
@@ -123,9 +119,13 @@ class SelectionVariant : public Variant {
   comm::ShardedRowTopK selection_, auxk_selection_;
 
  private:
+  kernels::TopkRule rule(const ParamStore& p, const StepBuffers& s) const {
+    return {s.f, z_, g_z_, auxk_on_, p.grad_vector("b_enc"), s.g_pi_sum};
+  }
+
   Matrix z_, g_z_, e_aux_;
   Vector mean_;
-  SlotView<double> g_pi_slots_;
+  kernels::GradientSlots sums_;
   double denominator_ = 0;
   bool auxk_on_ = false;
 };

@@ -5,8 +5,10 @@
 #include <cmath>
 #include <random>
 
+#include "kernels/activations/gated.hpp"
 #include "kernels/activations/jumprelu.hpp"
 #include "kernels/activations/relu.hpp"
+#include "kernels/activations/topk.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/optim.hpp"
 #include "kernels/reduce.hpp"
@@ -83,12 +85,10 @@ TEST(Activation, ReluForwardAndBackward) {
   Vector b_enc = random_vector(kM, 0.3), norms = random_vector(kM, 0.1, 1.0), gb("gb", kM);
   auto g_in = host(g);
   auto stats = make_stats(kM);
-  for_each_tile("test", kB, kM, kernels::ReluForward{pi, b_enc, f, stats});
-  stats.reduce();
   const float scale = 0.013f;
-  auto gb_slots = slots(kM);
-  for_each_tile("test", kB, kM, kernels::ReluBackward{pi, b_enc, norms, scale, g, gb_slots});
-  sum_slots("test", gb_slots, gb);
+  const kernels::ReluRule rule{pi, b_enc, norms, scale, gb};
+  kernels::dense_forward("test", rule, f, {}, stats);
+  kernels::dense_backward("test", rule, g, kernels::gradient_slots<kernels::ReluRule>("s", kM));
   auto p = host(pi);
   auto fh = host(f);
   auto gh = host(g);
@@ -128,12 +128,9 @@ TEST(Activation, JumpReluForwardAndBackward) {
   const float eps = 0.3f, l0_scale = 0.02f;
   Vector theta("theta", kM);
   kernels::thresholds(log_theta, theta);
-  for_each_tile("test", kB, kM, kernels::JumpReluForward{pi, b_enc, theta, f, stats});
-  stats.reduce();
-  auto gb_slots = slots(kM), gt_slots = slots(kM);
-  for_each_tile("test", kB, kM,
-                kernels::JumpReluBackward{pi, b_enc, theta, eps, l0_scale, g, gb_slots, gt_slots});
-  kernels::JumpReluBackward::finish(gb_slots, gt_slots, theta, gb, gt);
+  const kernels::JumpReluRule rule(pi, b_enc, theta, eps, l0_scale, gb, gt);
+  kernels::dense_forward("test", rule, f, {}, stats);
+  kernels::dense_backward("test", rule, g, kernels::gradient_slots<kernels::JumpReluRule>("s", kM));
   auto p = host(pi);
   auto fh = host(f);
   auto gh = host(g);
@@ -170,6 +167,187 @@ TEST(Activation, JumpReluForwardAndBackward) {
     EXPECT_NEAR(gth(i), theta_d * gtheta, 1e-4 * (1 + std::abs(theta_d * gtheta)));
   }
   EXPECT_GT(in_window_total, kM) << "the window test needs pre-activations inside the window";
+}
+
+TEST(Activation, GatedForwardAndBackward) {
+  Matrix p = random_matrix(kB, kM), f("f", kB, kM), gate("gate", kB, kM);
+  Matrix g = random_matrix(kB, kM, 0.1), g_aux = random_matrix(kB, kM, 0.05);
+  Vector b_gate = random_vector(kM, 0.3), r_mag = random_vector(kM, 0.2), scale("scale", kM);
+  Vector b_mag = random_vector(kM, 0.3);
+  Vector gb_gate("gbg", kM), gb_mag("gbm", kM), gr_mag("grm", kM), gp_sum("gps", kM);
+  auto g_in = host(g);
+  auto stats = make_stats(kM);
+  const float l1_scale = 0.017f;
+  kernels::magnitude_scales(r_mag, scale);
+  const kernels::GatedRule rule{p,     b_gate,  scale,  b_mag,  l1_scale,
+                                g_aux, gb_gate, gb_mag, gr_mag, gp_sum};
+  kernels::dense_forward("test", rule, f, gate, stats);
+  kernels::dense_backward("test", rule, g, kernels::gradient_slots<kernels::GatedRule>("s", kM));
+  auto ph = host(p), fh = host(f), gateh = host(gate), gh = host(g), gah = host(g_aux);
+  auto bg = host(b_gate), rm = host(r_mag), bm = host(b_mag);
+  auto gbg = host(gb_gate), gbm = host(gb_mag), grm = host(gr_mag), gps = host(gp_sum);
+  auto act = host(stats.active_total());
+  auto l1 = host(stats.f_sum_total());
+  int64_t gated_off = 0;
+  for (int64_t i = 0; i < kM; ++i) {
+    const double sc = std::exp(double(rm(i)));
+    int64_t a = 0;
+    double l1_sum = 0, s_gate = 0, s_mag = 0, s_r = 0, s_p = 0;
+    for (int64_t b = 0; b < kB; ++b) {
+      const double pi_gate = double(ph(b, i)) + bg(i), pi_mag = sc * ph(b, i) + bm(i);
+      const bool open = pi_gate > 0, on = open && pi_mag > 0;
+      gated_off += !open && pi_mag > 0;
+      ASSERT_NEAR(fh(b, i), on ? pi_mag : 0.0, 1e-5) << b << "," << i;
+      ASSERT_NEAR(gateh(b, i), open ? pi_gate : 0.0, 1e-6);
+      a += fh(b, i) != 0;
+      l1_sum += open ? pi_gate : 0;
+      const double g_mag = on ? g_in(b, i) : 0, g_gate = open ? gah(b, i) + l1_scale : 0;
+      const double g_p = sc * g_mag + g_gate;
+      ASSERT_NEAR(gh(b, i), g_p, 1e-5 * (1 + std::abs(g_p)));
+      s_gate += g_gate, s_mag += g_mag, s_r += g_mag * ph(b, i), s_p += g_p;
+    }
+    EXPECT_EQ(act(i), a);
+    EXPECT_NEAR(l1(i), l1_sum, 1e-4 * (1 + l1_sum));
+    EXPECT_NEAR(gbg(i), s_gate, 1e-4 * (1 + std::abs(s_gate)));
+    EXPECT_NEAR(gbm(i), s_mag, 1e-4 * (1 + std::abs(s_mag)));
+    EXPECT_NEAR(grm(i), sc * s_r, 1e-4 * (1 + std::abs(sc * s_r)));
+    EXPECT_NEAR(gps(i), s_p, 1e-4 * (1 + std::abs(s_p)));
+  }
+  EXPECT_GT(gated_off, 0) << "the test needs entries the gate closes although pi_mag > 0";
+}
+
+// f: ReLU of random values with a random mask, as a selection leaves it.
+Matrix masked_activations(int64_t rows, int64_t cols, double keep) {
+  Matrix f = random_matrix(rows, cols);
+  auto h = host(f);
+  std::bernoulli_distribution kept(keep);
+  for (int64_t b = 0; b < rows; ++b)
+    for (int64_t i = 0; i < cols; ++i) h(b, i) = kept(rng()) ? std::abs(h(b, i)) + 0.01f : 0.0f;
+  Kokkos::deep_copy(f, h);
+  return f;
+}
+
+TEST(Activation, TopkBackwardWithAndWithoutAuxk) {
+  for (const bool auxk : {false, true}) {
+    Matrix f = masked_activations(kB, kM, 0.1), z = masked_activations(kB, kM, 0.05);
+    Matrix g = random_matrix(kB, kM), g_z = random_matrix(kB, kM);
+    Vector gb("gb", kM), gps("gps", kM);
+    auto g_in = host(g);
+    const kernels::TopkRule rule{f, z, g_z, auxk, gb, gps};
+    kernels::dense_backward("test", rule, g, kernels::gradient_slots<kernels::TopkRule>("s", kM));
+    auto fh = host(f), zh = host(z), gzh = host(g_z), gh = host(g);
+    auto gbh = host(gb), gpsh = host(gps);
+    for (int64_t i = 0; i < kM; ++i) {
+      double sum = 0;
+      for (int64_t b = 0; b < kB; ++b) {
+        const double want =
+            (fh(b, i) > 0 ? g_in(b, i) : 0.0) + (auxk && zh(b, i) > 0 ? gzh(b, i) : 0.0);
+        ASSERT_NEAR(gh(b, i), want, 1e-6) << auxk;
+        sum += want;
+      }
+      EXPECT_NEAR(gbh(i), sum, 1e-4);
+      EXPECT_EQ(gpsh(i), gbh(i));
+    }
+  }
+}
+
+// The sparse rows path of a rule against its dense path: the rows hold exactly the entries the
+// rule keeps (the same decisions), valued as the dense f, and the rows backward gives the dense
+// g_pi at them and the same per-latent gradients (entries outside the rows contribute nothing).
+// make(outputs, g_aux) builds the rule writing its gradients into `outputs`.
+template <class Rule>
+Kokkos::View<int**, Kokkos::HostSpace> kept_entries(const Rule& rule) {
+  Kokkos::View<int**, Kokkos::LayoutRight, MemSpace> keep("keep", kB, kM);
+  Kokkos::parallel_for(
+      "test", Kokkos::RangePolicy<ExecSpace>(0, kB), KOKKOS_LAMBDA(int64_t b) {
+        for (int64_t i = 0; i < kM; ++i) keep(b, i) = rule.keep(b, i);
+      });
+  return host(keep);
+}
+
+template <class Rule, class Make>
+void expect_rows_path_matches_dense(int64_t n_outputs, const Matrix& g_aux, bool keeps_inactive,
+                                    const Make& make) {
+  std::vector<Vector> dense_out, rows_out;
+  for (int64_t k = 0; k < n_outputs; ++k)
+    dense_out.emplace_back("dense", kM), rows_out.emplace_back("rows", kM);
+  Matrix f("f", kB, kM), l1("l1", kB, kM), g = random_matrix(kB, kM, 0.1);
+  auto g_in = host(g);
+  kernels::dense_forward("test", make(dense_out, g_aux), f, l1, make_stats(kM));
+  kernels::dense_backward("test", make(dense_out, g_aux), g,
+                          kernels::gradient_slots<Rule>("s", kM));
+
+  auto rows = sparse::SparseRows::allocate("rows", kB, kM);
+  kernels::rows_forward("test", make(rows_out, Matrix()), kM, rows, make_stats(kM));
+  auto idx = host(rows.idx);
+  auto count = host(rows.count);
+  auto val = host(rows.val), fh = host(f), gh = host(g);
+  // g_f (and the auxiliary gradient) at the rows' entries, from the same dense values.
+  Matrix gf_values("gf", kB, kM), aux_values("aux", kB, kM);
+  auto gfv = host(gf_values), auxv = host(aux_values);
+  auto aux_dense = g_aux.extent(0) ? host(g_aux) : host(Matrix("none", kB, kM));
+  int64_t kept_total = 0, inactive_kept = 0;
+  const auto keep = kept_entries(make(rows_out, Matrix()));
+  for (int64_t b = 0; b < kB; ++b) {
+    int64_t j = 0;
+    for (int64_t i = 0; i < kM; ++i) {
+      if (!keep(b, i)) continue;
+      ASSERT_LT(j, count(b)) << "row " << b << " misses latent " << i;
+      ASSERT_EQ(idx(b, j), i) << "row " << b;
+      ASSERT_NEAR(val(b, j), fh(b, i), 1e-6 * (1 + std::abs(fh(b, i))));
+      inactive_kept += fh(b, i) == 0;
+      gfv(b, j) = g_in(b, i);
+      auxv(b, j) = aux_dense(b, i);
+      ++j, ++kept_total;
+    }
+    ASSERT_EQ(count(b), j) << "row " << b << " holds entries the rule does not keep";
+  }
+  EXPECT_GT(kept_total, kB) << "the test needs kept entries";
+  Kokkos::deep_copy(gf_values, gfv);
+  Kokkos::deep_copy(aux_values, auxv);
+  auto index = sparse::LatentIndex::allocate("index", kM, kB, kM);
+  sparse::build_latent_index(rows, index);
+  Matrix g_pi_values("g_pi", kB, kM);
+  kernels::rows_backward("test", make(rows_out, aux_values), rows.with_values(gf_values), index,
+                         g_pi_values);
+  auto gpv = host(g_pi_values);
+  for (int64_t b = 0; b < kB; ++b)
+    for (int64_t j = 0; j < count(b); ++j)
+      ASSERT_NEAR(gpv(b, j), gh(b, idx(b, j)), 1e-6 * (1 + std::abs(gh(b, idx(b, j)))));
+  for (int64_t k = 0; k < n_outputs; ++k) {
+    auto want = host(dense_out[k]), got = host(rows_out[k]);
+    for (int64_t i = 0; i < kM; ++i)
+      ASSERT_NEAR(got(i), want(i), 1e-5 * (1 + std::abs(want(i)))) << "output " << k << " " << i;
+  }
+  if (keeps_inactive)  // JumpReLU's window, Gated's open gates with pi_mag <= 0
+    EXPECT_GT(inactive_kept, 0) << "the test needs kept entries with f = 0";
+  else
+    EXPECT_EQ(inactive_kept, 0) << "only active entries are kept";
+}
+
+TEST(Activation, RowsPathMatchesDensePath) {
+  const Matrix pi = random_matrix(kB, kM);
+  const Vector b_enc = random_vector(kM, 0.3), norms = random_vector(kM, 0.1, 1.0);
+  expect_rows_path_matches_dense<kernels::ReluRule>(
+      1, Matrix(), false, [&](const std::vector<Vector>& out, const Matrix&) {
+        return kernels::ReluRule{pi, b_enc, norms, 0.013f, out[0]};
+      });
+
+  Vector theta("theta", kM);
+  kernels::thresholds(random_vector(kM, 0.5, -1.0), theta);
+  expect_rows_path_matches_dense<kernels::JumpReluRule>(
+      2, Matrix(), true, [&](const std::vector<Vector>& out, const Matrix&) {
+        return kernels::JumpReluRule(pi, b_enc, theta, 0.3f, 0.02f, out[0], out[1]);
+      });
+
+  const Vector b_gate = random_vector(kM, 0.3), b_mag = random_vector(kM, 0.3);
+  Vector scale("scale", kM);
+  kernels::magnitude_scales(random_vector(kM, 0.2), scale);
+  expect_rows_path_matches_dense<kernels::GatedRule>(
+      4, random_matrix(kB, kM, 0.05), true, [&](const std::vector<Vector>& out, const Matrix& a) {
+        return kernels::GatedRule{pi, b_gate, scale,  b_mag,  0.017f,
+                                  a,  out[0], out[1], out[2], out[3]};
+      });
 }
 
 TEST(Optim, AdamMatchesReferenceWithAndWithoutMomentum) {
