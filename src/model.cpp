@@ -4,8 +4,6 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <numeric>
-#include <random>
 
 #include "comm/selection.hpp"
 #include "data/rng.hpp"
@@ -112,227 +110,64 @@ void Model::allocate(int64_t batch, int64_t global_batch, int64_t row_offset) {
   variant_->allocate(batch, d_, width_);
 }
 
+void untimed(const char*, const std::function<void()>& work) { work(); }
+
+// ---- the step ---------------------------------------------------------------------------------
+
+LossParts Model::forward(const Hyper& h, Precision p, const PhaseRunner& run) {
+  LossParts loss;
+  run("encode_gemm", [&] { encode(p); });
+  run("activation", [&] { loss.penalty = products_->activate(*variant_, params_, buf_, h); });
+  if (sparse_) run("sparse_compact", [&] { sparse_->compact(buf_); });
+  run("decode_gemm", [&] { decode(p); });
+  if (variant_->has_auxiliary_loss())
+    run("auxiliary_forward",
+        [&] { loss.auxiliary = variant_->auxiliary_forward(params_, buf_, h, p); });
+  run("loss", [&] { loss.mse = squared_error() / buf_.global_batch; });
+  return loss;
+}
+
+// g_xhat = -2 e / B is never materialised: its scale rides in the products' alpha. W_dec's
+// gradient is final (the variant's decoder terms and AuxK included) before the encoder side
+// starts, so its data-parallel all-reduce overlaps the rest.
+void Model::backward(const Hyper& h, Precision p, const PhaseRunner& run,
+                     const std::function<void()>& decoder_done) {
+  const real g_xhat_scale = static_cast<real>(-2.0 / buf_.global_batch);
+  run("backward_decoder_gemm", [&] {
+    products_->decoder_gradient(params_, buf_, g_xhat_scale, p);
+    variant_->decoder_gradient_extra(params_, buf_, h);
+  });
+  run("backward_activation_gemm",
+      [&] { products_->activation_gradient(params_, buf_, g_xhat_scale, p); });
+  if (variant_->has_auxiliary_loss())
+    run("auxiliary_backward", [&] { variant_->auxiliary_backward(params_, buf_, h, p); });
+  if (decoder_done) decoder_done();
+  run("variant_backward", [&] { products_->variant_backward(*variant_, params_, buf_, h); });
+  run("backward_encoder_gemm", [&] { products_->encoder_gradient(params_, buf_, p); });
+  run("bias_gradients", [&] { bias_gradients(); });
+}
+
+LossParts Model::forward_backward(const Hyper& h, Precision p) {
+  const LossParts loss = forward(h, p);
+  backward(h, p);
+  return loss;
+}
+
 void Model::encode(Precision p) {
   if (variant_->traits().subtracts_decoder_bias)
     kernels::subtract_row("saescale::encode::subtract_b_dec", buf_.x, params_.vector("b_dec"),
                           buf_.x_in);
-  gemm(Trans::N, Trans::N, 1, buf_.x_in, params_.matrix("W_enc"), 0, buf_.pi, p);
-}
-
-double Model::activate(const Hyper& h) {
-  if (sparse_ && variant_->emits_rows()) {
-    auto& s = *sparse_;
-    s.direct = false;
-    if (s.wait == 0) {
-      double penalty = variant_->forward_rows(params_, buf_, h, s.f);
-      if (grow_sparse(s.f)) penalty = variant_->forward_rows(params_, buf_, h, s.f);
-      if (rows_fit(s.f)) {
-        s.direct = true;
-        s.backoff = 0;
-        return penalty;
-      }
-      // More entries than the capacity can grow to, or above the --sparse auto limit: this step
-      // runs dense, and while the rows keep missing the next tries come 1, 2, 4, ... 64 steps
-      // later.
-      s.backoff = std::min<int64_t>(64, 2 * s.backoff + (s.backoff == 0));
-      s.wait = s.backoff;
-    } else {
-      --s.wait;
-    }
-  }
-  return variant_->forward(params_, buf_, h);
-}
-
-void Model::materialize_f() {
-  if (sparse_ && sparse_->direct) sparse::scatter_rows(sparse_->f, buf_.f);
+  products_->encode(params_, buf_, p);
 }
 
 void Model::decode(Precision p) {
-  const bool sparse_rows = use_sparse("decode", sparse_ && sparse_->f_fits);
-  residual(buf_, buf_.f, params_, buf_.e, p, "decode", sparse_rows ? &sparse_->f : nullptr);
-}
-
-double Model::auxiliary_forward(const Hyper& h, Precision p) {
-  return variant_->auxiliary_forward(params_, buf_, h, p);
-}
-
-void Model::auxiliary_backward(const Hyper& h, Precision p) {
-  variant_->auxiliary_backward(params_, buf_, h, p);
+  start_residual(buf_, params_, buf_.e);
+  products_->decode(params_, buf_, p);
+  buf_.comm->allreduce_sum("decode", comm::Group::lp, Vector(buf_.e.data(), buf_.e.size()));
 }
 
 double Model::squared_error() const {
   return kernels::sum_squares("saescale::loss::squared_error", buf_.e);
-}
-
-// g_xhat = -2 e / B is never materialised: its scale rides in the GEMMs' alpha.
-// The variant's extra decoder terms (ReLU's norm-weighted penalty) are added here too, so that
-// W_dec's gradient is final (but for AuxK) early in the backward pass: its data-parallel
-// all-reduce can start while the encoder side is still being computed.
-void Model::backward_decoder_gemm(const Hyper& h, Precision p) {
-  const real scale = static_cast<real>(-2.0 / buf_.global_batch);
-  if (use_sparse("decoder_gradient", sparse_ && sparse_->f_fits))
-    sparse::sparse_decoder_gradient_sorted(sparse_->f, sparse_->f_index, buf_.e, scale, 0,
-                                           params_.grad_matrix("W_dec"));
-  else
-    gemm(Trans::T, Trans::N, scale, buf_.f, buf_.e, 0, params_.grad_matrix("W_dec"), p);
-  variant_->decoder_gradient_extra(params_, buf_, h);
-}
-
-void Model::backward_activation_gemm(Precision p) {
-  const real scale = static_cast<real>(-2.0 / buf_.global_batch);
-  if (use_sparse("activation_gradient", sparse_ && sparse_->f_fits)) {
-    // g_f at the entries backward() reads, zero elsewhere (where its factor is zero); the dense
-    // backward reads it from g.
-    const auto& s = *sparse_;
-    const auto rows = s.f.with_values(s.g_f_values);
-    sparse::sparse_activation_gradient(rows, buf_.e, params_.matrix("W_dec"), scale, s.g_f_values);
-    if (!rows_backward()) sparse::scatter_rows(rows, buf_.g);
-  } else {
-    gemm(Trans::N, Trans::T, scale, buf_.e, params_.matrix("W_dec"), 0, buf_.g, p);
-  }
-}
-
-bool Model::rows_backward() const {
-  return sparse_ && sparse_->direct && !variant_->auxiliary_outside_rows();
-}
-
-void Model::variant_backward(const Hyper& h) {
-  if (rows_backward()) {
-    auto& s = *sparse_;
-    variant_->backward_rows(params_, buf_, h, s.f.with_values(s.g_f_values), s.f_index,
-                            s.g_pi_values);
-  } else {
-    variant_->backward(params_, buf_, h);
-  }
-}
-
-void Model::backward_encoder_gemm(Precision p) {
-  if (sparse_) {
-    auto& s = *sparse_;
-    if (rows_backward()) {  // g_pi at f's entries, from Variant::backward_rows
-      use_sparse("encoder_gradient", true);
-      sparse::sparse_encoder_gradient(s.f.with_values(s.g_pi_values), s.f_index, buf_.x_in, 1, 0,
-                                      params_.grad_matrix("W_enc"));
-      return;
-    }
-    // g_pi's non-zeros (f's, plus AuxK's or Gated's gate entries); f's rows are no longer read
-    // this step, so growing (which reallocates them too) is safe here.
-    sparse::compact_rows(buf_.g, s.g_pi);
-    if (grow_sparse(s.g_pi)) sparse::compact_rows(buf_.g, s.g_pi);
-    if (use_sparse("encoder_gradient", rows_fit(s.g_pi))) {
-      sparse::build_latent_index(s.g_pi, s.g_pi_index);
-      sparse::sparse_encoder_gradient(s.g_pi, s.g_pi_index, buf_.x_in, 1, 0,
-                                      params_.grad_matrix("W_enc"));
-      return;
-    }
-  }
-  gemm(Trans::T, Trans::N, 1, buf_.x_in, buf_.g, 0, params_.grad_matrix("W_enc"), p);
-}
-
-void Model::enable_sparse(int64_t capacity) {
-  if (batch() <= 0) throw Error("enable_sparse: allocate the batch first");
-  const int64_t B = batch(), cap = std::max<int64_t>(1, std::min(capacity, width_));
-  if (B * cap >= (int64_t(1) << 31))
-    throw Error("--sparse-capacity " + std::to_string(cap) + " x " + std::to_string(B) +
-                " rows per rank must stay below 2^31 entries");
-  sparse_ = std::make_unique<SparseState>();
-  sparse_->initial_capacity = cap;
-  allocate_sparse(cap);
-}
-
-void Model::allocate_sparse(int64_t cap) {
-  auto& s = *sparse_;
-  const int64_t B = batch();
-  s.capacity = cap;
-  s.f = sparse::SparseRows::allocate("saescale::sparse::f", B, cap);
-  s.g_pi = sparse::SparseRows::allocate("saescale::sparse::g_pi", B, cap);
-  s.g_f_values = Matrix("saescale::sparse::g_f_values", B, cap);
-  s.g_pi_values = Matrix("saescale::sparse::g_pi_values", B, cap);
-  s.f_index = sparse::LatentIndex::allocate("saescale::sparse::f_index", width_, B, cap);
-  s.g_pi_index = sparse::LatentIndex::allocate("saescale::sparse::g_pi_index", width_, B, cap);
-}
-
-// Rows overflowed: a capacity for the longest row and a quarter more (whole blocks of 8), when it
-// stays within width / 8 or twice the initial capacity, whichever is larger — the GEMMs win on
-// rows much fuller (see --sparse auto's calibration) — and B x capacity below 2^31. Every sparse
-// buffer is reallocated (its contents are lost).
-bool Model::grow_sparse(const sparse::SparseRows& overflowed) {
-  auto& s = *sparse_;
-  if (sparse::overflow_rows(overflowed) == 0) return false;
-  const int64_t longest = sparse::longest_row(overflowed);
-  const int64_t cap = std::min(width_, (longest + longest / 4 + 7) / 8 * 8);
-  if (cap <= s.capacity || cap > std::max<int64_t>(2 * s.initial_capacity, width_ / 8) ||
-      batch() * cap >= (int64_t(1) << 31))
-    return false;
-  allocate_sparse(cap);
-  ++s.grown;
-  // f's rows are gone. A growth for g_pi's rows happens after every product read them, and only
-  // in a step that is not direct or whose auxiliary loss ran — whose variant wrote the dense f.
-  s.direct = s.f_fits = false;
-  return true;
-}
-
-bool Model::rows_fit(const sparse::SparseRows& rows) const {
-  return sparse::overflow_rows(rows) == 0 &&
-         (sparse_->limit >= double(rows.capacity()) || sparse::mean_count(rows) <= sparse_->limit);
-}
-
-void Model::compact() {
-  auto& s = *sparse_;
-  if (variant_->emits_rows()) {  // rows straight from the activation, or a dense step
-    s.f_fits = s.direct;
-  } else {
-    sparse::compact_rows(buf_.f, s.f);
-    if (grow_sparse(s.f)) sparse::compact_rows(buf_.f, s.f);
-    s.f_fits = rows_fit(s.f);
-  }
-  if (s.f_fits) sparse::build_latent_index(s.f, s.f_index);
-}
-
-void Model::set_sparse_limit(double entries) { sparse_->limit = entries; }
-
-void Model::fill_sparse_rows(int64_t entries, uint64_t seed) {
-  auto& s = *sparse_;
-  const int64_t B = batch(), L = std::min(entries, s.capacity);
-  auto idx = Kokkos::create_mirror_view(Kokkos::HostSpace(), s.f.idx);
-  auto val = Kokkos::create_mirror_view(Kokkos::HostSpace(), s.f.val);
-  auto count = Kokkos::create_mirror_view(Kokkos::HostSpace(), s.f.count);
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> value(0, 1);
-  std::vector<sparse::Index> latents(width_);
-  std::iota(latents.begin(), latents.end(), 0);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t j = 0; j < L; ++j)  // a partial Fisher-Yates shuffle: L distinct latents
-      std::swap(latents[j], latents[j + static_cast<int64_t>(rng() % uint64_t(width_ - j))]);
-    std::sort(latents.begin(), latents.begin() + L);
-    for (int64_t j = 0; j < L; ++j) idx(b, j) = latents[j], val(b, j) = value(rng);
-    count(b) = static_cast<sparse::Index>(L);
-  }
-  Kokkos::deep_copy(s.f.idx, idx);
-  Kokkos::deep_copy(s.f.val, val);
-  Kokkos::deep_copy(s.f.count, count);
-  sparse::build_latent_index(s.f, s.f_index);
-}
-
-void Model::choose_products(bool sparse) {
-  auto& s = *sparse_;
-  s.f_fits = sparse;
-  s.direct = sparse && variant_->emits_rows();
-  s.limit = sparse ? 1e300 : -1;  // g_pi's rows (compacted by the encoder product) too
-}
-
-void Model::reset_sparse_counts() { sparse_->counts.clear(); }
-
-bool Model::use_sparse(const char* product, bool fits) {
-  if (!sparse_) return false;
-  auto& c = sparse_->counts[product];
-  ++(fits ? c.sparse : c.dense);
-  return fits;
-}
-
-const std::map<std::string, Model::SparseCounts>& Model::sparse_counts() const {
-  static const std::map<std::string, SparseCounts> none;
-  return sparse_ ? sparse_->counts : none;
 }
 
 void Model::bias_gradients() {
@@ -349,26 +184,10 @@ void Model::bias_gradients() {
   }
 }
 
-LossParts Model::forward(const Hyper& h, Precision p) {
-  LossParts loss;
-  encode(p);
-  loss.penalty = activate(h);
-  if (sparse_) compact();
-  decode(p);
-  loss.auxiliary = auxiliary_forward(h, p);
-  loss.mse = squared_error() / buf_.global_batch;
-  return loss;
-}
-
-LossParts Model::forward_backward(const Hyper& h, Precision p) {
-  const LossParts loss = forward(h, p);
-  backward_decoder_gemm(h, p);
-  backward_activation_gemm(p);
-  auxiliary_backward(h, p);
-  variant_backward(h);
-  backward_encoder_gemm(p);
-  bias_gradients();
-  return loss;
+void Model::enable_sparse(int64_t capacity) {
+  auto sparse = std::make_unique<SparseProducts>(*variant_, batch(), width_, capacity);
+  sparse_ = sparse.get();
+  products_ = std::move(sparse);
 }
 
 LossParts Model::reduce_loss(const LossParts& local, const char* phase) const {

@@ -360,56 +360,71 @@ void Trainer::start_gradient_buckets(bool decoder) {
   });
 }
 
-// One training step, in the order of the algorithm (architecture.md §2). Collectives run inside
-// the model and variant pieces and are timed as their own phases (comm_*).
+// One training step: the model's phases (Model::forward, Model::backward), timed, then the
+// update. Collectives run inside the phases and are timed as their own phases (comm_*).
 void Trainer::step(int64_t step) {
   Model& m = *model_;
   const Hyper h = hyper_at(step);
-  const Precision p = precision_;
-  const int64_t B = cfg_.batch_size;  // global
-  LossParts local;
+  const PhaseRunner timed = [&](const char* phase, const std::function<void()>& work) {
+    timers_.run(phase, work);
+  };
   faults::inject({faults::Site::step, step, comm_.rank(comm::Group::world)});
 
-  timers_.run("encode_gemm", [&] { m.encode(p); });
-  timers_.run("activation", [&] { local.penalty = m.activate(h); });
-  if (m.sparse()) timers_.run("sparse_compact", [&] { m.compact(); });
-  timers_.run("decode_gemm", [&] { m.decode(p); });
-  if (m.variant().has_auxiliary_loss())
-    timers_.run("auxiliary_forward", [&] { local.auxiliary = m.auxiliary_forward(h, p); });
-  timers_.run("loss", [&] { local.mse = m.squared_error() / B; });
-  const LossParts loss = m.reduce_loss(local, "loss");
+  const LossParts loss = m.reduce_loss(m.forward(h, precision_, timed), "loss");
   auxiliary_ran_ |= loss.auxiliary > 0;  // AuxK found dead latents (the work model asks)
-  if (!std::isfinite(loss.total())) {    // the reduced loss: every rank stops here alike
-    const auto term = !std::isfinite(loss.mse)       ? "the reconstruction (MSE) term"
-                      : !std::isfinite(loss.penalty) ? "the sparsity term"
-                                                     : "the auxiliary term";
-    throw RunFailed("step " + std::to_string(step + 1) + ": the loss is not finite in " + term +
-                    " (mse " + std::to_string(loss.mse) + ", sparsity " +
-                    std::to_string(loss.penalty) + ", auxiliary " + std::to_string(loss.auxiliary) +
-                    "): lower --lr or check the data");
-  }
-  timers_.run("backward_decoder_gemm", [&] { m.backward_decoder_gemm(h, p); });
-  timers_.run("backward_activation_gemm", [&] { m.backward_activation_gemm(p); });
-  if (m.variant().has_auxiliary_loss())
-    timers_.run("auxiliary_backward", [&] { m.auxiliary_backward(h, p); });
-  start_gradient_buckets(true);
-  timers_.run("variant_backward", [&] { m.variant_backward(h); });
-  timers_.run("backward_encoder_gemm", [&] { m.backward_encoder_gemm(p); });
-  timers_.run("bias_gradients", [&] { m.bias_gradients(); });
+  check_loss(loss, step);
+  m.backward(h, precision_, timed, [&] { start_gradient_buckets(true); });
   start_gradient_buckets(false);
   comm_.wait_buckets("gradients");
   faults::inject({faults::Site::gradients, step, comm_.rank(comm::Group::world), nullptr, &m});
-  // Non-finite gradients, per tensor (one pass over the gradients); the counts travel with the
-  // statistics' all-reduce below, so every rank stops at this step together.
   std::vector<int64_t> non_finite;
-  timers_.run("check", [&] {
-    for (const auto& spec : m.params().specs())
-      non_finite.push_back(kernels::count_non_finite("saescale::check::non_finite_gradient",
-                                                     m.params().grad_vector(spec.name)));
-  });
+  timers_.run("check", [&] { non_finite = count_non_finite_gradients(); });
+  update(step);
+  Agreement agreed;
+  timers_.run("statistics", [&] { agreed = step_statistics(std::move(non_finite)); });
+  stop_signal_ = agreed.stop_signal;
+  checkpoint_due_ = agreed.checkpoint_due;
+  check_gradients(agreed.non_finite, step);
+  log_.push_back({step, loss.total(), loss.mse, double(agreed.active) / cfg_.batch_size});
+}
 
-  ParamStore& params = m.params();
-  if (m.variant().traits().unit_norm_decoder)
+// The reduced loss, the same on every rank: all stop here alike.
+void Trainer::check_loss(const LossParts& loss, int64_t step) const {
+  if (std::isfinite(loss.total())) return;
+  const auto term = !std::isfinite(loss.mse)       ? "the reconstruction (MSE) term"
+                    : !std::isfinite(loss.penalty) ? "the sparsity term"
+                                                   : "the auxiliary term";
+  throw RunFailed("step " + std::to_string(step + 1) + ": the loss is not finite in " + term +
+                  " (mse " + std::to_string(loss.mse) + ", sparsity " +
+                  std::to_string(loss.penalty) + ", auxiliary " + std::to_string(loss.auxiliary) +
+                  "): lower --lr or check the data");
+}
+
+// Non-finite gradient values per tensor (one pass over the gradients); the counts travel with the
+// statistics' all-reduce, so every rank stops at the same step.
+std::vector<int64_t> Trainer::count_non_finite_gradients() const {
+  std::vector<int64_t> counts;
+  for (const auto& spec : model_->params().specs())
+    counts.push_back(kernels::count_non_finite("saescale::check::non_finite_gradient",
+                                               model_->params().grad_vector(spec.name)));
+  return counts;
+}
+
+void Trainer::check_gradients(const std::vector<int64_t>& non_finite, int64_t step) const {
+  for (size_t t = 0; t < non_finite.size(); ++t)
+    if (non_finite[t] > 0)
+      throw RunFailed("step " + std::to_string(step + 1) + ": the gradient of " +
+                      model_->params().specs()[t].name + " has " + std::to_string(non_finite[t]) +
+                      " non-finite values (NaN/Inf): lower --lr, set --clip-norm, or check "
+                      "the data");
+}
+
+// The parameter update: the decoder constraint's projection, clipping, the optimiser, and the
+// renormalisation of the decoder rows.
+void Trainer::update(int64_t step) {
+  ParamStore& params = model_->params();
+  const bool unit_norm = model_->variant().traits().unit_norm_decoder;
+  if (unit_norm)
     timers_.run("decoder_projection", [&] {
       kernels::project_decoder_gradient(params.matrix("W_dec"), params.grad_matrix("W_dec"));
     });
@@ -417,7 +432,7 @@ void Trainer::step(int64_t step) {
     timers_.run("clip", [&] {
       // The global norm: latent shards hold disjoint parameters; b_dec (replicated) counts once.
       double sq = kernels::sum_squares("saescale::clip::grad_norm", params.grads());
-      if (!m.buffers().lp_leader())
+      if (!model_->buffers().lp_leader())
         sq -= kernels::sum_squares("saescale::clip::b_dec_norm", params.grad_vector("b_dec"));
       comm_.allreduce_host_sum("clip", comm::Group::lp, &sq, 1);
       const double norm = std::sqrt(sq);
@@ -435,28 +450,21 @@ void Trainer::step(int64_t step) {
     else
       kernels::sgd_update(params.values(), params.grads(), lr);
   });
-  if (m.variant().traits().unit_norm_decoder)
+  if (unit_norm)
     timers_.run("renormalize", [&] { kernels::renormalize_rows(params.matrix("W_dec")); });
+}
 
-  Agreement agreed;
-  timers_.run("statistics", [&] {
-    auto& stats = m.buffers().stats;
-    comm_.allreduce_sum("statistics", comm::Group::dp, stats.fired_total());
-    kernels::update_tokens_since_fired(tokens_since_fired_, stats.fired_total(), B,
-                                       cfg_.dead_window_tokens, m.buffers().dead);
-    m.variant().post_step(params, m.buffers());
-    const int64_t active = kernels::sum("saescale::statistics::l0", stats.active_total());
-    agreed = agree_on_step(active, std::move(non_finite));
-  });
-  stop_signal_ = agreed.stop_signal;
-  checkpoint_due_ = agreed.checkpoint_due;
-  for (size_t t = 0; t < agreed.non_finite.size(); ++t)
-    if (agreed.non_finite[t] > 0)
-      throw RunFailed("step " + std::to_string(step + 1) + ": the gradient of " +
-                      m.params().specs()[t].name + " has " + std::to_string(agreed.non_finite[t]) +
-                      " non-finite values (NaN/Inf): lower --lr, set --clip-norm, or check "
-                      "the data");
-  log_.push_back({step, loss.total(), loss.mse, double(agreed.active) / B});
+// The step's statistics: dead-latent counters, the variant's running state (BatchTopK's
+// threshold), then one all-reduce of everything the ranks must agree on.
+Trainer::Agreement Trainer::step_statistics(std::vector<int64_t> non_finite) {
+  Model& m = *model_;
+  auto& stats = m.buffers().stats;
+  comm_.allreduce_sum("statistics", comm::Group::dp, stats.fired_total());
+  kernels::update_tokens_since_fired(tokens_since_fired_, stats.fired_total(), cfg_.batch_size,
+                                     cfg_.dead_window_tokens, m.buffers().dead);
+  m.variant().post_step(m.params(), m.buffers());
+  const int64_t active = kernels::sum("saescale::statistics::l0", stats.active_total());
+  return agree_on_step(active, std::move(non_finite));
 }
 
 // What every rank must decide together after a step, in one all-reduce: the L0 numerator, the
@@ -541,27 +549,32 @@ nlohmann::json Trainer::calibrate_sparse() {
   const int64_t cap = cfg_.sparse_capacity_or_default();
   // Rows are filled up to the capacity: two sizes within it (one if the capacity is 1).
   const int64_t large = std::min<int64_t>(cap, 64), small = std::max<int64_t>(1, large / 8);
-  const auto products = [&](int64_t entries, bool sparse) {
-    m.fill_sparse_rows(entries, cfg_.seed + entries);
-    m.choose_products(sparse);
+  SparseProducts& sparse = *m.sparse();
+  // The step's phases with only the four products (and what their phases hold) running.
+  const std::set<std::string> timed = {"decode_gemm", "backward_decoder_gemm",
+                                       "backward_activation_gemm", "backward_encoder_gemm"};
+  const PhaseRunner products_only = [&](const char* phase, const std::function<void()>& work) {
+    if (timed.count(phase)) work();
+  };
+  const auto products = [&](int64_t entries, bool sparse_rows) {
+    sparse.fill_rows(entries, cfg_.seed + entries);
+    sparse.choose(sparse_rows);
     return fenced_median(
         [&] {
-          m.decode(precision_);
-          m.backward_decoder_gemm(h, precision_);
-          m.backward_activation_gemm(precision_);
-          m.backward_encoder_gemm(precision_);
+          m.forward(h, precision_, products_only);
+          m.backward(h, precision_, products_only);
         },
         3);
   };
   const double dense = products(small, false);
   const double t_small = products(small, true);
   const double t_large = large > small ? products(large, true) : t_small;
-  m.reset_sparse_counts();
+  sparse.reset_counts();
   const double per_entry = large > small ? (t_large - t_small) / double(large - small) : 0;
   const double crossover = per_entry > 0     ? std::max(0.0, small + (dense - t_small) / per_entry)
                            : t_small < dense ? double(cap)  // flat: sparse wins up to capacity
                                              : 0.0;
-  m.set_sparse_limit(crossover);
+  sparse.set_limit(crossover);
   return {
       {"dense_products_s", dense},
       {"sparse_products_s", {{std::to_string(small), t_small}, {std::to_string(large), t_large}}},
@@ -580,15 +593,17 @@ nlohmann::json Trainer::measure_ceilings(double step_median) {
   if (!cfg_.gemm_floor || step_median <= 0) return out;
   const int reps = static_cast<int>(std::clamp<int64_t>(cfg_.steps - cfg_.warmup_steps, 3, 20));
   Model& m = *model_;
-  auto& s = m.buffers();
+  const auto& s = m.buffers();
   m.materialize_f();  // the last step's f, as the GEMMs would read it
+  Products gemms;     // the step's products as GEMMs, whatever path the run took
+  ParamStore& p = m.params();
   const double floor = fenced_median(
       [&] {
-        gemm(Trans::N, Trans::N, 1, s.x_in, m.params().matrix("W_enc"), 0, s.pi, precision_);
-        gemm(Trans::N, Trans::N, -1, s.f, m.params().matrix("W_dec"), 1, s.e, precision_);
-        gemm(Trans::T, Trans::N, 1, s.f, s.e, 0, m.params().grad_matrix("W_dec"), precision_);
-        gemm(Trans::N, Trans::T, 1, s.e, m.params().matrix("W_dec"), 0, s.g, precision_);
-        gemm(Trans::T, Trans::N, 1, s.x_in, s.g, 0, m.params().grad_matrix("W_enc"), precision_);
+        gemms.encode(p, s, precision_);
+        gemms.decode(p, s, precision_);
+        gemms.decoder_gradient(p, s, 1, precision_);
+        gemms.activation_gradient(p, s, 1, precision_);
+        gemms.encoder_gradient(p, s, precision_);
       },
       reps);
   const double B = double(local_batch_), d = double(m.d()), M = double(m.width());
@@ -625,12 +640,12 @@ std::map<std::string, metrics::Work> Trainer::dense_work(const metrics::WorkShap
 nlohmann::json Trainer::sparse_json() const {
   if (!model_->sparse()) return nullptr;
   nlohmann::json products = nlohmann::json::object();
-  for (const auto& [name, c] : model_->sparse_counts())
+  for (const auto& [name, c] : model_->sparse()->counts())
     products[name] = {{"sparse", c.sparse}, {"dense", c.dense}};
   return {{"mode", cfg_.sparse},
           {"initial_capacity", cfg_.sparse_capacity_or_default()},
-          {"capacity", model_->sparse_capacity()},
-          {"growths", model_->sparse_growths()},
+          {"capacity", model_->sparse()->capacity()},
+          {"growths", model_->sparse()->growths()},
           {"products", products},
           {"calibration", sparse_calibration_}};
 }
@@ -964,7 +979,7 @@ nlohmann::json Trainer::run() {
     std::fflush(stdout);
   }
   if (cfg_.sparse == "auto" && cfg_.sparse_crossover >= 0) {  // given: nothing is timed
-    model_->set_sparse_limit(cfg_.sparse_crossover);
+    model_->sparse()->set_limit(cfg_.sparse_crossover);
     sparse_calibration_ = {{"dense_products_s", nullptr},
                            {"sparse_products_s", nullptr},
                            {"crossover_entries_per_row", cfg_.sparse_crossover},

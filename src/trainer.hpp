@@ -64,6 +64,10 @@ class Trainer {
 
  private:
   void step(int64_t step);
+  void check_loss(const LossParts& loss, int64_t step) const;
+  std::vector<int64_t> count_non_finite_gradients() const;
+  void check_gradients(const std::vector<int64_t>& non_finite, int64_t step) const;
+  void update(int64_t step);
   Hyper hyper_at(int64_t step) const;
   double lr_at(int64_t step) const;
   void load_batch(int64_t step);
@@ -90,6 +94,7 @@ class Trainer {
     bool checkpoint_due = false;
   };
   Agreement agree_on_step(int64_t active, std::vector<int64_t> non_finite);
+  Agreement step_statistics(std::vector<int64_t> non_finite);
   nlohmann::json checkpoint_identity() const;
   io::CheckpointWriter checkpoint_writer(int64_t next_step, double seconds) const;
   void save_checkpoint(int64_t next_step, double seconds);

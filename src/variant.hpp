@@ -50,6 +50,8 @@ struct StepBuffers {
 // GEMM.
 void residual(const StepBuffers& s, const Matrix& f, const ParamStore& p, const Matrix& out,
               Precision prec, const char* phase, const sparse::SparseRows* rows = nullptr);
+// Its start: out = x - b_dec on the lp leader, 0 on the other shards.
+void start_residual(const StepBuffers& s, const ParamStore& p, const Matrix& out);
 
 struct Hyper {
   double sparsity_coeff;  // lambda after the warm-up schedule

@@ -67,8 +67,9 @@ int grad(const Config& cfg) {
   tensors.push_back({"loss", {}, {static_cast<float>(loss.total())}});
   // Which path each product took (--sparse on): "decode=sparse,encoder_gradient=dense,...".
   std::string paths;
-  for (const auto& [product, c] : model.sparse_counts())
-    paths += (paths.empty() ? "" : ",") + product + "=" + (c.dense ? "dense" : "sparse");
+  if (model.sparse())
+    for (const auto& [product, c] : model.sparse()->counts())
+      paths += (paths.empty() ? "" : ",") + product + "=" + (c.dense ? "dense" : "sparse");
   io::write_safetensors(cfg.out, tensors,
                         {{"variant", cfg.variant},
                          {"rows", std::to_string(n)},

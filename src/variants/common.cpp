@@ -25,12 +25,16 @@ std::vector<ParamSpec> Variant::param_specs(int64_t d, int64_t width) const {
   return specs;
 }
 
-void residual(const StepBuffers& s, const Matrix& f, const ParamStore& p, const Matrix& out,
-              Precision prec, const char* phase, const sparse::SparseRows* rows) {
+void start_residual(const StepBuffers& s, const ParamStore& p, const Matrix& out) {
   if (s.lp_leader())
     kernels::subtract_row("saescale::residual::init", s.x, p.vector("b_dec"), out);
   else
     Kokkos::deep_copy(out, 0.f);
+}
+
+void residual(const StepBuffers& s, const Matrix& f, const ParamStore& p, const Matrix& out,
+              Precision prec, const char* phase, const sparse::SparseRows* rows) {
+  start_residual(s, p, out);
   if (rows)
     sparse::sparse_decode(*rows, p.matrix("W_dec"), out, 1, -1);
   else

@@ -336,7 +336,7 @@ TEST(SparsePath, MatchesTheDenseProductsForEveryVariant) {
       Model sparse(variant, d, M);
       setup(sparse);
       sparse.enable_sparse(cap);
-      if (c == falls_back) sparse.set_sparse_limit(0);
+      if (c == falls_back) sparse.sparse()->set_limit(0);
       const LossParts got = sparse.forward_backward(h, Precision::fp32);
       EXPECT_NEAR(got.total(), expected.total(), 1e-6 * std::abs(expected.total())) << variant;
       // The per-latent counts (L0, dead latents) whichever way the rows were made.
@@ -366,15 +366,15 @@ TEST(SparsePath, MatchesTheDenseProductsForEveryVariant) {
               << variant << " capacity " << cap << ": d" << want[t].name << "[" << i << "]";
       }
       int64_t sparse_products = 0, dense_products = 0;
-      for (const auto& [product, c] : sparse.sparse_counts())
+      for (const auto& [product, c] : sparse.sparse()->counts())
         sparse_products += c.sparse, dense_products += c.dense;
       if (c == falls_back) {  // at least one product ran as its GEMM
         EXPECT_GT(dense_products, 0) << variant;
       } else {  // all four products ran sparse, after the rows grew if they had to
         EXPECT_EQ(sparse_products, 4) << variant << " case " << c;
         EXPECT_EQ(dense_products, 0) << variant << " case " << c;
-        EXPECT_EQ(sparse.sparse_growths() > 0, c == grows) << variant;
-        EXPECT_GE(sparse.sparse_capacity(), capacity) << variant;
+        EXPECT_EQ(sparse.sparse()->growths() > 0, c == grows) << variant;
+        EXPECT_GE(sparse.sparse()->capacity(), capacity) << variant;
       }
     }
   }
