@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "ceilings.hpp"
 #include "checked.hpp"
 #include "comm/mpi_check.hpp"
 #include "comm/plan.hpp"
@@ -21,6 +22,7 @@
 #include "kernels/optim.hpp"
 #include "kernels/reduce.hpp"
 #include "metrics/memory.hpp"
+#include "preflight.hpp"
 #include "testing/faults.hpp"
 
 namespace saescale {
@@ -98,59 +100,6 @@ double estimate_norm_scale(const std::string& mode, const std::vector<float>& ro
   if (mode == "unit-msq") return std::sqrt(n / sum_sq);
   if (mode == "sqrt-d") return std::sqrt(double(d)) * n / sum_norm;
   throw Error("unknown --normalize '" + mode + "'");
-}
-
-namespace {
-// Bytes this rank can allocate: free device memory on GPUs; on host builds the node's
-// MemAvailable shared by the ranks on the node. -1 when unknown.
-int64_t available_bytes(const comm::Communicator& comm) {
-  if (const auto gpu = device::memory()) return gpu->free_bytes;
-  // The node's share, and no more than this process's limits (ulimit -v, -d) leave it.
-  std::ifstream meminfo("/proc/meminfo");
-  std::string key;
-  int64_t kib = -1;
-  while (meminfo >> key && key != "MemAvailable:") meminfo.ignore(256, '\n');
-  const int64_t own = host_available_bytes();
-  if (!(meminfo >> kib)) return own;
-  const int64_t share = kib * 1024 / std::max(1, comm.grid().local_size());
-  return own < 0 ? share : std::min(share, own);
-}
-
-int64_t planned_bytes(const Config& cfg, int64_t d, int dp, int lp, bool first_moment,
-                      int64_t features) {
-  const nlohmann::json plan = comm::memory_plan(cfg, d, dp, lp, first_moment, features);
-  int64_t total = 0;
-  for (const auto& [kind, bytes] : plan.items()) total += bytes.get<int64_t>();
-  return total;
-}
-}  // namespace
-
-// Memory preflight: before anything is allocated, the run's planned peak per rank (the same plan
-// the results report and `saescale plan` prints) against what this rank can get.
-void check_memory(const Config& cfg, int64_t d, int64_t features, const comm::Communicator& comm) {
-  const int64_t available = available_bytes(comm);
-  if (available < 0) return;  // unknown: nothing to check against
-  const int dp = comm.size(comm::Group::dp), lp = comm.size(comm::Group::lp);
-  const bool first_moment =
-      cfg.optimizer == "adam" &&
-      cfg.adam_beta1.value_or(variant_traits(cfg.variant).defaults.adam_beta1) != 0;
-  const int64_t need = planned_bytes(cfg, d, dp, lp, first_moment, features);
-  if (need <= available) return;
-  const auto gib = [](int64_t b) {
-    char text[32];
-    std::snprintf(text, sizeof text, "%.1f GiB", b / 1073741824.0);
-    return std::string(text);
-  };
-  std::string fix = "a smaller --batch-size or --width";
-  for (int more = lp * 2; more <= (1 << 16); more *= 2)
-    if (cfg.width % more == 0 &&
-        planned_bytes(cfg, d, dp, more, first_moment, features) <= available) {
-      fix = "--lp " + std::to_string(more) + " (" + std::to_string(dp * more) +
-            " ranks) to split the latents, or a smaller --batch-size";
-      break;
-    }
-  throw Error("this run needs about " + gib(need) + " per rank (see `saescale plan`) but " +
-              gib(available) + " is available to it: use " + fix);
 }
 
 Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
@@ -519,107 +468,6 @@ metrics::WorkShape Trainer::work_shape(bool global) const {
   return w;
 }
 
-// The median of `repetitions` fenced runs of `work` after one warm-up, the max over ranks (the
-// step waits for the slowest rank).
-double Trainer::fenced_median(const std::function<void()>& work, int repetitions) const {
-  std::vector<double> times;
-  for (int r = 0; r < repetitions + 1; ++r) {
-    ExecSpace().fence();
-    const auto t0 = std::chrono::steady_clock::now();
-    work();
-    ExecSpace().fence();
-    if (r > 0)  // the first is a warm-up
-      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  double median = summarize(times)["median"].get<double>();
-  if (comm_.grid().uses_mpi())
-    SAESCALE_MPI_CHECK(
-        MPI_Allreduce(MPI_IN_PLACE, &median, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
-  return median;
-}
-
-// --sparse auto: where the sparse products stop paying on this machine at these shapes. The four
-// products the sparse path replaces (Model::decode and the three backward products, as a step
-// runs them) are timed on random rows of two sizes, sparse and as their dense fallback; the sparse
-// time grows linearly with the entries per row (O(B L d)), so the crossover L* is where that line
-// meets the dense time. A step whose rows average more than L* entries runs its products dense.
-nlohmann::json Trainer::calibrate_sparse() {
-  Model& m = *model_;
-  const Hyper h = hyper_at(0);
-  const int64_t cap = cfg_.sparse_capacity_or_default();
-  // Rows are filled up to the capacity: two sizes within it (one if the capacity is 1).
-  const int64_t large = std::min<int64_t>(cap, 64), small = std::max<int64_t>(1, large / 8);
-  SparseProducts& sparse = *m.sparse();
-  // The step's phases with only the four products (and what their phases hold) running.
-  const std::set<std::string> timed = {"decode_gemm", "backward_decoder_gemm",
-                                       "backward_activation_gemm", "backward_encoder_gemm"};
-  const PhaseRunner products_only = [&](const char* phase, const std::function<void()>& work) {
-    if (timed.count(phase)) work();
-  };
-  const auto products = [&](int64_t entries, bool sparse_rows) {
-    sparse.fill_rows(entries, cfg_.seed + entries);
-    sparse.choose(sparse_rows);
-    return fenced_median(
-        [&] {
-          m.forward(h, precision_, products_only);
-          m.backward(h, precision_, products_only);
-        },
-        3);
-  };
-  const double dense = products(small, false);
-  const double t_small = products(small, true);
-  const double t_large = large > small ? products(large, true) : t_small;
-  sparse.reset_counts();
-  const double per_entry = large > small ? (t_large - t_small) / double(large - small) : 0;
-  const double crossover = per_entry > 0     ? std::max(0.0, small + (dense - t_small) / per_entry)
-                           : t_small < dense ? double(cap)  // flat: sparse wins up to capacity
-                                             : 0.0;
-  sparse.set_limit(crossover);
-  return {
-      {"dense_products_s", dense},
-      {"sparse_products_s", {{std::to_string(small), t_small}, {std::to_string(large), t_large}}},
-      {"crossover_entries_per_row", crossover}};
-}
-
-// What this machine can do, measured in the same run: the step's five GEMMs on this rank's
-// shapes timed alone (the GEMM floor; the slowest rank's) and a BabelStream-style copy kernel
-// (memory bandwidth as this build's Kokkos kernels see it).
-nlohmann::json Trainer::measure_ceilings(double step_median) {
-  nlohmann::json out = {{"gemm_floor_s", nullptr},
-                        {"floor_ratio", nullptr},
-                        {"gemm_gflops_per_s", nullptr},
-                        {"stream_copy_gbytes_per_s", nullptr},
-                        {"stream_copy_bytes", nullptr}};
-  if (!cfg_.gemm_floor || step_median <= 0) return out;
-  const int reps = static_cast<int>(std::clamp<int64_t>(cfg_.steps - cfg_.warmup_steps, 3, 20));
-  Model& m = *model_;
-  const auto& s = m.buffers();
-  m.materialize_f();  // the last step's f, as the GEMMs would read it
-  Products gemms;     // the step's products as GEMMs, whatever path the run took
-  ParamStore& p = m.params();
-  const double floor = fenced_median(
-      [&] {
-        gemms.encode(p, s, precision_);
-        gemms.decode(p, s, precision_);
-        gemms.decoder_gradient(p, s, 1, precision_);
-        gemms.activation_gradient(p, s, 1, precision_);
-        gemms.encoder_gradient(p, s, precision_);
-      },
-      reps);
-  const double B = double(local_batch_), d = double(m.d()), M = double(m.width());
-  out["gemm_floor_s"] = floor;
-  out["floor_ratio"] = step_median / floor;
-  out["gemm_gflops_per_s"] = 5 * metrics::gemm_work(B, M, d).flops / floor / 1e9;
-  // BabelStream's default size (2^25 elements), far beyond any last-level cache: DRAM (HBM).
-  const int64_t n = int64_t(1) << 25;
-  Vector a("saescale::ceilings::copy_a", n), b("saescale::ceilings::copy_b", n);
-  const double copy =
-      fenced_median([&] { kernels::stream_copy("saescale::ceilings::stream_copy", a, b); }, 5);
-  out["stream_copy_bytes"] = 2.0 * n * sizeof(real);
-  out["stream_copy_gbytes_per_s"] = 2.0 * n * sizeof(real) / copy / 1e9;
-  return out;
-}
-
 // The work model describes the dense step: with --sparse on, the products that ran sparse (or
 // sometimes sparse, sometimes dense) are left out of it — they carry no rates and no FLOPs — and
 // so are the activation and the variant's backward of a variant that emits rows (they visit
@@ -650,28 +498,6 @@ nlohmann::json Trainer::sparse_json() const {
           {"calibration", sparse_calibration_}};
 }
 
-// Every phase's work (metrics/work_model.hpp; communication: the bytes sent) and the rates its
-// median achieved, on this rank's shapes. Unfenced phase times are launch times: no rates then.
-void Trainer::annotate_phases(nlohmann::json& timing) const {
-  const auto work = dense_work(work_shape(false));
-  for (auto& [phase, stats] : timing["phases_s"].items()) {
-    double flops = 0, bytes = 0;
-    if (auto it = work.find(phase); it != work.end()) {
-      flops = it->second.flops, bytes = it->second.bytes;
-    } else if (timing["communication"].contains(phase)) {
-      bytes = timing["communication"][phase]["sent_bytes_per_step"].get<double>();
-    } else {
-      continue;
-    }
-    const double median = stats.value("median", 0.0);
-    const bool rates = cfg_.fence && median > 0;
-    stats["flops"] = flops;
-    stats["bytes"] = bytes;
-    stats["gflops_per_s"] = rates && flops > 0 ? nlohmann::json(flops / median / 1e9) : nullptr;
-    stats["gbytes_per_s"] = rates ? nlohmann::json(bytes / median / 1e9) : nullptr;
-  }
-}
-
 nlohmann::json Trainer::memory_json() const {
   // Per rank: this rank's shard and rows (comm/plan.cpp), measured peaks the largest over ranks.
   rusage usage{};
@@ -679,8 +505,7 @@ nlohmann::json Trainer::memory_json() const {
   const int64_t tracked = metrics::peak_bytes(MemSpace::name());
   int64_t peaks[2] = {static_cast<int64_t>(usage.ru_maxrss) * 1024,
                       tracked < 0 ? -1 : tracked - memory_baseline_};
-  if (comm_.grid().uses_mpi())
-    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, peaks, 2, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD));
+  comm_.allreduce_host_max("memory", comm::Group::world, peaks, 2);
   const auto* truth = data_->ground_truth();
   const int64_t d = model_->d(), features = truth ? static_cast<int64_t>(truth->size()) / d : 0;
   const nlohmann::json breakdown =
@@ -734,192 +559,6 @@ nlohmann::json Trainer::communication_json(const nlohmann::json& phases) const {
 
 volatile std::sig_atomic_t g_stop_signal = 0;
 
-namespace {
-template <class View>
-std::vector<char> host_bytes(const View& v) {
-  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), v);
-  const char* p = reinterpret_cast<const char*>(h.data());
-  return {p, p + h.size() * sizeof(typename View::value_type)};
-}
-template <class View>
-void read_into(const io::CheckpointReader& r, const std::string& name, const View& v) {
-  auto h = Kokkos::create_mirror_view(Kokkos::HostSpace(), v);
-  r.read(name, h.data(), h.size() * sizeof(typename View::value_type));
-  Kokkos::deep_copy(v, h);
-}
-}  // namespace
-
-// What a checkpoint must match to be resumed: the grid, every option that can change the
-// training's trajectory (all but kResumeMayChange), and the hyper-parameters they resolved to.
-namespace {
-const std::set<std::string> kResumeMayChange = {
-    "out",   "save_weights", "eval_every", "target_fvu",       "gemm_floor",
-    "fence", "warmup_steps", "resume",     "checkpoint_every", "checkpoint_dir"};
-}  // namespace
-
-nlohmann::json Trainer::checkpoint_identity() const {
-  nlohmann::json options = cfg_.to_json();
-  for (const auto& key : kResumeMayChange) options.erase(key);
-  options["d_model"] = model_->d();
-  return {{"grid", {{"dp", comm_.size(comm::Group::dp)}, {"lp", comm_.size(comm::Group::lp)}}},
-          {"options", options},
-          {"resolved", config_json()["resolved"]}};
-}
-
-const std::set<std::string>& resume_may_change() { return kResumeMayChange; }
-
-// Every rank writes its shard's state; when all have, rank 0 publishes the manifest (with every
-// rank file's size and CRC-32) and only then removes the previous checkpoint (io/checkpoint.hpp).
-// A failure on any rank (a full disk) removes this checkpoint's files and fails the run: the
-// previous checkpoint stays the newest.
-void Trainer::save_checkpoint(int64_t next_step, double seconds) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const std::string step_dir = io::checkpoint_step_dir(cfg_.checkpoint_dir, next_step);
-  const int rank = comm_.rank(comm::Group::world), ranks = comm_.size(comm::Group::world);
-  const nlohmann::json identity = checkpoint_identity();
-  std::vector<int64_t> records(2 * ranks, 0);  // bytes and CRC-32 of each rank file
-  const auto give_up = [&](const std::string& why) {
-    std::error_code ignored;
-    if (root()) std::filesystem::remove_all(step_dir, ignored);
-    return RunFailed("the checkpoint of step " + std::to_string(next_step) + " failed: " + why +
-                     " (its files were removed; " + cfg_.checkpoint_dir +
-                     "/latest still names the newest complete one)");
-  };
-  try {
-    comm::agree(comm_.grid(), [&] {
-      std::error_code ec;
-      std::filesystem::create_directories(step_dir, ec);
-      if (ec) throw Error(step_dir + ": cannot create the checkpoint directory: " + ec.message());
-      const io::RankFileRecord mine =
-          checkpoint_writer(next_step, seconds)
-              .write(io::checkpoint_rank_file(step_dir, rank), {rank, next_step, identity["grid"]});
-      records[2 * rank] = static_cast<int64_t>(mine.bytes);
-      records[2 * rank + 1] = mine.crc32;
-    });
-  } catch (const Error& e) {
-    throw give_up(e.what());
-  }
-  faults::inject(
-      {faults::Site::checkpoint, ++checkpoints_written_, comm_.rank(comm::Group::world)});
-  comm_.allreduce_host_sum("checkpoint", comm::Group::world, records.data(),
-                           static_cast<int>(records.size()));
-  try {
-    comm::agree(comm_.grid(), [&] {
-      if (!root()) return;
-      std::vector<io::RankFileRecord> files(ranks);
-      for (int r = 0; r < ranks; ++r)
-        files[r] = {static_cast<uint64_t>(records[2 * r]),
-                    static_cast<uint32_t>(records[2 * r + 1])};
-      io::publish_checkpoint(cfg_.checkpoint_dir, next_step, identity, files);
-    });
-  } catch (const Error& e) {
-    throw give_up(e.what());
-  }
-  if (root()) {
-    std::printf("  checkpoint: %s (%.2f s)\n", step_dir.c_str(),
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    std::fflush(stdout);
-  }
-  last_checkpoint_ = std::chrono::steady_clock::now();
-}
-
-// This rank's state as a checkpoint file's sections.
-io::CheckpointWriter Trainer::checkpoint_writer(int64_t next_step, double seconds) const {
-  io::CheckpointWriter w;
-  const auto add = [&](const char* name, const std::vector<char>& bytes) {
-    w.add(name, bytes.data(), bytes.size());
-  };
-  add("params", host_bytes(model_->params().values()));
-  add("adam_m", host_bytes(adam_m_));
-  add("adam_v", host_bytes(adam_v_));
-  add("tokens_since_fired", host_bytes(tokens_since_fired_));
-  add("dead", host_bytes(model_->buffers().dead));
-  add("data", data_->save_state());
-  nlohmann::json log = nlohmann::json::array();
-  for (const auto& l : log_) log.push_back({l.step, l.loss, l.mse, l.l0});
-  nlohmann::json targets = nlohmann::json::array();
-  for (const auto& t : reached_)
-    targets.push_back({t.target, t.step ? nlohmann::json(*t.step) : nullptr, t.train_s, t.wall_s});
-  w.state() = {{"next_step", next_step},
-               {"variant", model_->variant().state()},
-               {"timers", timers_.save_state()},
-               {"volume", comm_.save_volume()},
-               {"log", log},
-               {"eval_curve", eval_curve_},
-               {"targets", targets},
-               {"counted_steps", counted_steps_},
-               {"data_seconds", data_seconds_},
-               {"step_seconds", step_seconds_},
-               {"seconds", seconds},
-               {"auxiliary_ran", auxiliary_ran_}};
-  return w;
-}
-
-namespace {
-// "--lr" for "lr": how the user spells the option.
-std::string option_name(const std::string& key) {
-  std::string name = "--" + key;
-  for (auto& c : name)
-    if (c == '_') c = '-';
-  return name;
-}
-}  // namespace
-
-void Trainer::load_checkpoint() {
-  const std::string& dir = cfg_.checkpoint_dir;
-  const auto manifest = io::latest_checkpoint(dir);
-  if (!manifest) throw Error("--resume: no checkpoint in " + dir + " (no " + dir + "/latest)");
-  const std::string path = manifest->at("path");
-  const nlohmann::json want = checkpoint_identity();
-  const auto& grid = (*manifest)["grid"];
-  if (grid != want["grid"])
-    throw Error("--resume: the checkpoint in " + path + " was written by a grid of dp " +
-                grid["dp"].dump() + " x lp " + grid["lp"].dump() +
-                "; resume with the same grid (--dp " + grid["dp"].dump() + " --lp " +
-                grid["lp"].dump() + ")");
-  for (const char* part : {"options", "resolved"}) {
-    const auto& had = manifest->value(part, nlohmann::json::object());
-    for (const auto& [key, value] : want[part].items())
-      if (had.value(key, nlohmann::json()) != value)
-        throw Error("--resume: the run in " + path + " started with " +
-                    (std::string(part) == "options" ? option_name(key) : key + " (resolved)") +
-                    " = " + had.value(key, nlohmann::json()).dump() + " but this run has " +
-                    value.dump() +
-                    ": resume with the options the run started with (see the README for those "
-                    "that may change)");
-  }
-  const int rank = comm_.rank(comm::Group::world);
-  const int64_t step = manifest->at("step");
-  const io::CheckpointReader r(io::checkpoint_rank_file(path, rank), {rank, step, grid},
-                               io::manifest_record(*manifest, rank));
-  read_into(r, "params", model_->params().values());
-  read_into(r, "adam_m", adam_m_);
-  read_into(r, "adam_v", adam_v_);
-  read_into(r, "tokens_since_fired", tokens_since_fired_);
-  read_into(r, "dead", model_->buffers().dead);
-  std::vector<char> data(r.size("data"));
-  r.read("data", data.data(), data.size());
-  data_->load_state(data);
-  const auto& st = r.state();
-  start_step_ = st.at("next_step").get<int64_t>();
-  model_->variant().load_state(st.at("variant"));
-  timers_.load_state(st.at("timers"));
-  comm_.load_volume(st.at("volume"));
-  for (const auto& l : st.at("log")) log_.push_back({l[0], l[1], l[2], l[3]});
-  eval_curve_ = st.at("eval_curve");
-  for (size_t i = 0; i < reached_.size() && i < st.at("targets").size(); ++i) {
-    const auto& t = st.at("targets")[i];
-    if (!t[1].is_null()) reached_[i].step = t[1].get<int64_t>();
-    reached_[i].train_s = t[2], reached_[i].wall_s = t[3];
-  }
-  counted_steps_ = st.at("counted_steps");
-  data_seconds_ = st.at("data_seconds");
-  step_seconds_ = st.at("step_seconds");
-  previous_seconds_ = st.at("seconds");
-  auxiliary_ran_ = st.at("auxiliary_ran");
-  if (root()) std::printf("resumed from %s at step %lld\n", path.c_str(), (long long)start_step_);
-}
-
 // Every option as given, the resolved hyper-parameters and the data source.
 nlohmann::json Trainer::config_json() const {
   nlohmann::json config = cfg_.to_json();
@@ -958,11 +597,7 @@ nlohmann::json Trainer::run() {
         ": nothing was trained; " +
         (resumable ? "resume from " + cfg_.checkpoint_dir + " with --resume" : "run it again");
     if (root()) std::printf("  preempted during setup\n");
-    return {{"schema", "saescale.result/1"},
-            {"status", "preempted"},
-            {"reason", reason},
-            {"stopped_step", start_step_},
-            {"config", config_json()}};
+    return stopped_result("preempted", reason, start_step_, config_json());
   }
   const int64_t every =
       cfg_.progress_every > 0 ? cfg_.progress_every : std::max<int64_t>(1, steps / 10);
@@ -985,7 +620,8 @@ nlohmann::json Trainer::run() {
                            {"crossover_entries_per_row", cfg_.sparse_crossover},
                            {"given", true}};
   } else if (cfg_.sparse == "auto") {  // collective: every rank times the same shapes
-    sparse_calibration_ = calibrate_sparse();
+    sparse_calibration_ = calibrate_sparse(*model_, hyper_at(0), precision_,
+                                           cfg_.sparse_capacity_or_default(), cfg_.seed);
     if (root())
       std::printf("sparse auto: products sparse while rows average <= %.1f entries (calibrated)\n",
                   sparse_calibration_["crossover_entries_per_row"].get<double>());
@@ -1012,11 +648,7 @@ nlohmann::json Trainer::run() {
   };
   const auto failed = [&](const std::string& reason, int64_t step_done) -> nlohmann::json {
     if (root()) std::printf("  step %6lld/%lld  stopped\n", (long long)step_done, (long long)steps);
-    return {{"schema", "saescale.result/1"},
-            {"status", "failed"},
-            {"reason", reason},
-            {"failed_step", step_done},
-            {"config", config_json()}};
+    return stopped_result("failed", reason, step_done, config_json());
   };
   for (int64_t s = start_step_; s < steps; ++s) {
     try {  // a data file that changed under the run fails it (every rank agrees) with a result
@@ -1053,11 +685,7 @@ nlohmann::json Trainer::run() {
                : "checkpoint in " + io::checkpoint_step_dir(cfg_.checkpoint_dir, s + 1) +
                      "; resume with --resume");
       if (root()) std::printf("  step %6lld/%lld  preempted\n", (long long)s + 1, (long long)steps);
-      return {{"schema", "saescale.result/1"},
-              {"status", "preempted"},
-              {"reason", reason},
-              {"stopped_step", s + 1},
-              {"config", config_json()}};
+      return stopped_result("preempted", reason, s + 1, config_json());
     }
     if (!cfg_.checkpoint_dir.empty() && s + 1 < steps &&
         (checkpoint_due_ ||
@@ -1098,79 +726,43 @@ nlohmann::json Trainer::run() {
                       "): the trained SAE's reconstructions are not finite",
                   steps);
   record_targets(fid.fvu, steps);
-  const double dead = dead_fraction();
-  const int64_t trained_tokens = steps * B;
-  timers_.reduce_across_ranks(comm_.grid().uses_mpi() ? MPI_COMM_WORLD : MPI_COMM_NULL);
-  const nlohmann::json memory = memory_json();  // before the ceilings allocate their buffers
-
-  nlohmann::json timing;
-  timing["step_s"] = timers_.steps_json();
-  timing["phases_s"] = timers_.phases_json();
-  const double median = timing["step_s"].value("median", 0.0);
-  timing["tokens_per_s"] = median > 0 ? B / median : 0.0;
-  // The whole step's FLOPs (all ranks) from the work model.
-  double flops = 0;
-  for (const auto& [phase, w] : dense_work(work_shape(true))) flops += w.flops;
-  timing["flops_per_step"] = flops;
-  timing["warmup_steps"] = cfg_.warmup_steps;
-  timing["total_train_s"] = train_seconds;
-  timing["data_s"] = data_seconds_;
-  timing["fenced"] = cfg_.fence;
-  timing["auxiliary_ran"] = auxiliary_ran_;  // AuxK found dead latents in some step
-  timing["sparse"] = sparse_json();
-  timing["communication"] = communication_json(timing["phases_s"]);
-  timing["ceilings"] = measure_ceilings(median);
-  timing["gemm_floor_s"] = timing["ceilings"]["gemm_floor_s"];
-  timing["floor_ratio"] = timing["ceilings"]["floor_ratio"];
-  annotate_phases(timing);
-
-  nlohmann::json fidelity = fid.to_json();
-  fidelity["dead_fraction"] = dead;
-  fidelity["dead_window_tokens"] = cfg_.dead_window_tokens;
-  fidelity["trained_tokens"] = trained_tokens;
-  fidelity["final_train_loss"] = log_.back().loss;
-  fidelity["eval_curve"] = eval_curve_;
-  nlohmann::json curve = nlohmann::json::array();
-  const int64_t points = std::min<int64_t>(cfg_.loss_curve_points, steps);
-  for (int64_t k = 0; k < points; ++k) {
-    const auto& l = log_[points == 1 ? steps - 1 : k * (steps - 1) / (points - 1)];
-    curve.push_back({{"step", l.step}, {"loss", l.loss}, {"mse", l.mse}, {"l0", l.l0}});
-  }
-  fidelity["loss_curve"] = curve;
-  nlohmann::json targets = nlohmann::json::array();
-  for (const auto& t : reached_) {
-    const auto opt = [&](auto v) { return t.step ? nlohmann::json(v) : nlohmann::json(); };
-    targets.push_back({{"target_fvu", t.target},
-                       {"reached", t.step.has_value()},
-                       {"step", opt(t.step.value_or(0))},
-                       {"tokens", opt(t.step.value_or(0) * B)},
-                       {"train_s", opt(t.train_s)},
-                       {"wall_s", opt(t.wall_s)}});
-  }
-  fidelity["time_to_fidelity"] = targets;
-
-  const nlohmann::json config = config_json();
-
-  nlohmann::json benchmarks = nlohmann::json::array();
-  const auto& times = timers_.step_times();
-  for (size_t i = 0; i < times.size(); ++i)
-    benchmarks.push_back({{"name", "saescale/" + cfg_.variant + "/step"},
-                          {"run_name", "saescale/" + cfg_.variant + "/step"},
-                          {"run_type", "iteration"},
-                          {"repetitions", times.size()},
-                          {"repetition_index", i},
-                          {"threads", comm_.size(comm::Group::world)},
-                          {"iterations", 1},
-                          {"real_time", times[i] * 1e3},
-                          {"cpu_time", times[i] * 1e3},
-                          {"time_unit", "ms"}});
+  RunRecord r;
+  r.config = config_json();
+  r.variant = cfg_.variant;
+  r.steps = steps, r.batch_size = B, r.warmup_steps = cfg_.warmup_steps;
+  r.ranks = comm_.size(comm::Group::world);
+  timers_.reduce_across_ranks(comm_);
+  r.memory = memory_json();  // before the ceilings allocate their buffers
+  r.step_s = timers_.steps_json();
+  r.phases_s = timers_.phases_json();
+  r.step_times = timers_.step_times();
+  r.phase_work = dense_work(work_shape(false));
+  for (const auto& [phase, w] : dense_work(work_shape(true))) r.flops_per_step += w.flops;
+  r.total_train_s = train_seconds;
+  r.data_s = data_seconds_;
+  r.fenced = cfg_.fence;
+  r.auxiliary_ran = auxiliary_ran_;
+  r.sparse = sparse_json();
+  r.communication = communication_json(r.phases_s);
+  const double median = r.step_s.value("median", 0.0);
+  // As many repetitions as timed steps, within [3, 20].
+  const int reps = static_cast<int>(std::clamp<int64_t>(steps - cfg_.warmup_steps, 3, 20));
+  r.ceilings = measure_ceilings(*model_, precision_, reps, cfg_.gemm_floor ? median : 0);
+  r.fidelity = fid;
+  r.dead_fraction = dead_fraction();
+  r.dead_window_tokens = cfg_.dead_window_tokens;
+  r.loss_curve_points = cfg_.loss_curve_points;
+  r.log = log_;
+  r.eval_curve = eval_curve_;
+  r.targets = reached_;
+  nlohmann::json results = results_json(r);
 
   // The first replica's shards are gathered (over lp) and world rank 0 writes; a failure (a full
   // disk) fails the run on every rank, with the results of the training.
   std::string weights_error;
   if (!cfg_.save_weights.empty() && comm_.rank(comm::Group::dp) == 0) {
     try {
-      save_weights(cfg_.save_weights, *model_, norm_scale_, config["resolved"]);
+      save_weights(cfg_.save_weights, *model_, norm_scale_, r.config["resolved"]);
     } catch (const Error& e) {
       weights_error = e.what();
     }
@@ -1181,29 +773,12 @@ nlohmann::json Trainer::run() {
     });
   } catch (const Error& e) {
     nlohmann::json out = failed(std::string("saving the weights failed: ") + e.what(), steps);
-    out["timing"] = timing, out["memory"] = memory, out["fidelity"] = fidelity;
+    for (const char* part : {"timing", "memory", "fidelity"}) out[part] = results[part];
     return out;
   }
 
-  if (root()) {
-    std::printf("done: FVU %.4f  L0 %.2f  dead %.1f%%  ", fid.fvu, fid.l0, 100.0 * dead);
-    if (median > 0)
-      std::printf("step median %.2f ms  %.0f tok/s", median * 1e3, B / median);
-    else  // every step was a warm-up step
-      std::printf("no step timed (all %lld were --warmup-steps)", (long long)steps);
-    if (fid.mmcs)
-      std::printf("  MMCS %.3f  recovered %.1f%%", *fid.mmcs, 100 * *fid.recovered_fraction);
-    if (timing["floor_ratio"].is_number())
-      std::printf("  floor_ratio %.3f", timing["floor_ratio"].get<double>());
-    std::printf("\n");
-  }
-  return {{"schema", "saescale.result/1"},
-          {"status", "ok"},
-          {"config", config},
-          {"timing", timing},
-          {"memory", memory},
-          {"fidelity", fidelity},
-          {"benchmarks", benchmarks}};
+  if (root()) print_summary(r);
+  return results;
 }
 
 }  // namespace saescale

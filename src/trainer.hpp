@@ -20,6 +20,7 @@
 #include "metrics/timers.hpp"
 #include "metrics/work_model.hpp"
 #include "model.hpp"
+#include "results.hpp"
 
 namespace saescale {
 
@@ -46,11 +47,6 @@ const std::set<std::string>& resume_may_change();
 // Set by the SIGTERM/SIGUSR1 handler (cli/train.cpp): finish the step, checkpoint, stop.
 extern volatile std::sig_atomic_t g_stop_signal;
 
-// Refuses (one clear error, suggesting --lp) a run whose planned memory per rank exceeds what
-// the rank can allocate; called before anything is allocated.
-void check_memory(const Config& cfg, int64_t d, int64_t true_features,
-                  const comm::Communicator& comm);
-
 class Trainer {
  public:
   // Collective-free setup (every rank builds its shard; nothing is exchanged), so that a failure
@@ -74,13 +70,9 @@ class Trainer {
   void start_at_l0(const std::vector<float>& head, int64_t n);
   Fidelity evaluate_now();
   double dead_fraction() const;
-  nlohmann::json measure_ceilings(double step_median);
   metrics::WorkShape work_shape(bool global) const;
-  double fenced_median(const std::function<void()>& work, int repetitions) const;
-  nlohmann::json calibrate_sparse();
   std::map<std::string, metrics::Work> dense_work(const metrics::WorkShape& shape) const;
   nlohmann::json sparse_json() const;
-  void annotate_phases(nlohmann::json& timing) const;
   nlohmann::json memory_json() const;
   nlohmann::json config_json() const;
   nlohmann::json communication_json(const nlohmann::json& phases) const;
@@ -128,22 +120,13 @@ class Trainer {
   int64_t eval_n_ = 0;
   PhaseTimers timers_;
   double data_seconds_ = 0;
-  struct StepLog {
-    int64_t step;
-    double loss, mse, l0;
-  };
   std::vector<StepLog> log_;
   nlohmann::json eval_curve_ = nlohmann::json::array();
-  bool auxiliary_ran_ = false;  // an auxiliary loss was non-zero in some step (AuxK ran)
-  struct Target {               // --target-fvu: when the evaluation FVU first reached it
-    double target;
-    std::optional<int64_t> step;
-    double train_s = 0, wall_s = 0;
-  };
-  std::vector<Target> reached_;
-  nlohmann::json sparse_calibration_;  // --sparse auto: Trainer::calibrate_sparse()
-  nlohmann::json initial_l0_start_;    // --initial-l0: the parameter set and its value
-  io::DirectoryLock checkpoint_lock_;  // --checkpoint-dir is this run's (rank 0 holds it)
+  bool auxiliary_ran_ = false;           // an auxiliary loss was non-zero in some step (AuxK ran)
+  std::vector<FidelityTarget> reached_;  // --target-fvu
+  nlohmann::json sparse_calibration_;    // --sparse auto: calibrate_sparse (ceilings.hpp)
+  nlohmann::json initial_l0_start_;      // --initial-l0: the parameter set and its value
+  io::DirectoryLock checkpoint_lock_;    // --checkpoint-dir is this run's (rank 0 holds it)
 };
 
 }  // namespace saescale

@@ -202,6 +202,22 @@ void Communicator::allreduce_host_max(const char* phase, Group g, double* data, 
   });
 }
 
+void Communicator::allreduce_host_max(const char* phase, Group g, int64_t* data, int n) {
+  if (size(g) == 1) return;
+  count(phase, n * 8.0, allreduce_sent_bytes(n * 8.0, size(g)));
+  timed(phase, [&] {
+    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, MPI_INT64_T, MPI_MAX, grid_->comm(g)));
+  });
+}
+
+void Communicator::allreduce_host_min(const char* phase, Group g, double* data, int n) {
+  if (size(g) == 1) return;
+  count(phase, n * 8.0, allreduce_sent_bytes(n * 8.0, size(g)));
+  timed(phase, [&] {
+    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, MPI_DOUBLE, MPI_MIN, grid_->comm(g)));
+  });
+}
+
 void Communicator::allgather_host(const char* phase, Group g, const int64_t* send, int n,
                                   int64_t* recv) {
   if (size(g) == 1) {

@@ -60,6 +60,8 @@ class Communicator {
   void allreduce_host_sum(const char* phase, Group g, int64_t* data, int n);
   double allreduce_host_min(const char* phase, Group g, double value);
   void allreduce_host_max(const char* phase, Group g, double* data, int n);
+  void allreduce_host_max(const char* phase, Group g, int64_t* data, int n);
+  void allreduce_host_min(const char* phase, Group g, double* data, int n);
   void allgather_host(const char* phase, Group g, const int64_t* send, int n, int64_t* recv);
   // recv (on the group's rank 0 only) [size(g) * n] holds every rank's send [n].
   void gather_host_to_root(const char* phase, Group g, const float* send, int64_t n, float* recv);

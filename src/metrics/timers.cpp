@@ -3,7 +3,8 @@
 #include <algorithm>
 #include <functional>
 
-#include "comm/mpi_check.hpp"
+#include "comm/communicator.hpp"
+#include "error.hpp"
 
 namespace saescale {
 
@@ -56,29 +57,29 @@ double PhaseTimers::end_step(bool timed) {
   return total;
 }
 
-void PhaseTimers::reduce_across_ranks(MPI_Comm comm) {
-  if (comm == MPI_COMM_NULL) return;
+void PhaseTimers::reduce_across_ranks(comm::Communicator& comm) {
+  const auto world = comm::Group::world;
+  if (!comm.grid().uses_mpi()) return;  // no ranks to compare
+  const int ranks = comm.size(world);
   // Every rank runs the same phases in the same order; check before reducing aligned arrays.
   std::string names;
   for (const auto& phase : order_) names += phase + ";";
-  const uint64_t hash = std::hash<std::string>{}(names) ^ steps_.size();
-  uint64_t lo = hash, hi = hash;
-  SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UINT64_T, MPI_MIN, comm));
-  SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UINT64_T, MPI_MAX, comm));
-  if (lo != hi) throw Error("internal error: ranks timed different phases or step counts");
-  int ranks = 1;
-  SAESCALE_MPI_CHECK(MPI_Comm_size(comm, &ranks));
+  const int64_t hash = static_cast<int64_t>(std::hash<std::string>{}(names) ^ steps_.size());
+  std::vector<int64_t> hashes(ranks);
+  comm.allgather_host("timing", world, &hash, 1, hashes.data());
+  for (const int64_t h : hashes)
+    if (h != hash) throw Error("internal error: ranks timed different phases or step counts");
   const int n = static_cast<int>(steps_.size());
-  SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, steps_.data(), n, MPI_DOUBLE, MPI_MAX, comm));
+  comm.allreduce_host_max("timing", world, steps_.data(), n);
   for (const auto& phase : order_) {
     auto& v = phases_[phase];
     v.resize(n, 0.0);
     auto& lo_v = phases_min_[phase] = v;
     auto& mean_v = phases_mean_[phase] = v;
-    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, lo_v.data(), n, MPI_DOUBLE, MPI_MIN, comm));
-    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, mean_v.data(), n, MPI_DOUBLE, MPI_SUM, comm));
+    comm.allreduce_host_min("timing", world, lo_v.data(), n);
+    comm.allreduce_host_sum("timing", world, mean_v.data(), n);
     for (auto& t : mean_v) t /= ranks;
-    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v.data(), n, MPI_DOUBLE, MPI_MAX, comm));
+    comm.allreduce_host_max("timing", world, v.data(), n);
   }
 }
 

@@ -2,8 +2,6 @@
 // time is the phase's own work, not queued launches) unless fencing is turned off, in which case
 // only the step total is meaningful.
 #pragma once
-#include <mpi.h>
-
 #include <chrono>
 #include <map>
 #include <set>
@@ -13,6 +11,10 @@
 #include <nlohmann/json.hpp>
 
 #include "kernels/types.hpp"
+
+namespace saescale::comm {
+class Communicator;
+}
 
 namespace saescale {
 
@@ -48,10 +50,10 @@ class PhaseTimers {
   // Ends the step; its times enter the statistics only when `timed` (warm-up steps are not).
   double end_step(bool timed);
 
-  // Across ranks (collective over `comm`; no-op for MPI_COMM_NULL): each step's time becomes the
+  // Across ranks (collective over every rank; no-op without MPI): each step's time becomes the
   // max over ranks; each phase keeps the per-step min, mean and max over ranks (its statistics
   // are those of the max, and `ranks` has the medians of min/mean/max).
-  void reduce_across_ranks(MPI_Comm comm);
+  void reduce_across_ranks(comm::Communicator& comm);
 
   const std::vector<double>& step_times() const { return steps_; }
   // Everything recorded so far, for checkpoints (JSON round-trips doubles exactly).
