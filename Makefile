@@ -1,6 +1,7 @@
 # saescale — local front end. Quick start on a fresh Debian machine:
-#   make demo    # installs what it needs, builds, trains ReLU and JumpReLU, prints a comparison
-#   make test    # installs what it needs, builds, runs ctest and pytest
+#   make demo    # installs what it needs, builds, trains the five variants, compares them, writes a report
+#   make test    # installs what it needs, builds, runs ctest, the GPU-mapping check, pytest, the
+#                # Slurm workflow end to end and the fuzzers
 BUILD ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)

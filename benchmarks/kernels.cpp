@@ -42,7 +42,7 @@ using namespace saescale;
 using metrics::Work;
 
 struct Shape {
-  int64_t B = 2048, d = 512, M = 8192;  // the README's benchmark size
+  int64_t B = 2048, d = 512, M = 8192;  // docs/performance.md's benchmark size
   int64_t k = 32;  // TopK's k (BatchTopK selects k * B); entries per row of the sparse kernels
 };
 

@@ -1,5 +1,5 @@
 // Optimiser kernels over the flat parameter buffer, and the unit-norm decoder constraint
-// (sae-variants.md §0).
+// (docs/variants.md, Shared pieces).
 #pragma once
 #include "kernels/types.hpp"
 

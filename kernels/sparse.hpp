@@ -1,4 +1,4 @@
-// Sparse-aware kernels for the steps after the encoder (issue 8, first slice): once f is sparse
+// Sparse-aware kernels for the steps after the encoder (--sparse on|auto): once f is sparse
 // (L0 of a few dozen out of M latents) every GEMM of the step but the encoder forward can be
 // replaced by a gather or a scatter over f's non-zeros, O(B L0 d) instead of O(B M d).
 //
@@ -464,9 +464,9 @@ inline void sparse_activation_gradient(const SparseRows& rows, const Matrix& G, 
 //
 // W_enc is row-major [d, M] (SAELens' layout), so column m is strided by M: each owner writes d
 // scattered floats (one cache line or 32-byte sector each). Storing W_enc transposed, [M, d]
-// (sae-variants.md §0 allows it; the encoder forward then calls the GEMM with Trans::T at no cost),
-// makes this a contiguous row write: exactly sparse_gradient_by_latent with X = X_in, the same
-// kernel as the decoder gradient.
+// (docs/variants.md, Shared pieces allows it; the encoder forward then calls the GEMM with Trans::T
+// at no cost), makes this a contiguous row write: exactly sparse_gradient_by_latent with X = X_in,
+// the same kernel as the decoder gradient.
 inline void sparse_encoder_gradient(const SparseRows& rows_of_g_pi, const LatentIndex& index,
                                     const Matrix& X_in, real alpha, real beta,
                                     const Matrix& g_W_enc) {

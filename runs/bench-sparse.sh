@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The sparse-aware step (--sparse on) at issue 8's shape: d=512, M=32768, B=2048, k=32, each
+# The sparse-aware step (--sparse on): d=512, M=32768, B=2048, k=32, each
 # variant's step time as a fraction of the dense five-GEMM floor measured in the same run
 # (floor_ratio), and where the step now goes (phases). Every variant starts at an L0 like TopK's
 # instead of being trained there (a run long enough to train it is hours on a 2-core VM):

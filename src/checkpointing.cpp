@@ -157,12 +157,12 @@ void Trainer::load_checkpoint() {
     const auto& had = manifest->value(part, nlohmann::json::object());
     for (const auto& [key, value] : want[part].items())
       if (had.value(key, nlohmann::json()) != value)
-        throw Error("--resume: the run in " + path + " started with " +
-                    (std::string(part) == "options" ? option_name(key) : key + " (resolved)") +
-                    " = " + had.value(key, nlohmann::json()).dump() + " but this run has " +
-                    value.dump() +
-                    ": resume with the options the run started with (see the README for those "
-                    "that may change)");
+        throw Error(
+            "--resume: the run in " + path + " started with " +
+            (std::string(part) == "options" ? option_name(key) : key + " (resolved)") + " = " +
+            had.value(key, nlohmann::json()).dump() + " but this run has " + value.dump() +
+            ": resume with the options the run started with (docs/reliability.md lists those "
+            "that may change)");
   }
   const int rank = comm_.rank(comm::Group::world);
   const int64_t step = manifest->at("step");

@@ -1,5 +1,5 @@
 // Every option of the `saescale` subcommands: one struct, bound to CLI11 options whose long names
-// are the contract of architecture.md §3.1, and also readable from a TOML file (`--config`).
+// are the contract of docs/usage.md, and also readable from a TOML file (`--config`).
 #pragma once
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -14,7 +14,7 @@ struct Config {
   std::string variant = "jumprelu";
   int64_t d_model = 0;  // 0: taken from the data file (synthetic data needs it)
   int64_t width = 0;
-  // hyper-parameters; unset optionals take the variant's defaults (sae-variants.md)
+  // hyper-parameters; unset optionals take the variant's defaults (docs/variants.md)
   std::optional<double> sparsity_coeff, lr, adam_beta1, adam_beta2, adam_eps, clip_norm;
   std::optional<double> bandwidth, threshold_init, lr_decay_frac, decoder_init_norm;
   std::optional<int64_t> lr_warmup_steps, sparsity_warmup_steps;

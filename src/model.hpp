@@ -81,9 +81,9 @@ class Model {
   // buffers().f as the dense f (a direct sparse step never wrote it): for readers outside the step.
   void materialize_f() { products_->materialize_f(buf_); }
 
-  // Files: SAELens tensors with the normalisation scalar folded in (sae-variants.md §0). Under
-  // latent parallelism export gathers the shards (collective over lp; complete on lp rank 0) and
-  // import takes this rank's shard of whole tensors.
+  // Files: SAELens tensors with the normalisation scalar folded in (docs/variants.md, Shared
+  // pieces). Under latent parallelism export gathers the shards (collective over lp; complete on lp
+  // rank 0) and import takes this rank's shard of whole tensors.
   std::vector<io::NamedTensor> export_tensors(double norm_scale) const;
   void import_tensors(std::vector<io::NamedTensor> tensors, double norm_scale,
                       const std::string& source);

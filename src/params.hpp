@@ -1,6 +1,6 @@
 // All trainable parameters live in ONE flat buffer (and their gradients in another of the same
-// layout), so the optimiser, clipping and — later — the data-parallel all-reduce each touch one
-// contiguous array. Named tensors are unmanaged views into it, in SAELens names and shapes.
+// layout), so the optimiser, clipping and the data-parallel all-reduce each touch one contiguous
+// array. Named tensors are unmanaged views into it, in SAELens names and shapes.
 #pragma once
 #include <string>
 #include <vector>

@@ -1,9 +1,9 @@
 // The Variant interface: what a variant computes differently, and nothing else. Its static facts
 // (how it encodes, its decoder constraint, selection, auxiliary loss, defaults, parameters) are
 // its record in variants/registry.cpp (variants/traits.hpp). The GEMMs, the optimiser, schedules,
-// statistics and timing are shared (trainer.cpp). Adding a variant: one file in src/variants/,
-// its kernels in kernels/activations/, its record in variants/registry.cpp and its factory in
-// variants/factory.cpp.
+// statistics and timing are shared (model.cpp, products.cpp, trainer.cpp). Adding a variant: one
+// file in src/variants/, its rule in kernels/activations/ (run by drivers.hpp), its record in
+// variants/registry.cpp and its factory in variants/factory.cpp (docs/variants.md).
 #pragma once
 #include <memory>
 #include <string>
@@ -33,7 +33,7 @@ struct StepBuffers {
   CountVector dead;  // [M] 1 for latents currently dead (AuxK), maintained by the trainer
   SlotView<double> column_scratch;  // [slots, d] for bias-gradient column sums
 
-  // This rank's piece of the global problem (architecture.md §2): rows [row_offset, +B) of the
+  // This rank's piece of the global problem (docs/parallel.md): rows [row_offset, +B) of the
   // global batch and latents [latent_offset, +M) of global_width. One process: the whole problem.
   int64_t global_batch = 0;  // B in the loss (the global batch under data parallelism)
   int64_t row_offset = 0;

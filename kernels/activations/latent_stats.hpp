@@ -4,7 +4,7 @@
 
 namespace saescale {
 
-// A latent "fires" on a token when its activation exceeds this (sae-variants.md §0, dead latents).
+// A latent "fires" on a token when its activation exceeds this (docs/variants.md, Shared pieces).
 inline constexpr real kFireThreshold = 1e-3f;
 
 // [slots, M] accumulators (see tiling.hpp); after `reduce`, slot 0 holds the batch totals.

@@ -1,5 +1,6 @@
-// Exact top-k selection (sae-variants.md §3-§4): the k largest values per row (TopK, AuxK) or over
-// the whole batch (BatchTopK), ties resolved to the LOWER index. Three algorithms, selectable with
+// Exact top-k selection (docs/variants.md, TopK and BatchTopK): the k largest values per row (TopK,
+// AuxK) or over the whole batch (BatchTopK), ties resolved to the LOWER index. Three algorithms,
+// selectable with
 // --topk-algo, because their cost is what the project measures:
 //   radix  — 4 passes of 256-bin histograms over the values' order-preserving 32-bit keys;
 //   bisect — bisection on the key (a per-row threshold) with a count per step: 32 passes;

@@ -1,4 +1,4 @@
-// The `saescale` subcommands (architecture.md §3.1). Each returns the process exit code.
+// The `saescale` subcommands (docs/usage.md). Each returns the process exit code.
 #pragma once
 #include <CLI/CLI.hpp>
 

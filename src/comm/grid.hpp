@@ -1,4 +1,4 @@
-// The process grid dp x lp (architecture.md §2): data-parallel replicas, each split into lp
+// The process grid dp x lp (docs/parallel.md): data-parallel replicas, each split into lp
 // latent shards. World rank r is dp rank r / lp and lp rank r % lp, so the lp ranks of one replica
 // are neighbours (on one node whenever lp divides the ranks per node: the B x d all-reduce of the
 // forward pass is the latency-critical collective).

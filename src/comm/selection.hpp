@@ -1,4 +1,4 @@
-// Exact selections whose entries are spread over ranks (architecture.md §2): the kernels of
+// Exact selections whose entries are spread over ranks (docs/parallel.md): the kernels of
 // kernels/select/topk.hpp joined by the collectives they need. With one rank in the group they are
 // exactly row_topk / batch_topk.
 #pragma once

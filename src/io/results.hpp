@@ -1,4 +1,4 @@
-// The results file (saescale.result/1, architecture.md §3.2): context and writing.
+// The results file (saescale.result/1, docs/measurement.md): context and writing.
 #pragma once
 #include <string>
 #include <vector>

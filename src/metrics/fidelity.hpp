@@ -1,5 +1,6 @@
-// Fidelity metrics of sae-variants.md §7 on a held-out set: FVU (numerator and denominator summed
-// separately, denominator around the mean), L0, shrinkage, and ground-truth recovery.
+// Fidelity metrics of docs/variants.md, Fidelity metrics on a held-out set: FVU (numerator and
+// denominator summed separately, denominator around the mean), L0, shrinkage, and ground-truth
+// recovery.
 #pragma once
 #include <optional>
 #include <vector>

@@ -1,6 +1,6 @@
 // The variants' records (traits.hpp): every fact about a variant that code outside its own file
-// needs. Adding a variant: its file in src/variants/ (the Variant subclass, its factory), its
-// kernels in kernels/activations/, its record here and its factory in variants/factory.cpp.
+// needs. Adding a variant: its file in src/variants/ (the Variant subclass), its rule in
+// kernels/activations/ (if elementwise), its record here and its factory in variants/factory.cpp.
 #include "variants/traits.hpp"
 
 #include "error.hpp"
@@ -23,7 +23,7 @@ std::vector<ParamShape> with(std::vector<ParamShape> base, ParamShape extra) {
 // Work per element of the activation (traits.hpp): FLOPs, fp32 values per element, per latent.
 std::deque<VariantTraits>& registry() {
   static std::deque<VariantTraits> records = {
-      // ReLU, Anthropic's April 2024 recipe (sae-variants.md §1): L1 weighted by decoder norms.
+      // ReLU, Anthropic's April 2024 recipe (docs/variants.md): L1 weighted by decoder norms.
       {"relu",
        "standard",
        "relu",
@@ -45,7 +45,7 @@ std::deque<VariantTraits>& registry() {
        {3, 3, 2},  // pi, g in; g out
        1,
        0},
-      // JumpReLU (§5): a threshold per latent, L0 through a rectangle straight-through estimator.
+      // JumpReLU: a threshold per latent, L0 through a rectangle straight-through estimator.
       {"jumprelu",
        "jumprelu",
        "jumprelu",
@@ -67,7 +67,7 @@ std::deque<VariantTraits>& registry() {
        {6, 3, 3},  // + the window test
        2,
        0},
-      // Gated (§2): gate and magnitude paths sharing W_enc; L1 on ReLU(pi_gate); an auxiliary
+      // Gated: gate and magnitude paths sharing W_enc; L1 on ReLU(pi_gate); an auxiliary
       // reconstruction through the frozen decoder.
       {"gated",
        "gated",
@@ -95,7 +95,7 @@ std::deque<VariantTraits>& registry() {
        {10, 4, 5},  // + the auxiliary gradient
        4,
        1},
-      // TopK (§3): the k largest pre-activations of each row, ReLU after selection, AuxK.
+      // TopK: the k largest pre-activations of each row, ReLU after selection, AuxK.
       {"topk",
        "topk",
        "topk",
@@ -116,7 +116,7 @@ std::deque<VariantTraits>& registry() {
        {1, 3, 1},  // selection masks: f (and z), g in; g out
        1,
        2},
-      // BatchTopK (§4): the k B largest over the batch; saved as a JumpReLU SAE.
+      // BatchTopK: the k B largest over the batch; saved as a JumpReLU SAE.
       {"batchtopk",
        "jumprelu",
        "jumprelu",

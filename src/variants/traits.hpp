@@ -11,7 +11,7 @@
 
 namespace saescale {
 
-// Hyper-parameter defaults (sae-variants.md). Warm-ups given as steps are capped at
+// Hyper-parameter defaults (docs/variants.md). Warm-ups given as steps are capped at
 // `warmup_cap_frac` of the run for short runs; a fraction-based warm-up (ReLU) is given as *_frac.
 struct VariantDefaults {
   double lr, adam_beta1, adam_beta2, adam_eps, clip_norm;

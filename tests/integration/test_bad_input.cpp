@@ -1,6 +1,5 @@
 // Bad input, everywhere: every row of the table below is one bad command line or bad file given to
-// the saescale binary, and every one must fail the same way (docs/architecture.md, "No silent
-// fallbacks"):
+// the saescale binary, and every one must fail the same way (docs/reliability.md):
 //   - exit code 1,
 //   - exactly one line on stderr, starting "saescale: error:", containing the row's needles (the
 //     option, file or key at fault, and where possible the fix),
@@ -618,7 +617,7 @@ const std::vector<Case> kCases = {
      {"blocker/generated"}},
     {"plan_without_d_model", nullptr, "plan --width 32 --out {dir}/results.json", {"--d-model"}},
 
-    // --- values refused when parsed (issue 15): each names the option ------------------------
+    // --- values refused when parsed: each names the option ------------------------------------
     {"lr_infinite", nullptr, "train --d-model 8 {tiny} --lr inf {outputs}", {"--lr", "finite"}},
     {"lr_beyond_float", nullptr, "train --d-model 8 {tiny} --lr 1e39 {outputs}", {"--lr", "1e39"}},
     {"sparsity_coeff_nan",

@@ -241,7 +241,7 @@ TEST_F(Checkpoint, DamagedCheckpointsAreRefusedNamingTheFile) {
 }
 
 // --resume refuses every option that would change the training's trajectory, naming it, and
-// accepts those that cannot (the README lists them).
+// accepts those that cannot (docs/reliability.md lists them).
 TEST_F(Checkpoint, ResumeRefusesOptionsThatChangeTheRun) {
   const std::string base = kRun + "--variant topk ";
   ASSERT_EQ(preempted_at_9([&] { return saescale(run_args("run", base)); }).code, 3);

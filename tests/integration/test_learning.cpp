@@ -1,6 +1,6 @@
 // Learning on synthetic data with a known dictionary: each variant must reach a low FVU at an L0
 // near the true one and recover most true features. The thresholds are set so that a wrong
-// gradient, a missing chain factor or a broken optimiser fails (see the README's notes).
+// gradient, a missing chain factor or a broken optimiser fails (docs/testing.md).
 #include <gtest/gtest.h>
 
 #include <algorithm>

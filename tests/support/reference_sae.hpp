@@ -1,7 +1,7 @@
 // An independent, deliberately plain double-precision implementation of the ReLU and JumpReLU SAE
-// losses and gradients, written from sae-variants.md §1 and §5 (no code shared with src/ or
-// kernels/). Tests compare the project's float kernels and `saescale grad` against it, and check it
-// against central finite differences of its own loss.
+// losses and gradients, written from docs/variants.md, ReLU and JumpReLU (no code shared with src/
+// or kernels/). Tests compare the project's float kernels and `saescale grad` against it, and check
+// it against central finite differences of its own loss.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -32,7 +32,7 @@ struct Problem {
 
 inline double relu(double v) { return v > 0 ? v : 0; }
 
-// Gated SAE loss (sae-variants.md §2), written out directly.
+// Gated SAE loss (docs/variants.md, Gated), written out directly.
 inline double gated_loss(const Problem& p, const Params& w) {
   double total = 0;
   for (int b = 0; b < p.B; ++b) {
@@ -204,7 +204,8 @@ inline Tensor grad_f(const Problem& p, const Params& w) {
   return gf;
 }
 
-// The JumpReLU straight-through estimator for t = log(theta), from its definition (§5):
+// The JumpReLU straight-through estimator for t = log(theta), from its definition
+// (docs/variants.md, JumpReLU):
 //   g_t_i = theta_i * sum_b K((pi - theta)/eps) * ( -(theta/eps) g_f_bi - lambda/(B eps) ),
 //   K(u) = 1[-1/2 < u < 1/2].
 inline Tensor jumprelu_log_threshold_grad(const Problem& p, const Params& w) {
