@@ -169,53 +169,34 @@ void Communicator::allgather(const char* phase, Group g,
   });
 }
 
+// Every host collective is an in-place MPI_Allreduce of 8-byte values.
+void Communicator::host_allreduce(const char* phase, Group g, void* data, int n, MPI_Datatype type,
+                                  MPI_Op op) {
+  if (size(g) == 1) return;
+  count(phase, n * 8.0, allreduce_sent_bytes(n * 8.0, size(g)));
+  timed(phase, [&] {
+    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, type, op, grid_->comm(g)));
+  });
+}
+
 void Communicator::allreduce_host_sum(const char* phase, Group g, double* data, int n) {
-  if (size(g) == 1) return;
-  count(phase, n * 8.0, allreduce_sent_bytes(n * 8.0, size(g)));
-  timed(phase, [&] {
-    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, MPI_DOUBLE, MPI_SUM, grid_->comm(g)));
-  });
+  host_allreduce(phase, g, data, n, MPI_DOUBLE, MPI_SUM);
 }
-
 void Communicator::allreduce_host_sum(const char* phase, Group g, int64_t* data, int n) {
-  if (size(g) == 1) return;
-  count(phase, n * 8.0, allreduce_sent_bytes(n * 8.0, size(g)));
-  timed(phase, [&] {
-    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, MPI_INT64_T, MPI_SUM, grid_->comm(g)));
-  });
+  host_allreduce(phase, g, data, n, MPI_INT64_T, MPI_SUM);
 }
-
 double Communicator::allreduce_host_min(const char* phase, Group g, double value) {
-  if (size(g) == 1) return value;
-  count(phase, 8.0, allreduce_sent_bytes(8.0, size(g)));
-  timed(phase, [&] {
-    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_MIN, grid_->comm(g)));
-  });
+  host_allreduce(phase, g, &value, 1, MPI_DOUBLE, MPI_MIN);
   return value;
 }
-
-void Communicator::allreduce_host_max(const char* phase, Group g, double* data, int n) {
-  if (size(g) == 1) return;
-  count(phase, n * 8.0, allreduce_sent_bytes(n * 8.0, size(g)));
-  timed(phase, [&] {
-    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, MPI_DOUBLE, MPI_MAX, grid_->comm(g)));
-  });
-}
-
-void Communicator::allreduce_host_max(const char* phase, Group g, int64_t* data, int n) {
-  if (size(g) == 1) return;
-  count(phase, n * 8.0, allreduce_sent_bytes(n * 8.0, size(g)));
-  timed(phase, [&] {
-    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, MPI_INT64_T, MPI_MAX, grid_->comm(g)));
-  });
-}
-
 void Communicator::allreduce_host_min(const char* phase, Group g, double* data, int n) {
-  if (size(g) == 1) return;
-  count(phase, n * 8.0, allreduce_sent_bytes(n * 8.0, size(g)));
-  timed(phase, [&] {
-    SAESCALE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, n, MPI_DOUBLE, MPI_MIN, grid_->comm(g)));
-  });
+  host_allreduce(phase, g, data, n, MPI_DOUBLE, MPI_MIN);
+}
+void Communicator::allreduce_host_max(const char* phase, Group g, double* data, int n) {
+  host_allreduce(phase, g, data, n, MPI_DOUBLE, MPI_MAX);
+}
+void Communicator::allreduce_host_max(const char* phase, Group g, int64_t* data, int n) {
+  host_allreduce(phase, g, data, n, MPI_INT64_T, MPI_MAX);
 }
 
 void Communicator::allgather_host(const char* phase, Group g, const int64_t* send, int n,

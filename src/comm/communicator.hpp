@@ -85,6 +85,7 @@ class Communicator {
  private:
   enum class Kind { f32, f64, i64, u64 };
   void device_allreduce(const char* phase, Group g, void* data, int64_t n, Kind kind);
+  void host_allreduce(const char* phase, Group g, void* data, int n, MPI_Datatype type, MPI_Op op);
   template <class Work>
   void timed(const char* phase, Work&& work);
   void count(const char* phase, double payload, double sent);
