@@ -14,7 +14,7 @@ DEBIAN_PACKAGES := build-essential cmake git libtrilinos-kokkos-dev libopenblas-
   libgtest-dev libbenchmark-dev zlib1g-dev libbenchmark-tools python3-venv python3-pip clang libclang-rt-dev \
   slurm-wlm munge patchelf
 
-.PHONY: all deps deps-system deps-python build test test-cpp test-cuda-rules test-gpu-check test-python test-slurm test-fuzz demo bundle format clean help
+.PHONY: all deps deps-system deps-python build test test-cpp test-cuda-rules test-gpu-check test-python test-slurm test-fuzz test-interop demo bundle format clean help
 
 all: build
 
@@ -87,11 +87,26 @@ test-gpu-check: deps
 bundle:
 	runs/gpu-bundle $(BUILD)
 
+# The real SAELens against saescale's weight folders, both ways (tests/interop). Its own pinned
+# environment: sae-lens needs PyTorch, whose Linux wheels bring the CUDA libraries (about 5.5 GB,
+# 1-2 minutes to install once). SAESCALE_SKIP_INTEROP=1 skips it.
+INTEROP_VENV ?= .venv-interop
+$(INTEROP_VENV)/.stamp: tests/interop/requirements.txt
+	$(PYTHON) -m venv $(INTEROP_VENV)
+	$(INTEROP_VENV)/bin/pip install -q --upgrade pip
+	$(INTEROP_VENV)/bin/pip install -q -r tests/interop/requirements.txt
+	touch $@
+
+test-interop: build
+	@if [ -n "$$SAESCALE_SKIP_INTEROP" ]; then echo "interop: SKIPPED (SAESCALE_SKIP_INTEROP)"; else \
+	  $(MAKE) --no-print-directory $(INTEROP_VENV)/.stamp && \
+	  SAESCALE=$(BUILD)/bin/saescale $(INTEROP_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/interop; fi
+
 # libFuzzer targets of the file and config parsers (clang, ASan + UBSan), a bounded time each.
 test-fuzz: deps-system
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash tests/fuzz/run.sh
 
-test: deps test-cuda-rules test-cpp test-gpu-check test-python test-slurm test-fuzz
+test: deps test-cuda-rules test-cpp test-gpu-check test-python test-interop test-slurm test-fuzz
 
 demo: deps build
 	PYTHON=$(VENV)/bin/python BUILD=$(BUILD) bash runs/demo.sh

@@ -1,5 +1,6 @@
 #include "config.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
@@ -102,7 +103,8 @@ void add_model_options(CLI::App& app, Config& c) {
       ->check(kNonNegative)
       ->capture_default_str();
   app.add_option("--topk-algo", c.topk_algo,
-                 "exact top-k selection: radix|bisect|filter (topk, batchtopk)")
+                 "exact top-k selection: radix|bisect|filter (topk, batchtopk); filter, the "
+                 "fastest on CPUs, runs radix on GPU builds")
       ->check(CLI::IsMember({"radix", "bisect", "filter"}))
       ->capture_default_str();
   app.add_option("--encoder-bias-init", c.encoder_bias_init,
@@ -182,9 +184,9 @@ void add_train_options(CLI::App& app, Config& c) {
   app.add_option("--decoder-init-norm", c.decoder_init_norm, "initial decoder row norm")
       ->check(kPositive);
   app.add_option("--dead-window-tokens", c.dead_window_tokens,
-                 "a latent is dead after this many tokens without firing")
-      ->check(kPositive)
-      ->capture_default_str();
+                 "a latent is dead after this many tokens without firing [a tenth of the run's "
+                 "tokens, at most 10M]")
+      ->check(kPositive);
   app.add_option("--shuffle-buffer", c.shuffle_buffer, "rows in the file-data shuffle buffer")
       ->check(kPositive)
       ->capture_default_str();
@@ -258,6 +260,12 @@ int64_t Config::sparse_capacity_or_default() const {
   return sparse_capacity > 0 ? sparse_capacity : variant_traits(variant).default_sparse_capacity(k);
 }
 
+int64_t Config::dead_window_or_default() const {
+  if (dead_window_tokens > 0) return dead_window_tokens;
+  const int64_t tenth = steps / 10 * batch_size + (steps % 10) * batch_size / 10;
+  return std::max(batch_size, std::min<int64_t>(10'000'000, tenth));
+}
+
 nlohmann::json Config::tags_json() const {
   nlohmann::json out = nlohmann::json::object();
   for (const auto& tag : tags) {
@@ -267,6 +275,15 @@ nlohmann::json Config::tags_json() const {
     out[key] = tag.substr(eq + 1);
   }
   return out;
+}
+
+bool Config::was_given(const std::string& option) const {
+  return std::find(given.begin(), given.end(), option) != given.end();
+}
+
+void record_given_options(const CLI::App& app, Config& cfg) {
+  for (const CLI::Option* option : app.get_options())
+    if (option->count() > 0) cfg.given.push_back(option->get_single_name());
 }
 
 nlohmann::json Config::to_json() const {

@@ -20,7 +20,7 @@ struct Config {
   std::optional<int64_t> lr_warmup_steps, sparsity_warmup_steps;
   int64_t k = 32;
   int64_t aux_k = 512;
-  std::string topk_algo = "radix";
+  std::string topk_algo = "filter";             // GPU builds run radix for it (effective_topk_algo)
   std::string b_dec_init = "geometric-median";  // TopK/BatchTopK
   double encoder_bias_init = 0;                 // b_enc (Gated: b_gate) at initialisation
   int64_t initial_l0 = 0;  // > 0: ReLU/Gated/JumpReLU start with about this L0 (from the data)
@@ -32,12 +32,16 @@ struct Config {
   uint64_t seed = 1;
   std::string normalize = "unit-msq";
   int64_t norm_tokens = 65536;
-  int64_t dead_window_tokens = 10'000'000;
+  int64_t dead_window_tokens = 0;  // 0: dead_window_or_default()
   std::string precision = "fp32";
   std::string sparse = "off";    // sparse-aware products after the encoder: off, on
   int64_t sparse_capacity = 0;   // entries per row; 0: k for TopK, 32 k otherwise
   double sparse_crossover = -1;  // --sparse auto: this crossover instead of a calibration (>= 0)
   int64_t sparse_capacity_or_default() const;
+  // A latent is dead after this many tokens without firing: --dead-window-tokens, else a tenth of
+  // the run's tokens, at most 10M (OpenAI's window) and at least one batch, so that a short run
+  // still finds its dead latents (and AuxK still runs) and a long one keeps the usual window.
+  int64_t dead_window_or_default() const;
   int64_t dp = 0, lp = 1;              // dp 0: number of ranks / lp
   std::string comm = "auto";           // collectives on device buffers: auto, mpi, nccl
   std::string batch_scope = "global";  // BatchTopK: global batch or each rank's rows
@@ -61,9 +65,17 @@ struct Config {
   std::vector<std::string> tags;      // KEY=VALUE labels copied into the results' context.tags
   std::vector<int64_t> dead_latents;  // grad: the AuxK dead set (AuxK's gradient, validated)
 
+  // The options the command line or a config file set (long names without dashes), so that a
+  // saved SAE's own values (cfg.json) can take the place of defaults but not of a given value.
+  std::vector<std::string> given;
+  bool was_given(const std::string& option) const;
+
   nlohmann::json to_json() const;
   nlohmann::json tags_json() const;  // context.tags: {KEY: VALUE}
 };
+
+// Fills cfg.given from a parsed subcommand.
+void record_given_options(const CLI::App& app, Config& cfg);
 
 // Hyper-parameters after applying the variant's defaults and the run length (what is recorded).
 struct Resolved {

@@ -72,6 +72,8 @@ int run(int argc, char** argv) {
   if (const int code = parse_command_line(app, static_cast<int>(ours.size()), ours.data());
       code >= 0)
     return code;
+  for (auto [sub, c] : {std::pair{train, &train_cfg}, {grad, &grad_cfg}, {eval, &eval_cfg}})
+    if (sub->parsed()) record_given_options(*sub, *c);
   int ranks = 1, mpi_started = 0;
   SAESCALE_MPI_CHECK(MPI_Initialized(&mpi_started));
   if (mpi_started) SAESCALE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &ranks));

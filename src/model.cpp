@@ -207,6 +207,44 @@ void fold(std::vector<io::NamedTensor>& tensors, double s) {
       for (auto& v : t.values) v = static_cast<float>(v * f);
   }
 }
+
+io::NamedTensor& tensor_named(std::vector<io::NamedTensor>& tensors, const std::string& name,
+                              const std::string& source) {
+  for (auto& t : tensors)
+    if (t.name == name) return t;
+  throw Error(source + ": missing tensor '" + name + "'");
+}
+
+// An encoder that reads x - b_dec as one that reads x (direction -1), or the reverse (+1):
+// (x - b_dec) W_enc = x W_enc - b_dec W_enc, so v = b_dec W_enc moves into the encoder biases
+// (Gated: into b_gate, and through exp(r_mag) into b_mag). In double, then rounded once.
+void move_decoder_bias_into_encoder(std::vector<io::NamedTensor>& tensors, double direction,
+                                    const std::string& source) {
+  const auto& W_enc = tensor_named(tensors, "W_enc", source);
+  const auto& b_dec = tensor_named(tensors, "b_dec", source);
+  if (W_enc.shape.size() != 2 || b_dec.shape.size() != 1 || b_dec.shape[0] != W_enc.shape[0])
+    throw Error(source + ": tensors 'W_enc' and 'b_dec' have shapes that do not match");
+  const int64_t d = W_enc.shape[0], M = W_enc.shape[1];
+  std::vector<double> v(M, 0.0);
+  for (int64_t c = 0; c < d; ++c)
+    for (int64_t i = 0; i < M; ++i) v[i] += double(b_dec.values[c]) * W_enc.values[c * M + i];
+  const auto shift = [&](const char* name, const io::NamedTensor* scale) {
+    auto& bias = tensor_named(tensors, name, source);
+    if (static_cast<int64_t>(bias.values.size()) != M)
+      throw Error(source + ": tensor '" + name + "' does not have d_sae entries");
+    for (int64_t i = 0; i < M; ++i)
+      bias.values[i] = static_cast<float>(
+          bias.values[i] + direction * v[i] * (scale ? std::exp(double(scale->values[i])) : 1.0));
+  };
+  const bool gated = std::any_of(tensors.begin(), tensors.end(),
+                                 [](const io::NamedTensor& t) { return t.name == "b_gate"; });
+  if (gated) {
+    shift("b_gate", nullptr);
+    shift("b_mag", &tensor_named(tensors, "r_mag", source));
+  } else {
+    shift("b_enc", nullptr);
+  }
+}
 }  // namespace
 
 std::vector<io::NamedTensor> Model::gather_tensors(bool gradients) const {
@@ -247,7 +285,10 @@ std::vector<io::NamedTensor> Model::export_tensors(double norm_scale) const {
 }
 
 void Model::import_tensors(std::vector<io::NamedTensor> tensors, double norm_scale,
-                           const std::string& source) {
+                           const std::string& source, std::optional<bool> applies_b_dec) {
+  const bool subtracts = variant_->traits().subtracts_decoder_bias;
+  if (applies_b_dec && *applies_b_dec != subtracts)
+    move_decoder_bias_into_encoder(tensors, subtracts ? 1.0 : -1.0, source);
   fold(tensors, 1 / norm_scale);
   tensors = variant_->import_tensors(std::move(tensors), source);
   // Check against the whole SAE's shapes, then keep this rank's shard of each tensor.
@@ -284,7 +325,7 @@ void Model::import_tensors(std::vector<io::NamedTensor> tensors, double norm_sca
 }
 
 void save_weights(const std::string& dir, const Model& model, double norm_scale,
-                  const nlohmann::json& hyper) {
+                  const nlohmann::json& hyper, int64_t k) {
   auto tensors = model.export_tensors(norm_scale);  // gathers the latent shards on lp rank 0
   if (model.comm().rank(comm::Group::lp) != 0) return;
   std::error_code ec;
@@ -302,47 +343,89 @@ void save_weights(const std::string& dir, const Model& model, double norm_scale,
   } cleanup{dir, created};
   // The layout the file has (BatchTopK exports a JumpReLU SAE) decides what cfg.json says.
   const VariantTraits& exported = variant_traits(model.variant().traits().exported_as);
-  const nlohmann::json cfg = {
-      {"architecture", exported.architecture},
-      {"d_in", model.d()},
-      {"d_sae", model.global_width()},
-      {"dtype", "float32"},
-      {"device", "cpu"},
-      {"apply_b_dec_to_input", exported.subtracts_decoder_bias},
-      {"normalize_activations", "none"},  // the scalar is folded into the weights
-      {"saescale",
-       {{"variant", exported.name},
-        {"trained_as", model.variant().name()},
-        {"norm_scale_folded", norm_scale},
-        {"hyper_parameters", hyper}}}};
+  // SAELens' SAEConfig keys (its from_dict ignores the "saescale" entry); TopK adds its k.
+  nlohmann::json cfg = {{"architecture", exported.architecture},
+                        {"d_in", model.d()},
+                        {"d_sae", model.global_width()},
+                        {"dtype", "float32"},
+                        {"device", "cpu"},
+                        {"apply_b_dec_to_input", exported.subtracts_decoder_bias},
+                        {"normalize_activations", "none"},  // the scalar is folded into the weights
+                        {"reshape_activations", "none"},
+                        {"metadata", nlohmann::json::object()},
+                        {"saescale",
+                         {{"variant", exported.name},
+                          {"trained_as", model.variant().name()},
+                          {"norm_scale_folded", norm_scale},
+                          {"hyper_parameters", hyper}}}};
+  if (exported.selection == VariantTraits::Selection::row) cfg["k"] = k;
   io::write_safetensors(dir + "/sae_weights.safetensors", tensors, {{"format", "pt"}});
   io::write_text_atomic(dir + "/cfg.json", cfg.dump(2) + "\n");
   cleanup.done = true;
 }
 
-std::vector<io::NamedTensor> read_weights(const std::string& path, nlohmann::json* cfg) {
+SavedSae read_saved_sae(const std::string& path, bool with_tensors) {
   namespace fs = std::filesystem;
   const bool is_dir = fs::is_directory(path);
   const std::string file = is_dir ? path + "/sae_weights.safetensors" : path;
   const std::string cfg_path = (fs::path(file).parent_path() / "cfg.json").string();
-  if (cfg) {
-    *cfg = nlohmann::json::object();
-    if (fs::exists(cfg_path)) {
-      std::ifstream in(cfg_path);
-      try {
-        *cfg = nlohmann::json::parse(in);
-      } catch (const std::exception& e) {
-        throw Error(cfg_path + ": invalid JSON: " + e.what());
-      }
+  SavedSae saved;
+  saved.cfg = nlohmann::json::object();
+  if (fs::exists(cfg_path)) {
+    std::ifstream in(cfg_path);
+    try {
+      saved.cfg = nlohmann::json::parse(in);
+    } catch (const std::exception& e) {
+      throw Error(cfg_path + ": invalid JSON: " + e.what());
     }
+    if (!saved.cfg.is_object()) throw Error(cfg_path + ": not a JSON object");
   }
-  auto tensors = io::read_safetensors(file);
-  for (const auto& t : tensors)
+  const nlohmann::json& cfg = saved.cfg;
+  try {
+    if (cfg.contains("saescale")) {
+      saved.variant = cfg["saescale"].value("variant", "");
+    } else if (const std::string arch = cfg.value("architecture", ""); !arch.empty()) {
+      saved.variant = variant_for_architecture(arch);
+      if (saved.variant.empty())
+        throw Error(cfg_path + ": architecture '" + arch +
+                    "' is not one saescale reads (standard, jumprelu, gated, topk)");
+    }
+    if (cfg.contains("k")) {
+      if (!cfg["k"].is_number_integer() || cfg["k"].get<int64_t>() < 1)
+        throw Error(cfg_path + ": k must be a positive integer (got " + cfg["k"].dump() + ")");
+      saved.k = cfg["k"].get<int64_t>();
+    }
+    if (cfg.contains("apply_b_dec_to_input")) {
+      if (!cfg["apply_b_dec_to_input"].is_boolean())
+        throw Error(cfg_path + ": apply_b_dec_to_input must be true or false");
+      saved.applies_b_dec = cfg["apply_b_dec_to_input"].get<bool>();
+    }
+    if (const std::string norm = cfg.value("normalize_activations", "none"); norm != "none")
+      throw Error(cfg_path + ": normalize_activations '" + norm +
+                  "' is not supported: saescale reads SAEs that act on raw activations ('none')");
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(cfg_path + ": unexpected content: " + e.what());
+  }
+  if (!with_tensors) return saved;
+  saved.tensors = io::read_safetensors(file);
+  for (const auto& t : saved.tensors)
     for (size_t i = 0; i < t.values.size(); ++i)
       if (!std::isfinite(t.values[i]))
         throw Error(file + ": tensor '" + t.name + "' holds a non-finite value at index " +
                     std::to_string(i) + ": these weights cannot be used");
-  return tensors;
+  return saved;
+}
+
+Config with_saved_sae(Config cfg, const SavedSae& saved) {
+  if (!saved.variant.empty() && saved.variant != cfg.variant) {
+    if (cfg.was_given("variant"))
+      throw Error(cfg.init + ": the weights are a " + saved.variant +
+                  " SAE (cfg.json) but --variant is " + cfg.variant + ": use --variant " +
+                  saved.variant + " or leave it out");
+    cfg.variant = saved.variant;
+  }
+  if (saved.k && !cfg.was_given("k")) cfg.k = *saved.k;
+  return cfg;
 }
 
 }  // namespace saescale

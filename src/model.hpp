@@ -4,6 +4,7 @@
 #pragma once
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <functional>
@@ -85,8 +86,10 @@ class Model {
   // pieces). Under latent parallelism export gathers the shards (collective over lp; complete on lp
   // rank 0) and import takes this rank's shard of whole tensors.
   std::vector<io::NamedTensor> export_tensors(double norm_scale) const;
+  // `applies_b_dec`: whether the file's encoder reads x - b_dec (SAELens' apply_b_dec_to_input);
+  // when it differs from this variant's, b_dec W_enc moves into the encoder biases (exact).
   void import_tensors(std::vector<io::NamedTensor> tensors, double norm_scale,
-                      const std::string& source);
+                      const std::string& source, std::optional<bool> applies_b_dec = {});
   // Whole tensors (values or gradients) from the shards, in file order (collective over lp).
   std::vector<io::NamedTensor> gather_tensors(bool gradients) const;
 
@@ -107,9 +110,23 @@ class Model {
 
 // Weights directory: DIR/sae_weights.safetensors + DIR/cfg.json (what SAELens loads). Collective
 // over the latent shards (lp); their rank 0 writes.
+// `k`: TopK's, written as SAELens' `k` (what its TopK SAE selects at inference).
 void save_weights(const std::string& dir, const Model& model, double norm_scale,
-                  const nlohmann::json& hyper);
-// Accepts a directory as above or a .safetensors path (cfg.json beside it is optional).
-std::vector<io::NamedTensor> read_weights(const std::string& path, nlohmann::json* cfg);
+                  const nlohmann::json& hyper, int64_t k);
+
+// A weights directory (or a .safetensors path with an optional cfg.json beside it), written by
+// saescale or by SAELens, and what its cfg.json says about the SAE.
+struct SavedSae {
+  std::vector<io::NamedTensor> tensors;
+  std::string variant;                // the layout (saescale's entry, else SAELens' architecture)
+  std::optional<int64_t> k;           // TopK's k
+  std::optional<bool> applies_b_dec;  // apply_b_dec_to_input
+  nlohmann::json cfg;                 // cfg.json as read (empty without one)
+};
+SavedSae read_saved_sae(const std::string& path, bool with_tensors = true);
+
+// The options to run a saved SAE with: its layout's variant (a --variant given that differs is an
+// error) and its k unless --k was given.
+Config with_saved_sae(Config cfg, const SavedSae& saved);
 
 }  // namespace saescale

@@ -178,16 +178,13 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
   if (cfg.initial_l0 > 0) start_at_l0(head, n_norm);
   faults::inject({faults::Site::init, 0, comm.rank(comm::Group::world), nullptr, model_.get()});
   if (!cfg.init.empty()) {
-    nlohmann::json file_cfg;
-    auto tensors = read_weights(cfg.init, &file_cfg);
+    SavedSae saved = read_saved_sae(cfg.init);
     // cfg.json says which SAE the file holds (BatchTopK is saved as a JumpReLU SAE).
-    const std::string saved = file_cfg.contains("saescale")
-                                  ? file_cfg["saescale"].value("variant", cfg.variant)
-                                  : cfg.variant;
-    if (saved != cfg.variant)
-      throw Error(cfg.init + ": the weights are a " + saved + " SAE (cfg.json) but --variant is " +
-                  cfg.variant + ": use --variant " + saved);
-    model_->import_tensors(std::move(tensors), norm_scale_, cfg.init);
+    if (!saved.variant.empty() && saved.variant != cfg.variant)
+      throw Error(cfg.init + ": the weights are a " + saved.variant +
+                  " SAE (cfg.json) but --variant is " + cfg.variant + ": use --variant " +
+                  saved.variant);
+    model_->import_tensors(std::move(saved.tensors), norm_scale_, cfg.init, saved.applies_b_dec);
   }
   const int64_t P = model_->params().total();
   const bool first_moment = cfg.optimizer == "adam" && hyper_.adam_beta1 != 0;
@@ -410,7 +407,7 @@ Trainer::Agreement Trainer::step_statistics(std::vector<int64_t> non_finite) {
   auto& stats = m.buffers().stats;
   comm_.allreduce_sum("statistics", comm::Group::dp, stats.fired_total());
   kernels::update_tokens_since_fired(tokens_since_fired_, stats.fired_total(), cfg_.batch_size,
-                                     cfg_.dead_window_tokens, m.buffers().dead);
+                                     cfg_.dead_window_or_default(), m.buffers().dead);
   m.variant().post_step(m.params(), m.buffers());
   const int64_t active = kernels::sum("saescale::statistics::l0", stats.active_total());
   return agree_on_step(active, std::move(non_finite));
@@ -448,6 +445,7 @@ double Trainer::dead_fraction() const {
 
 Fidelity Trainer::evaluate_now() {
   Fidelity f = evaluate(*model_, hyper_at(cfg_.steps), precision_, eval_rows_, eval_n_);
+  f.mse /= norm_scale_ * norm_scale_;  // in the data's units, as `eval` reports it
   if (const auto* truth = data_->ground_truth()) ground_truth_recovery(*model_, *truth, f);
   return f;
 }
@@ -576,7 +574,8 @@ nlohmann::json Trainer::config_json() const {
                         {"lr_warmup_steps", hyper_.lr_warmup_steps},
                         {"sparsity_warmup_steps", hyper_.sparsity_warmup_steps},
                         {"norm_scale", norm_scale_},
-                        {"topk_algo", kernels::topk_algo_name(topk_algo_)}};
+                        {"topk_algo", kernels::topk_algo_name(topk_algo_)},
+                        {"dead_window_tokens", cfg_.dead_window_or_default()}};
   config["data_source"] = data_->describe();
   config["initial_l0_start"] = initial_l0_start_;
   return config;
@@ -750,7 +749,7 @@ nlohmann::json Trainer::run() {
   r.ceilings = measure_ceilings(*model_, precision_, reps, cfg_.gemm_floor ? median : 0);
   r.fidelity = fid;
   r.dead_fraction = dead_fraction();
-  r.dead_window_tokens = cfg_.dead_window_tokens;
+  r.dead_window_tokens = cfg_.dead_window_or_default();
   r.loss_curve_points = cfg_.loss_curve_points;
   r.log = log_;
   r.eval_curve = eval_curve_;
@@ -762,7 +761,7 @@ nlohmann::json Trainer::run() {
   std::string weights_error;
   if (!cfg_.save_weights.empty() && comm_.rank(comm::Group::dp) == 0) {
     try {
-      save_weights(cfg_.save_weights, *model_, norm_scale_, r.config["resolved"]);
+      save_weights(cfg_.save_weights, *model_, norm_scale_, r.config["resolved"], cfg_.k);
     } catch (const Error& e) {
       weights_error = e.what();
     }

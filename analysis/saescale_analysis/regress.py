@@ -90,7 +90,7 @@ class BenchKey:
             parts += [f"k{self.k}", str(self.topk_algo)]
         if self.aux_k not in (None, DEFAULT_AUX_K):
             parts.append(f"aux{self.aux_k}")
-        if self.dead_window_tokens not in (None, DEFAULT_DEAD_WINDOW):
+        if self.dead_window_tokens not in (None, 0, DEFAULT_DEAD_WINDOW):  # 0: the default
             parts.append(f"dead{self.dead_window_tokens}")
         if self.batch_scope not in (None, "global"):
             parts.append(f"scope={self.batch_scope}")

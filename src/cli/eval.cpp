@@ -18,19 +18,12 @@ int eval(const Config& cfg) {
   check_output_path(cfg.out, cfg.force, inputs);
   const Precision precision = parse_precision(cfg.precision);
   check_precision_supported(precision);
-  nlohmann::json file_cfg;
-  auto weights = read_weights(cfg.init, &file_cfg);
-  // The variant comes from cfg.json when present (saescale's own entry, else SAELens'
-  // architecture); --variant otherwise.
-  std::string variant = cfg.variant;
-  if (file_cfg.contains("saescale")) {
-    variant = file_cfg["saescale"].value("variant", variant);
-  } else if (const std::string arch = file_cfg.value("architecture", ""); !arch.empty()) {
-    variant = variant_for_architecture(arch);
-    if (variant.empty())
-      throw Error(cfg.init + ": cfg.json's architecture '" + arch +
-                  "' is not one saescale reads (standard, jumprelu, gated, topk)");
-  }
+  SavedSae saved = read_saved_sae(cfg.init);
+  // The variant and k come from cfg.json when it has them (saescale's or SAELens'); --variant
+  // and --k otherwise (a given --k wins: a TopK SAE can be evaluated at another k).
+  const Config run = with_saved_sae(cfg, saved);
+  const std::string& variant = run.variant;
+  auto& weights = saved.tensors;
   int64_t width = 0, d = 0;
   for (const auto& t : weights)
     if (t.name == "W_enc" && t.shape.size() == 2) d = t.shape[0], width = t.shape[1];
@@ -53,12 +46,12 @@ int eval(const Config& cfg) {
   data->read_rows(total < 0 ? (int64_t(1) << 50) : 0, n, rows.data());
 
   Model model(variant, d, width);
-  const Resolved r = resolve_hyper(cfg, model.variant().traits().defaults);
-  const Hyper h = make_hyper(cfg, r, width);
+  const Resolved r = resolve_hyper(run, model.variant().traits().defaults);
+  const Hyper h = make_hyper(run, r, width);
   model.allocate(std::min(cfg.batch_size, n));
-  if (cfg.sparse != "off") model.enable_sparse(cfg.sparse_capacity_or_default());
+  if (cfg.sparse != "off") model.enable_sparse(run.sparse_capacity_or_default());
   model.initialize(h, cfg.seed);
-  model.import_tensors(std::move(weights), 1.0, cfg.init);
+  model.import_tensors(std::move(weights), 1.0, cfg.init, saved.applies_b_dec);
   Fidelity f = evaluate(model, h, precision, rows, n);
   if (const auto* truth = data->ground_truth()) ground_truth_recovery(model, *truth, f);
 
@@ -68,9 +61,18 @@ int eval(const Config& cfg) {
   if (f.mmcs) std::printf("  MMCS %.4f  recovered %.1f%%", *f.mmcs, 100 * *f.recovered_fraction);
   std::printf("\n");
   if (!cfg.out.empty()) {
-    nlohmann::json out = {{"schema", "saescale.eval/1"}, {"weights", cfg.init},
-                          {"variant", variant},          {"data", data->describe()},
-                          {"fidelity", f.to_json()},     {"context", run_context(1, 1, 1)}};
+    // What was evaluated: the first n rows (the train/eval split of `train` does not apply).
+    nlohmann::json described = data->describe();
+    described.erase("train_rows");
+    described.erase("eval_rows");
+    described["rows_evaluated"] = n;
+    nlohmann::json out = {{"schema", "saescale.eval/1"},
+                          {"weights", cfg.init},
+                          {"variant", variant},
+                          {"k", run.k},
+                          {"data", described},
+                          {"fidelity", f.to_json()},
+                          {"context", run_context(1, 1, 1)}};
     write_results(cfg.out, out, cfg.force);
   }
   return 0;

@@ -25,29 +25,31 @@ int grad(const Config& cfg) {
   const int64_t d = data->dim();
   if (cfg.width <= 0 && cfg.init.empty()) throw Error("grad needs --width or --init");
 
-  std::vector<io::NamedTensor> weights;
-  nlohmann::json file_cfg;
+  SavedSae saved;
+  if (!cfg.init.empty()) saved = read_saved_sae(cfg.init);
+  // With --init: the saved SAE's variant and k (cfg.json).
+  const Config run = cfg.init.empty() ? cfg : with_saved_sae(cfg, saved);
+  auto& weights = saved.tensors;
   int64_t width = cfg.width;
   if (!cfg.init.empty()) {
-    weights = read_weights(cfg.init, &file_cfg);
     for (const auto& t : weights)
       if (t.name == "W_enc" && t.shape.size() == 2) width = t.shape[1];
     if (cfg.width > 0 && cfg.width != width)
       throw Error("--width " + std::to_string(cfg.width) + " but the weights in " + cfg.init +
                   " have " + std::to_string(width) + " latents");
   }
-  Model model(cfg.variant, d, width);
+  Model model(run.variant, d, width);
   std::vector<float> rows(n * d);
   data->read_rows(0, n, rows.data());
   check_finite_rows(rows, n, d, cfg.data);
   const double s = estimate_norm_scale(cfg.normalize, rows, n, d);
-  const Resolved r = resolve_hyper(cfg, model.variant().traits().defaults);
-  const Hyper h = make_hyper(cfg, r, width);
+  const Resolved r = resolve_hyper(run, model.variant().traits().defaults);
+  const Hyper h = make_hyper(run, r, width);
 
   model.allocate(n);
-  if (cfg.sparse != "off") model.enable_sparse(cfg.sparse_capacity_or_default());
+  if (cfg.sparse != "off") model.enable_sparse(run.sparse_capacity_or_default());
   model.initialize(h, cfg.seed);
-  if (!weights.empty()) model.import_tensors(std::move(weights), s, cfg.init);
+  if (!weights.empty()) model.import_tensors(std::move(weights), s, cfg.init, saved.applies_b_dec);
   // The AuxK dead set is empty in `grad` unless --dead-latents names one.
   if (!cfg.dead_latents.empty()) {
     auto dead = Kokkos::create_mirror_view(Kokkos::HostSpace(), model.buffers().dead);
@@ -71,15 +73,17 @@ int grad(const Config& cfg) {
     for (const auto& [product, c] : model.sparse()->counts())
       paths += (paths.empty() ? "" : ",") + product + "=" + (c.dense ? "dense" : "sparse");
   io::write_safetensors(cfg.out, tensors,
-                        {{"variant", cfg.variant},
+                        {{"variant", run.variant},
                          {"rows", std::to_string(n)},
                          {"mse", std::to_string(loss.mse)},
                          {"penalty", std::to_string(loss.penalty)},
+                         {"auxiliary", std::to_string(loss.auxiliary)},
                          {"norm_scale", std::to_string(s)},
                          {"sparse_paths", paths.empty() ? "off" : paths}});
-  std::printf("grad: %s on %lld rows: loss %.8g (mse %.8g + sparsity %.8g) -> %s\n",
-              cfg.variant.c_str(), (long long)n, loss.total(), loss.mse, loss.penalty,
-              cfg.out.c_str());
+  std::printf(
+      "grad: %s on %lld rows: loss %.8g (mse %.8g + sparsity %.8g + auxiliary %.8g) -> %s\n",
+      run.variant.c_str(), (long long)n, loss.total(), loss.mse, loss.penalty, loss.auxiliary,
+      cfg.out.c_str());
   return 0;
 }
 

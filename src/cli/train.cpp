@@ -59,6 +59,7 @@ int train(const Config& cfg) {
   // The results may replace a file only with --force, or the results of the preempted run this
   // one resumes: decided now, and the final write refuses a file that appears meanwhile.
   const bool replace_results = cfg.force || (cfg.resume && preempted_results(cfg.out));
+  Config run_cfg = cfg;  // with --init: the saved SAE's variant and k (cfg.json)
   comm::agree(grid, [&] {
     tags = cfg.tags_json();
     if (root) {  // every output, before anything is read or trained (io/outputs.hpp)
@@ -74,10 +75,11 @@ int train(const Config& cfg) {
       io::check_outputs(outputs);
     }
     backend = comm::parse_backend(cfg.comm);
+    if (!cfg.init.empty()) run_cfg = with_saved_sae(cfg, read_saved_sae(cfg.init, false));
   });
   comm::Communicator comm(grid, backend);  // NCCL communicators are created collectively
   std::unique_ptr<Trainer> trainer;
-  comm::agree(grid, [&] { trainer = std::make_unique<Trainer>(cfg, comm); });
+  comm::agree(grid, [&] { trainer = std::make_unique<Trainer>(run_cfg, comm); });
   const nlohmann::json placement = grid.placement(comm::device_id());
   if (root && grid.world_size() > 1) print_placement(placement);
 

@@ -155,9 +155,10 @@ TEST_F(Cli, SparsePathIsRecorded) {
 // recorded, that every product ran every step one way or the other, and the one implication that
 // holds on any machine: rows of at most k = 4 entries under a crossover of at least 4 run sparse.
 TEST_F(Cli, SparseAutoFollowsItsCalibration) {
+  // --aux-k 0: no AuxK, whose gradient to dead latents would send the backward to the dense path.
   const std::string shape =
       " --d-model 64 --width 2048 --batch-size 256 --steps 6 --warmup-steps 1"
-      " --eval-tokens 256 --no-gemm-floor --sparse auto ";
+      " --eval-tokens 256 --no-gemm-floor --sparse auto --aux-k 0 ";
   auto products = [&](const std::string& args, const std::string& name, double* crossover) {
     const auto r = saescale("train" + shape + args + " --out " + dir_ + "/" + name);
     EXPECT_EQ(r.code, 0) << r.err;
@@ -185,8 +186,9 @@ TEST_F(Cli, SparseAutoFollowsAGivenCrossover) {
        {std::pair<double, const char*>{4.5, "sparse"}, {0.5, "dense"}}) {
     const std::string name = std::string(path) + ".json";
     const auto r = saescale(
-        "train --variant topk --k 4 --d-model 64 --width 2048 --batch-size 256 --steps 6 "
-        "--warmup-steps 1 --eval-tokens 256 --no-gemm-floor --sparse auto --sparse-crossover " +
+        "train --variant topk --k 4 --aux-k 0 --d-model 64 --width 2048 --batch-size 256 "
+        "--steps 6 --warmup-steps 1 --eval-tokens 256 --no-gemm-floor --sparse auto "
+        "--sparse-crossover " +
         std::to_string(crossover) + " --out " + dir_ + "/" + name);
     ASSERT_EQ(r.code, 0) << r.err;
     const auto j = nlohmann::json::parse(std::ifstream(dir_ + "/" + name));
@@ -274,6 +276,59 @@ TEST_F(Cli, GenDataTrainSaveEvalRoundTrip) {
   // Same weights, same distribution, a different sample: the same FVU up to sampling noise.
   EXPECT_NEAR(ev["fidelity"]["fvu"].get<double>(), res["fidelity"]["fvu"].get<double>(), 0.1);
   EXPECT_NEAR(ev["fidelity"]["l0"].get<double>(), res["fidelity"]["l0"].get<double>(), 1.0);
+}
+
+// TopK's k travels in cfg.json (SAELens' key): eval and grad use it without --k, a given --k
+// wins, and a --variant that contradicts the file is refused.
+TEST_F(Cli, TopkFolderCarriesItsK) {
+  const std::string data = " --d-model 16 --data synthetic:features=32,l0=3 --seed 3 ";
+  auto r = saescale("train --variant topk --k 5 --width 64 --batch-size 128 --steps 10" + data +
+                    "--eval-tokens 512 --save-weights " + dir_ + "/w --out " + dir_ + "/r.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::ifstream cfg_in(dir_ + "/w/cfg.json");
+  const auto cfg = nlohmann::json::parse(cfg_in);
+  EXPECT_EQ(cfg["architecture"], "topk");
+  EXPECT_EQ(cfg["k"], 5);
+  EXPECT_EQ(cfg["reshape_activations"], "none");
+  const auto eval_l0 = [&](const std::string& extra) {
+    auto e = saescale("eval --init " + dir_ + "/w --eval-tokens 512" + data + extra +
+                      "--force --out " + dir_ + "/e.json");
+    EXPECT_EQ(e.code, 0) << e.err;
+    std::ifstream in(dir_ + "/e.json");
+    return nlohmann::json::parse(in)["fidelity"]["l0"].get<double>();
+  };
+  EXPECT_LE(eval_l0(""), 5.0);
+  EXPECT_GT(eval_l0(""), 4.0);         // k = 5, not the default 32
+  EXPECT_LE(eval_l0(" --k 2 "), 2.0);  // a given --k wins
+  r = saescale("eval --init " + dir_ + "/w --variant relu" + data + "--out " + dir_ + "/x.json");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("use --variant topk"), std::string::npos) << r.err;
+  // grad reads the variant and k from the folder, and names every loss term.
+  r = saescale("grad --init " + dir_ +
+               "/w --data synthetic:features=32,l0=3,tokens=64 --d-model 16 "
+               "--out " +
+               dir_ + "/g.safetensors");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("grad: topk"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("auxiliary"), std::string::npos) << r.out;
+}
+
+// A short run finds its dead latents: the default window is a tenth of the run's tokens, so
+// latents that never fire count as dead and AuxK runs (with 10M tokens it never would here).
+TEST_F(Cli, AShortRunFindsItsDeadLatentsAndAuxkRuns) {
+  auto r = saescale(
+      "train --variant topk --k 2 --width 256 --batch-size 128 --steps 40 --d-model 16 "
+      "--data synthetic:features=16,l0=2 --eval-tokens 512 --no-gemm-floor --out " +
+      dir_ + "/r.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::ifstream in(dir_ + "/r.json");
+  const auto res = nlohmann::json::parse(in);
+  EXPECT_EQ(res["config"]["dead_window_tokens"], 0);
+  EXPECT_EQ(res["config"]["resolved"]["dead_window_tokens"], 40 * 128 / 10);
+  EXPECT_EQ(res["fidelity"]["dead_window_tokens"], 40 * 128 / 10);
+  EXPECT_GT(res["fidelity"]["dead_fraction"].get<double>(), 0);
+  EXPECT_GT(res["fidelity"]["eval_never_fired_fraction"].get<double>(), 0);
+  EXPECT_TRUE(res["timing"]["auxiliary_ran"].get<bool>());
 }
 
 // BatchTopK is exported as a JumpReLU SAE (b_enc folded, one threshold for every latent) that

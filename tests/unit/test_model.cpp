@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <tuple>
 
@@ -10,6 +11,7 @@
 #include "data/synthetic.hpp"
 #include "error.hpp"
 #include "io/npy.hpp"
+#include "io/safetensors.hpp"
 #include "model.hpp"
 #include "support/random.hpp"
 #include "trainer.hpp"
@@ -42,9 +44,10 @@ TEST(Weights, RoundTripThroughFilesIsExact) {
     m.initialize(hyper(), 7);
     randomize(m);
     const std::string dir = scratch("weights_" + variant);
-    save_weights(dir, m, 1.0, {});
-    nlohmann::json cfg;
-    auto tensors = read_weights(dir, &cfg);
+    save_weights(dir, m, 1.0, {}, 8);
+    SavedSae saved = read_saved_sae(dir);
+    auto& tensors = saved.tensors;
+    const nlohmann::json& cfg = saved.cfg;
     auto exported = m.export_tensors(1.0);
     ASSERT_EQ(tensors.size(), exported.size());
     for (size_t i = 0; i < tensors.size(); ++i) {
@@ -55,6 +58,8 @@ TEST(Weights, RoundTripThroughFilesIsExact) {
     EXPECT_EQ(cfg["d_in"], 12);
     EXPECT_EQ(cfg["d_sae"], 40);
     EXPECT_EQ(cfg["architecture"], variant == "jumprelu" ? "jumprelu" : "standard");
+    EXPECT_EQ(saved.variant, variant);
+    EXPECT_FALSE(cfg.contains("k"));  // only TopK's file says a k
     // Loading into a fresh model gives back the same parameters (thresholds through exp/log: 2
     // ulp).
     Model back(variant, 12, 40);
@@ -67,6 +72,89 @@ TEST(Weights, RoundTripThroughFilesIsExact) {
         else
           ASSERT_EQ(a[i].values[k], b[i].values[k]) << a[i].name << "[" << k << "]";
       }
+  }
+}
+
+// The loss of one forward pass of `m` on a fixed random batch (the SAE's function of x).
+double loss_on_random_batch(Model& m, const Hyper& h, int64_t B) {
+  m.allocate(B);
+  std::mt19937 rng(testing_support::test_seed() + 11);
+  std::normal_distribution<float> n(0.3f, 1.0f);
+  auto x = Kokkos::create_mirror_view(Kokkos::HostSpace(), m.buffers().x);
+  for (size_t i = 0; i < x.size(); ++i) x.data()[i] = n(rng);
+  Kokkos::deep_copy(m.buffers().x, x);
+  return m.forward(h, Precision::fp32).mse;
+}
+
+// SAELens files may encode x - b_dec where saescale's variant encodes x, or the reverse
+// (apply_b_dec_to_input): loading moves b_dec W_enc into the encoder biases, so the loaded SAE is
+// the same function of x. A TopK file's k replaces the default k unless --k was given.
+TEST(Weights, SaelensFoldersWithTheOtherBiasConventionLoadAsTheSameSae) {
+  const int64_t d = 10, M = 24, B = 16;
+  for (const std::string variant : {"relu", "jumprelu", "gated", "topk"}) {
+    Model m(variant, d, M);
+    const Hyper h = hyper();
+    m.initialize(h, 5);
+    randomize(m);
+    if (variant == "jumprelu") {  // thresholds near the pre-activations, so some latents fire
+      auto t = m.params().vector("log_threshold");
+      Kokkos::deep_copy(t, static_cast<real>(std::log(0.2)));
+    }
+    auto tensors = m.export_tensors(1.0);
+    // The same SAE written with the other convention: b' = b -/+ b_dec W_enc.
+    const bool subtracts = m.variant().traits().subtracts_decoder_bias;
+    const auto find = [&](const char* name) -> io::NamedTensor& {
+      for (auto& t : tensors)
+        if (t.name == name) return t;
+      throw Error(std::string("no ") + name);
+    };
+    const auto& W_enc = find("W_enc").values;
+    const auto& b_dec = find("b_dec").values;
+    for (const char* bias : {"b_enc", "b_gate", "b_mag"}) {
+      if (variant == "gated" ? std::string(bias) == "b_enc" : std::string(bias) != "b_enc")
+        continue;
+      auto& b = find(bias).values;
+      for (int64_t i = 0; i < M; ++i) {
+        double v = 0;
+        for (int64_t c = 0; c < d; ++c) v += double(b_dec[c]) * W_enc[c * M + i];
+        if (std::string(bias) == "b_mag") v *= std::exp(double(find("r_mag").values[i]));
+        // File encodes x - b_dec (variant does not): its bias is b + v; the reverse: b - v.
+        b[i] = static_cast<float>(b[i] + (subtracts ? -v : v));
+      }
+    }
+    const std::string dir = scratch("saelens_" + variant);
+    io::write_safetensors(dir + "/sae_weights.safetensors", tensors, {{"format", "pt"}});
+    nlohmann::json cfg = {{"architecture", m.variant().traits().architecture},
+                          {"d_in", d},
+                          {"d_sae", M},
+                          {"dtype", "float32"},
+                          {"apply_b_dec_to_input", !subtracts},
+                          {"normalize_activations", "none"}};
+    if (variant == "topk") cfg["k"] = 5;
+    std::ofstream(dir + "/cfg.json") << cfg.dump();
+
+    SavedSae saved = read_saved_sae(dir);
+    ASSERT_EQ(saved.variant, variant);
+    ASSERT_EQ(saved.applies_b_dec, !subtracts);
+    Config options;
+    options.variant = "jumprelu";  // the default: the file's layout decides
+    options.init = dir;
+    const Config run = with_saved_sae(options, saved);
+    EXPECT_EQ(run.variant, variant);
+    EXPECT_EQ(run.k, variant == "topk" ? 5 : options.k);
+    options.given = {"k"};
+    options.k = 7;
+    EXPECT_EQ(with_saved_sae(options, saved).k, 7) << "a given --k wins";
+    options.given = {"variant"};
+    if (variant != "jumprelu") EXPECT_THROW(with_saved_sae(options, saved), Error);
+
+    Model loaded(variant, d, M);
+    loaded.initialize(h, 9);
+    loaded.import_tensors(std::move(saved.tensors), 1.0, dir, saved.applies_b_dec);
+    const double expected = loss_on_random_batch(m, h, B);
+    const double got = loss_on_random_batch(loaded, h, B);
+    ASSERT_GT(expected, 0) << variant;
+    EXPECT_NEAR(got, expected, 1e-5 * expected) << variant;
   }
 }
 
