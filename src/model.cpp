@@ -358,7 +358,10 @@ void save_weights(const std::string& dir, const Model& model, double norm_scale,
                           {"trained_as", model.variant().name()},
                           {"norm_scale_folded", norm_scale},
                           {"hyper_parameters", hyper}}}};
-  if (exported.selection == VariantTraits::Selection::row) cfg["k"] = k;
+  if (exported.selection == VariantTraits::Selection::row) {
+    cfg["k"] = k;
+    cfg["rescale_acts_by_decoder_norm"] = false;
+  }
   io::write_safetensors(dir + "/sae_weights.safetensors", tensors, {{"format", "pt"}});
   io::write_text_atomic(dir + "/cfg.json", cfg.dump(2) + "\n");
   cleanup.done = true;
@@ -400,6 +403,10 @@ SavedSae read_saved_sae(const std::string& path, bool with_tensors) {
         throw Error(cfg_path + ": apply_b_dec_to_input must be true or false");
       saved.applies_b_dec = cfg["apply_b_dec_to_input"].get<bool>();
     }
+    if (cfg.value("rescale_acts_by_decoder_norm", false))
+      throw Error(cfg_path +
+                  ": rescale_acts_by_decoder_norm is not supported (saescale's TopK selects the "
+                  "pre-activations themselves)");
     if (const std::string norm = cfg.value("normalize_activations", "none"); norm != "none")
       throw Error(cfg_path + ": normalize_activations '" + norm +
                   "' is not supported: saescale reads SAEs that act on raw activations ('none')");

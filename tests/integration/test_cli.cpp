@@ -290,6 +290,7 @@ TEST_F(Cli, TopkFolderCarriesItsK) {
   EXPECT_EQ(cfg["architecture"], "topk");
   EXPECT_EQ(cfg["k"], 5);
   EXPECT_EQ(cfg["reshape_activations"], "none");
+  EXPECT_EQ(cfg["rescale_acts_by_decoder_norm"], false);
   const auto eval_l0 = [&](const std::string& extra) {
     auto e = saescale("eval --init " + dir_ + "/w --eval-tokens 512" + data + extra +
                       "--force --out " + dir_ + "/e.json");
