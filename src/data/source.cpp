@@ -6,6 +6,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include "data/rng.hpp"
 #include "data/synthetic.hpp"
@@ -193,7 +197,48 @@ class FileSource final : public DataSource {
   Rng rng_{0};
 };
 
+// A harvest's manifest (saescale_analysis.harvest, format saescale.activations/1): its shards, in
+// its order, relative to the manifest's directory. A directory holding manifest.json names it too.
+std::vector<std::string> manifest_shards(const std::string& path) {
+  namespace fs = std::filesystem;
+  nlohmann::json manifest;
+  {
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec))  // never open a FIFO (it would block)
+      throw Error(path + ": " + (fs::exists(path, ec) ? "not a regular file" : "no such file"));
+    std::ifstream in(path);
+    if (!in) throw Error(path + ": cannot read the manifest");
+    try {
+      manifest = nlohmann::json::parse(in);
+    } catch (const std::exception& e) {
+      throw Error(path + ": not a valid JSON manifest: " + e.what());
+    }
+  }
+  if (!manifest.is_object() || manifest.value("format", "") != "saescale.activations/1" ||
+      !manifest.contains("shards") || !manifest["shards"].is_array())
+    throw Error(path + ": not an activations manifest (format saescale.activations/1 with shards)");
+  if (manifest["shards"].empty()) throw Error(path + ": the manifest lists no shards");
+  std::vector<std::string> shards;
+  const fs::path dir = fs::path(path).parent_path();
+  for (const auto& shard : manifest["shards"]) {
+    if (!shard.is_object() || !shard.contains("file") || !shard["file"].is_string())
+      throw Error(path + ": every shard needs a \"file\"");
+    const fs::path file = shard["file"].get<std::string>();
+    if (file.is_absolute() || file.lexically_normal().string().rfind("..", 0) == 0)
+      throw Error(path + ": shard '" + file.string() + "' is not inside the manifest's directory");
+    shards.push_back((dir / file).string());
+  }
+  return shards;
+}
+
 std::vector<std::string> expand(const std::string& pattern) {
+  namespace fs = std::filesystem;
+  if (pattern.find_first_of("*?[") == std::string::npos) {
+    std::error_code ec;
+    if (fs::is_directory(pattern, ec) && fs::exists(fs::path(pattern) / "manifest.json", ec))
+      return manifest_shards((fs::path(pattern) / "manifest.json").string());
+    if (fs::path(pattern).extension() == ".json") return manifest_shards(pattern);
+  }
   glob_t g{};
   const int rc = ::glob(pattern.c_str(), 0, nullptr, &g);
   std::vector<std::string> paths;

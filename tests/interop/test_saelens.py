@@ -6,8 +6,8 @@
   own conventions such as `apply_b_dec_to_input: true`) are read by `saescale eval`, which gives
   the FVU and L0 that SAELens computes.
 
-FVU agrees to 1e-6 and L0 exactly. Run by `make test-interop` in its own environment
-(tests/interop/requirements.txt); SAESCALE names the binary.
+FVU agrees to 1e-6 and L0 exactly. Run by `make test-interop` in the models environment
+(analysis/requirements-models.txt); SAESCALE names the binary.
 """
 
 from __future__ import annotations
