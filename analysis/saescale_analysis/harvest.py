@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="hidden_states index: 0 is the embeddings, i the output of block i")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", metavar="PATH_OR_GLOB",
-                     help="local text files (repeatable; read in sorted order as one stream)")
+                     help="local text files, .gz ones decompressed (repeatable; read in sorted "
+                     "order as one stream)")
     src.add_argument("--dataset", metavar="NAME",
                      help="a Hugging Face dataset (with --dataset-split and --dataset-column)")
     p.add_argument("--dataset-split", default="train")
@@ -79,12 +80,22 @@ def _text_files(patterns: list[str]) -> list[Path]:
     return files
 
 
+def _read_file(path: Path) -> str:
+    """A text file as UTF-8 (undecodable bytes replaced); .gz files decompressed."""
+    if path.suffix == ".gz":
+        import gzip
+
+        with gzip.open(path, "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
 def _read_text(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     """The documents, in order, and a description of where they came from (with a digest)."""
     digest = hashlib.sha256()
     if args.text:
         files = _text_files(args.text)
-        docs = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+        docs = [_read_file(f) for f in files]
         for doc in docs:
             digest.update(doc.encode())
         return docs, {"kind": "files", "files": [str(f) for f in files],

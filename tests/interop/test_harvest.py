@@ -29,11 +29,11 @@ TEXT = "/usr/share/common-licenses/*"
 LAYER, CONTEXT = 3, 64
 
 
-def harvest(out: Path, tokens: int, *extra: str) -> subprocess.CompletedProcess:
+def harvest(out: Path, tokens: int, *extra: str, text: str = TEXT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "analysis"), "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "saescale_analysis.harvest", "--model", MODEL, "--layer",
-         str(LAYER), "--text", TEXT, "--tokens", str(tokens), "--context", str(CONTEXT),
+         str(LAYER), "--text", text, "--tokens", str(tokens), "--context", str(CONTEXT),
          "--shard-tokens", "1000", "--batch-size", "8", "--no-progress", "--out", str(out),
          *extra], capture_output=True, text=True, env=env, timeout=600)
 
@@ -104,3 +104,19 @@ def test_saescale_trains_on_the_manifest(harvested: Path, tmp_path: Path) -> Non
     assert result["config"]["d_model"] == 384
     assert result["config"]["data_source"]["files"] == len(list(harvested.glob("shard_*.npy")))
     assert result["fidelity"]["fvu"] > 0
+
+
+def test_gzip_text_reads_as_its_contents(tmp_path: Path) -> None:
+    """Debian's documentation is mostly .gz: a compressed file harvests as the plain one."""
+    import gzip
+    import shutil
+
+    plain = tmp_path / "apache.txt"
+    shutil.copy("/usr/share/common-licenses/Apache-2.0", plain)
+    with open(plain, "rb") as src, gzip.open(tmp_path / "apache.txt.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    for name, text in [("plain", str(plain)), ("gz", str(plain) + ".gz")]:
+        done = harvest(tmp_path / name, 300, text=text)
+        assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "plain/shard_00000.npy"),
+                                  np.load(tmp_path / "gz/shard_00000.npy"))
