@@ -529,6 +529,77 @@ def fvu_l0_section(study: Study, out: Path) -> Built:
         figures=[("FVU against L0 per variant", fig)])
 
 
+def interpolate_at_l0(points: Sequence[tuple[float, float]], l0: float) -> float | None:
+    """A value at `l0` on one variant's frontier: piecewise linear in log L0 between the two
+    measured points around it; None outside the measured range (no extrapolation)."""
+    pts = sorted((x, y) for x, y in points if x > 0 and not _missing(y))
+    if not pts or l0 <= 0 or not pts[0][0] <= l0 <= pts[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= l0 <= x1:
+            if x1 == x0:
+                return (y0 + y1) / 2
+            t = (math.log(l0) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + t * (y1 - y0)
+    return pts[0][1]  # a single point, at exactly its L0
+
+
+def matched_l0_rows(frontiers: dict[str, list[dict[str, float]]],
+                    reference: str = REFERENCE) -> list[dict[str, Any]]:
+    """Every variant against the reference at the reference's measured L0s: each variant's FVU,
+    step time and tokens/s interpolated on its own frontier (points {l0, fvu, step_s,
+    tokens_per_s}) to that L0. Rows where the L0 lies outside a variant's range say so."""
+    rows = []
+    for ref in sorted(frontiers.get(reference, []), key=lambda q: q["l0"]):
+        for variant, pts in frontiers.items():
+            at = {key: interpolate_at_l0([(q["l0"], q[key]) for q in pts], ref["l0"])
+                  for key in ("fvu", "step_s", "tokens_per_s")}
+            rows.append({"l0": ref["l0"], "variant": variant, **at,
+                         "fvu_minus_reference": None if at["fvu"] is None
+                         else at["fvu"] - ref["fvu"],
+                         "step_ratio": None if at["step_s"] is None
+                         else at["step_s"] / ref["step_s"]})
+    return rows
+
+
+def _frontiers(study: Study) -> dict[str, list[dict[str, float]]]:
+    """Each variant's points (frontier sweep, else the variants sweep) with fidelity and speed."""
+    points = study.sweep("frontier") or study.sweep("variants")
+    out: dict[str, list[dict[str, float]]] = {}
+    for p in points:
+        l0, fvu = p.fidelity("l0"), p.fidelity("fvu")
+        if _missing(l0) or _missing(fvu) or math.isnan(l0) or math.isnan(fvu):
+            continue
+        out.setdefault(p.variant, []).append(
+            {"l0": l0, "fvu": fvu, "step_s": p.median,
+             "tokens_per_s": float(p.config("batch_size")) / p.median})
+    return out
+
+
+def matched_l0_section(study: Study) -> Built:
+    frontiers = _frontiers(study)
+    if REFERENCE not in frontiers or len(frontiers) < 2:
+        return (f"No sparsity levels of {REFERENCE} and another variant in the study: no "
+                "comparison at matched L0.")
+    matched = matched_l0_rows(frontiers)
+    if all(r["fvu"] is None for r in matched if r["variant"] != REFERENCE):
+        return (f"No other variant's measured L0 range covers an L0 that {REFERENCE} reached: no "
+                "comparison at matched L0 (sweep more sparsity levels).")
+    rows = [[_num(r["l0"], ".2f"), r["variant"], _num(r["fvu"], ".4f"),
+             _num(r["fvu_minus_reference"], "+.4f"), _num(r["step_s"] and 1e3 * r["step_s"], ".2f"),
+             _num(r["step_ratio"], ".2f"), _num(r["tokens_per_s"], ",.0f")]
+            for r in matched]
+    return Section(
+        f"Variants against {REFERENCE} at matched L0",
+        [f"At each L0 that a {REFERENCE} run reached, every variant's FVU, median step and "
+         "tokens/s interpolated on its own frontier (piecewise linear in log L0 between its two "
+         "measured points around that L0; \"-\" where the L0 lies outside the variant's measured "
+         f"range: no extrapolation). FVU − {REFERENCE}: negative reconstructs better at the same "
+         f"sparsity; step ÷ {REFERENCE}: above 1 costs more per step."],
+        tables=[("at matched L0", _frame(rows, ["L0", "variant", "FVU", f"FVU − {REFERENCE}",
+                                                "step ms", f"step ÷ {REFERENCE}", "tokens/s"]))])
+
+
 def time_to_fidelity_section(study: Study, out: Path) -> Built:
     points = [p for p in _main_points(study)
               if any(_get(r, "fidelity", "time_to_fidelity") for r in p.runs)]
@@ -854,6 +925,7 @@ def write_report(study_dir: PathLike, out_dir: PathLike | None = None,
         lambda: breakdown_section(study, out),
         lambda: memory_section(study, out),
         lambda: fvu_l0_section(study, out),
+        lambda: matched_l0_section(study),
         lambda: time_to_fidelity_section(study, out),
         lambda: scaling_section(study, out, "weak"),
         lambda: scaling_section(study, out, "strong"),

@@ -494,6 +494,11 @@ def test_real_study_report(real_report):
     md, figs = check_documents(out)
     assert FULL_FIGURES <= figs
     titles = re.findall(r"^## (.+)$", md, flags=re.M)
+    matched = "Variants against jumprelu at matched L0"
+    if matched in titles:  # only where another variant's L0 range covers a JumpReLU run's L0
+        titles.remove(matched)
+    else:
+        assert "no comparison at matched L0" in proc.stdout
     assert titles[:8] == ["Setup", "Step time by variant", "Memory per variant",
                           "Fidelity against sparsity", "Time to fidelity", "Weak scaling",
                           "Strong scaling", "Variability"]
@@ -546,3 +551,36 @@ def test_real_study_left_out_run(real_study, tmp_path, capsys):
     md, _ = check_documents(study / "report")
     assert md_table(md, "runs left out")[0]["reason"] == "rank 1: NCCL error"
     assert "gated" not in {r["variant"] for r in md_table(md, caption_of(md, "median step, its"))}
+
+
+def test_interpolation_at_l0_is_linear_in_log_l0_and_never_extrapolates():
+    pts = [(4.0, 0.4), (16.0, 0.2)]
+    assert report.interpolate_at_l0(pts, 8.0) == pytest.approx(0.3)  # log2 8 is halfway
+    assert report.interpolate_at_l0(pts, 4.0) == pytest.approx(0.4)
+    assert report.interpolate_at_l0(pts, 16.0) == pytest.approx(0.2)
+    assert report.interpolate_at_l0(pts, 2.0) is None
+    assert report.interpolate_at_l0(pts, 32.0) is None
+    assert report.interpolate_at_l0(list(reversed(pts)), 8.0) == pytest.approx(0.3)
+    assert report.interpolate_at_l0([(8.0, 0.25)], 8.0) == pytest.approx(0.25)
+    assert report.interpolate_at_l0([], 8.0) is None
+
+
+def test_matched_l0_rows_compare_every_variant_at_the_references_l0():
+    rng = np.random.default_rng()
+    a, b = rng.uniform(0.1, 0.5), rng.uniform(1.0, 2.0)  # topk: FVU = a - 0.05 log2 L0, step b x
+    frontiers = {
+        "jumprelu": [{"l0": 8.0, "fvu": 0.3, "step_s": 0.1, "tokens_per_s": 1000.0},
+                     {"l0": 64.0, "fvu": 0.1, "step_s": 0.1, "tokens_per_s": 1000.0}],
+        "topk": [{"l0": l0, "fvu": a - 0.05 * np.log2(l0), "step_s": 0.1 * b,
+                  "tokens_per_s": 1000.0 / b} for l0 in (4.0, 16.0, 32.0)],
+    }
+    rows = {(r["l0"], r["variant"]): r for r in report.matched_l0_rows(frontiers)}
+    assert set(rows) == {(8.0, "jumprelu"), (8.0, "topk"), (64.0, "jumprelu"), (64.0, "topk")}
+    at8 = rows[(8.0, "topk")]
+    assert at8["fvu"] == pytest.approx(a - 0.15)  # exact: FVU is linear in log L0
+    assert at8["fvu_minus_reference"] == pytest.approx(a - 0.15 - 0.3)
+    assert at8["step_ratio"] == pytest.approx(b)
+    assert at8["tokens_per_s"] == pytest.approx(1000.0 / b)
+    assert rows[(8.0, "jumprelu")]["fvu_minus_reference"] == pytest.approx(0.0)
+    assert rows[(64.0, "topk")]["fvu"] is None  # beyond TopK's measured L0s: not extrapolated
+    assert rows[(64.0, "topk")]["step_ratio"] is None
