@@ -240,6 +240,30 @@ def fvu_l0(path: Path, series: dict[str, list[tuple[float, float, str]]]) -> Pat
     return _save(fig, path)
 
 
+def frontier(path: Path, variant: str, points: Sequence[tuple[float, float, float, str]]) -> Path:
+    """One variant's frontier: FVU against L0 (left axis, solid), the median step at each point
+    (right axis, dashed), each point labelled with its time to the first target FVU (a string)."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    pts = sorted(points)
+    colour = variant_colour(variant)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour, label="FVU")
+    for l0, fvu, _, note in pts:
+        if note:
+            ax.annotate(note, (l0, fvu), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("L0 (mean active latents per token, log scale)")
+    ax.set_ylabel("FVU (held out)")
+    ax.grid(True, alpha=0.3)
+    cost = ax.twinx()
+    cost.plot([p[0] for p in pts], [1e3 * p[2] for p in pts], linestyle="--", marker="s",
+              color="0.4", label="step ms")
+    cost.set_ylabel("median step (ms, dashed)")
+    cost.set_ylim(bottom=0)
+    ax.set_title(f"{variant}: frontier (solid) and cost per step (dashed)", fontsize=10)
+    return _save(fig, path)
+
+
 def time_to_fidelity(path: Path, targets: Sequence[float],
                      times: dict[str, list[float | str]]) -> Path:
     """Grouped bars: training seconds to reach each target FVU, one bar per variant; where a

@@ -600,6 +600,46 @@ def matched_l0_section(study: Study) -> Built:
                                                 "step ms", f"step ÷ {REFERENCE}", "tokens/s"]))])
 
 
+def _first_target_time(p: Point) -> str:
+    """Training seconds to the run's first (easiest) --target-fvu, or why there is none."""
+    entries = _get(p.runs[0], "fidelity", "time_to_fidelity") or []
+    if not entries:
+        return ""
+    first = max(entries, key=lambda e: float(e["target_fvu"]))
+    if not first.get("reached") or first.get("train_s") is None:
+        return f"FVU {first['target_fvu']:g}: not reached"
+    return f"FVU {first['target_fvu']:g} in {first['train_s']:.3g} s"
+
+
+def frontier_section(study: Study, out: Path) -> Built:
+    points = [p for p in study.sweep("frontier")
+              if not math.isnan(p.fidelity("fvu")) and not math.isnan(p.fidelity("l0"))]
+    if not points:
+        return "No frontier sweep in the study: no frontier per variant."
+    by_variant: dict[str, list[Point]] = {}
+    for p in points:
+        by_variant.setdefault(p.variant, []).append(p)
+    figs, rows = [], []
+    for variant in sorted(by_variant, key=_variant_rank):
+        pts = sorted(by_variant[variant], key=lambda q: q.fidelity("l0"))
+        figs.append((f"{variant}: FVU against L0, cost per step, time to the first target",
+                     figures.frontier(out / f"frontier-{variant}.png", variant,
+                                      [(q.fidelity("l0"), q.fidelity("fvu"), q.median,
+                                        _first_target_time(q)) for q in pts])))
+        rows += [[q.row, variant, _level(q.row), _num(q.fidelity("l0"), ".2f"),
+                  _num(q.fidelity("fvu"), ".4f"), _num(1e3 * q.median, ".2f"),
+                  _num(float(q.config("batch_size")) / q.median, ",.0f"),
+                  _first_target_time(q) or "-"] for q in pts]
+    return Section(
+        "Frontier per variant",
+        ["The frontier sweep: every variant on the same data for the same tokens at five "
+         "sparsity levels. Per variant, FVU against L0 (lower left is better) with the median "
+         "step at each level and the training time to the first --target-fvu."],
+        tables=[("frontier points", _frame(rows, ["row", "variant", "level", "L0", "FVU",
+                                                  "step ms", "tokens/s", "time to target"]))],
+        figures=figs)
+
+
 def time_to_fidelity_section(study: Study, out: Path) -> Built:
     points = [p for p in _main_points(study)
               if any(_get(r, "fidelity", "time_to_fidelity") for r in p.runs)]
@@ -925,6 +965,7 @@ def write_report(study_dir: PathLike, out_dir: PathLike | None = None,
         lambda: breakdown_section(study, out),
         lambda: memory_section(study, out),
         lambda: fvu_l0_section(study, out),
+        lambda: frontier_section(study, out),
         lambda: matched_l0_section(study),
         lambda: time_to_fidelity_section(study, out),
         lambda: scaling_section(study, out, "weak"),

@@ -295,11 +295,12 @@ def test_sections_without_data_are_omitted(tmp_path, capsys):
     titles = [s.title for s in result.sections]
     assert titles[0] == "Setup" and titles[-1] == "All runs"
     assert not any("scaling" in t for t in titles) and "Runs left out" not in titles
-    assert result.omitted[:3] == ["No run of the variants sweep recorded time to fidelity "
+    assert result.omitted[:4] == ["No frontier sweep in the study: no frontier per variant.",
+                                  "No run of the variants sweep recorded time to fidelity "
                                   "(--target-fvu).", "No weak scaling sweep in the study.",
                                   "No strong scaling sweep in the study."]
     md = result.markdown.read_text()
-    assert "## Not in this study\n\n- No run of the variants sweep" in md
+    assert "## Not in this study\n\n- No frontier sweep in the study" in md
     assert not (study / "report" / "weak-scaling.png").exists()
     html = result.html.read_text()
     assert "<h2>Not in this study</h2>" in html and "<li>No width sweep in the study.</li>" in html
@@ -584,3 +585,25 @@ def test_matched_l0_rows_compare_every_variant_at_the_references_l0():
     assert rows[(8.0, "jumprelu")]["fvu_minus_reference"] == pytest.approx(0.0)
     assert rows[(64.0, "topk")]["fvu"] is None  # beyond TopK's measured L0s: not extrapolated
     assert rows[(64.0, "topk")]["step_ratio"] is None
+
+
+def test_frontier_study_report(tmp_path, capsys):
+    """A frontier sweep with known answers: one figure per variant, the points table, and the
+    matched-L0 table interpolated on each frontier (TopK FVU linear in log2 L0)."""
+    root = tmp_path / "study"
+    for row, variant, l0, fvu, ms in [("jumprelu@a", "jumprelu", 8.0, 0.30, 20.0),
+                                      ("jumprelu@b", "jumprelu", 32.0, 0.10, 20.0),
+                                      ("topk@k4", "topk", 4.0, 0.35, 30.0),
+                                      ("topk@k16", "topk", 16.0, 0.15, 40.0)]:
+        write(root / "frontier" / "p1" / f"{row}.json",
+              run(ms, variant, sweep="frontier", row=row, l0=l0, fvu=fvu))
+    code, out, err = cli(root, capsys=capsys)
+    assert code == 0, err
+    md, figs = check_documents(root / "report")
+    assert {"frontier-jumprelu.png", "frontier-topk.png"} <= figs
+    assert len(md_table(md, "frontier points")) == 4
+    matched = {(r["L0"], r["variant"]): r for r in md_table(md, "at matched L0")}
+    assert matched[("8.00", "topk")]["FVU"] == "0.2500"  # halfway between k4 and k16 in log L0
+    assert matched[("8.00", "topk")]["FVU − jumprelu"] == "-0.0500"
+    assert matched[("8.00", "topk")]["step ÷ jumprelu"] == "1.75"
+    assert matched[("32.00", "topk")]["FVU"] == "-"  # beyond TopK's measured L0: not extrapolated
