@@ -182,6 +182,18 @@ std::optional<nlohmann::json> latest_checkpoint(const std::string& dir) {
   return manifest;
 }
 
+namespace {
+// A whole number in [0, max] (a float or a negative value would not convert safely).
+uint64_t whole(const nlohmann::json& value, const char* what, uint64_t max,
+               const std::string& file) {
+  if (!value.is_number_unsigned() && !(value.is_number_integer() && value.get<int64_t>() >= 0))
+    throw Error(file + ": " + what + " is not a whole number: the manifest is corrupt");
+  const uint64_t v = value.get<uint64_t>();
+  if (v > max) throw Error(file + ": " + what + " is out of range: the manifest is corrupt");
+  return v;
+}
+}  // namespace
+
 nlohmann::json parse_manifest(const std::string& text, const std::string& file,
                               const std::string& dir, const std::string& step_dir) {
   nlohmann::json manifest;
@@ -191,20 +203,24 @@ nlohmann::json parse_manifest(const std::string& text, const std::string& file,
     if (manifest.value("format", "") != kFormat)
       throw Error(file + ": format " + manifest.value("format", std::string("(none)")) +
                   ", this saescale reads " + kFormat);
-    if (manifest.at("crc32").get<uint32_t>() != manifest_crc(manifest))
+    if (whole(manifest.at("crc32"), "crc32", 0xffffffffull, file) != manifest_crc(manifest))
       throw Error(file +
                   ": its content does not match its CRC-32 (edited or corrupt): the "
                   "checkpoint cannot be resumed");
-    if (checkpoint_step_dir(dir, manifest.at("step").get<int64_t>()) != step_dir)
+    const auto step =
+        static_cast<int64_t>(whole(manifest.at("step"), "step", uint64_t(1) << 62, file));
+    if (checkpoint_step_dir(dir, step) != step_dir)
       throw Error(file + ": says step " + manifest.at("step").dump() + " but lies in " + step_dir);
     if (!manifest.at("files").is_array() ||
-        manifest.at("files").size() != manifest.at("ranks").get<size_t>())
+        manifest.at("files").size() !=
+            whole(manifest.at("ranks"), "ranks", uint64_t(1) << 31, file))
       throw Error(file + ": does not list one rank file per rank (" + manifest.at("ranks").dump() +
                   " ranks)");
     for (size_t r = 0; r < manifest.at("files").size(); ++r) {  // as manifest_record reads them
       const auto& f = manifest.at("files")[r];
-      if (f.at("rank").get<size_t>() != r || !f.at("bytes").is_number_unsigned() ||
-          !f.at("crc32").is_number_unsigned() || f.at("crc32").get<uint64_t>() > 0xffffffffull)
+      if (!f.is_object() || whole(f.at("rank"), "rank", uint64_t(1) << 31, file) != r ||
+          !f.at("bytes").is_number_unsigned() || !f.at("crc32").is_number_unsigned() ||
+          f.at("crc32").get<uint64_t>() > 0xffffffffull)
         throw Error(file + ": rank file entry " + std::to_string(r) + " is malformed");
     }
   } catch (const nlohmann::json::exception& e) {
