@@ -118,7 +118,7 @@ demo: deps build
 	PYTHON=$(VENV)/bin/python BUILD=$(BUILD) bash runs/demo.sh
 
 format:
-	find kernels src tests -name '*.[ch]pp' | xargs clang-format -i
+	find kernels src tests benchmarks -name '*.[ch]pp' | xargs clang-format -i
 
 clean:
 	rm -rf $(BUILD) $(GPU_MAPPING_BUILD) demo-output

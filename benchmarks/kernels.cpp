@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/lab/decoder_gradient_atomic.hpp"
 #include "comm/mpi_check.hpp"
 #include "error.hpp"
 #include "io/results.hpp"
@@ -32,7 +33,6 @@
 #include "kernels/gemm.hpp"
 #include "kernels/optim.hpp"
 #include "kernels/select/topk.hpp"
-#include "benchmarks/lab/decoder_gradient_atomic.hpp"
 #include "kernels/sparse.hpp"
 #include "metrics/work_model.hpp"
 
