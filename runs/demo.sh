@@ -20,7 +20,7 @@ train() {
     --save-weights "$OUT/weights/$variant" --out "$OUT/results/$variant.json"
 }
 train relu --sparsity-coeff 0.3
-train jumprelu --sparsity-coeff 0.01 --threshold-init 0.1 --bandwidth 0.05
+train jumprelu --sparsity-coeff 0.01 --threshold-init 0.1 --bandwidth 0.05 --decoder-init-norm 1
 train gated --sparsity-coeff 0.3
 train topk --k 8
 train batchtopk --k 8

@@ -54,6 +54,9 @@ std::deque<VariantTraits>& registry() {
          d.lr = 7e-5, d.adam_beta1 = 0.0, d.adam_beta2 = 0.999, d.adam_eps = 1e-8;
          d.clip_norm = 0.0, d.sparsity_coeff = 1e-3, d.lr_warmup_steps = 1000;
          d.sparsity_warmup_steps = 10000;
+         // SAELens' start: at norm 1 and M/d = 8 the first reconstructions overshoot x by about
+         // M/2d and a short run diverges (runs/study-jumprelu-start.sh, docs/variants.md).
+         d.decoder_init_norm = 0.1;
          return d;
        }(),
        with(kStandard, {D::m, "log_threshold"}),

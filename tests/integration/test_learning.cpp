@@ -69,7 +69,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         Case{"relu", "--steps 1500 --lr 5e-3 --sparsity-coeff 0.3", 0.20, 0.70, 2.0},
         Case{"jumprelu",
-             "--steps 2000 --lr 5e-3 --sparsity-coeff 0.01 --threshold-init 0.1 --bandwidth 0.05",
+             "--steps 2000 --lr 5e-3 --sparsity-coeff 0.01 --threshold-init 0.1 --bandwidth 0.05 "
+             "--decoder-init-norm 1",
              0.08, 0.70, 2.0},
         Case{"gated", "--steps 2000 --lr 5e-3 --sparsity-coeff 0.3", 0.09, 0.70, 2.0},
         Case{"topk", "--steps 1500 --lr 5e-3 --k 4", 0.13, 0.70, 2.0},
