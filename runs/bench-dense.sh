@@ -10,7 +10,7 @@ STEPS=${STEPS:-30}
 mkdir -p "$OUT"
 for variant in jumprelu relu; do
   "$BUILD/bin/saescale" train --variant "$variant" --d-model 512 --width 8192 --batch-size 2048 \
-    --steps "$STEPS" --warmup-steps 5 --data synthetic --eval-tokens 4096 --progress-every 1000 \
+    --sparse off --steps "$STEPS" --warmup-steps 5 --data synthetic --eval-tokens 4096 --progress-every 1000 \
     --force --out "$OUT/dense-$variant.json" "$@"
 done
 PYTHONPATH=analysis "$PYTHON" -m saescale_analysis phases "$OUT"/dense-jumprelu.json "$OUT"/dense-relu.json

@@ -22,7 +22,7 @@ run() {
   OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads \
     "$MPIEXEC" -n "$ranks" --oversubscribe --bind-to none -x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS \
     "$BUILD/bin/saescale" train --variant "$variant" --dp "$dp" --lp "$lp" \
-    --d-model 512 --width 8192 --batch-size 2048 --k 32 --steps "$STEPS" --warmup-steps 3 \
+    --d-model 512 --width 8192 --batch-size 2048 --k 32 --steps "$STEPS" --warmup-steps 3 --sparse off \
     --data synthetic --eval-tokens 2048 --progress-every 1000 --no-gemm-floor \
     --force --out "$OUT/$variant-dp$dp-lp$lp.json" | grep -E "^done"
 }

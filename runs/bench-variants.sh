@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 run() {
   local name=$1; shift
   "$BUILD/bin/saescale" train "$@" --d-model 512 --width 8192 --batch-size 2048 --k 32 \
-    --steps "$STEPS" --warmup-steps 4 --data synthetic --eval-tokens 2048 --progress-every 1000 \
+    --sparse off --steps "$STEPS" --warmup-steps 4 --data synthetic --eval-tokens 2048 --progress-every 1000 \
     --force --out "$OUT/$name.json"
 }
 run jumprelu --variant jumprelu

@@ -27,15 +27,30 @@ double fenced_median(comm::Communicator& comm, const std::function<void()>& work
   return median;
 }
 
-// --sparse auto: where the sparse products stop paying on this machine at these shapes. The four
-// products the sparse path replaces (Model::decode and the three backward products, as a step
-// runs them) are timed on random rows of two sizes, sparse and as their dense fallback; the sparse
-// time grows linearly with the entries per row (O(B L d)), so the crossover L* is where that line
-// meets the dense time. A step whose rows average more than L* entries runs its products dense.
+double sparse_crossover(const std::vector<std::pair<int64_t, double>>& sparse_over_dense,
+                        double required_ratio) {
+  double below = 0, below_ratio = 0;  // the last size that paid (none yet: 0 entries)
+  for (const auto& [entries, ratio] : sparse_over_dense) {
+    if (ratio > required_ratio) {
+      if (below == 0) return 0;  // not even the smallest size paid: dense
+      // linear in between (the sparse time is linear in the entries, the dense one constant)
+      return below + (entries - below) * (required_ratio - below_ratio) / (ratio - below_ratio);
+    }
+    below = double(entries), below_ratio = ratio;
+  }
+  return below;  // every measured size paid: up to the largest (never extrapolated beyond)
+}
+
+// --sparse auto: up to how many entries per row the sparse products pay on this machine at these
+// shapes. The four products the sparse path replaces (Model::decode and the three backward
+// products, as a step runs them) run on random rows of 8, 32, 128, ... entries up to the capacity,
+// stopping at the first size that does not pay. Each repetition times the dense fallback and then
+// the sparse products back to back, so that a co-runner slows both alike, and the size's ratio is
+// the median over repetitions. The crossover is interpolated between measured sizes, never
+// extrapolated, where sparse saves kSparseMustSave of the dense time.
 nlohmann::json calibrate_sparse(Model& m, const Hyper& h, Precision precision, int64_t cap,
                                 uint64_t seed) {
-  // Rows are filled up to the capacity: two sizes within it (one if the capacity is 1).
-  const int64_t large = std::min<int64_t>(cap, 64), small = std::max<int64_t>(1, large / 8);
+  constexpr int kRepetitions = 3;
   SparseProducts& sparse = *m.sparse();
   // The step's phases with only the four products (and what their phases hold) running.
   const std::set<std::string> timed = {"decode_gemm", "backward_decoder_gemm",
@@ -43,30 +58,44 @@ nlohmann::json calibrate_sparse(Model& m, const Hyper& h, Precision precision, i
   const PhaseRunner products_only = [&](const char* phase, const std::function<void()>& work) {
     if (timed.count(phase)) work();
   };
-  const auto products = [&](int64_t entries, bool sparse_rows) {
-    sparse.fill_rows(entries, seed + entries);
+  const auto seconds = [&](bool sparse_rows) {
     sparse.choose(sparse_rows);
-    return fenced_median(
-        m.comm(),
-        [&] {
-          m.forward(h, precision, products_only);
-          m.backward(h, precision, products_only);
-        },
-        3);
+    ExecSpace().fence();
+    const auto t0 = std::chrono::steady_clock::now();
+    m.forward(h, precision, products_only);
+    m.backward(h, precision, products_only);
+    ExecSpace().fence();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
-  const double dense = products(small, false);
-  const double t_small = products(small, true);
-  const double t_large = large > small ? products(large, true) : t_small;
+  std::vector<int64_t> sizes;
+  for (int64_t entries = 8; entries < cap; entries *= 4) sizes.push_back(entries);
+  sizes.push_back(cap);
+  std::vector<std::pair<int64_t, double>> ratios;
+  std::vector<double> dense_times;
+  nlohmann::json sparse_times = nlohmann::json::object(), ratio_json = nlohmann::json::object();
+  for (const int64_t entries : sizes) {
+    sparse.fill_rows(entries, seed + entries);
+    if (ratios.empty()) seconds(false), seconds(true);  // warm-up
+    std::vector<double> pair_ratios, sparse_s;
+    for (int r = 0; r < kRepetitions; ++r) {
+      double t[2] = {seconds(false), seconds(true)};
+      m.comm().allreduce_host_max("calibration", comm::Group::world, t, 2);  // the slowest rank
+      dense_times.push_back(t[0]), sparse_s.push_back(t[1]), pair_ratios.push_back(t[1] / t[0]);
+    }
+    const double ratio = summarize(pair_ratios)["median"].get<double>();
+    ratios.emplace_back(entries, ratio);
+    sparse_times[std::to_string(entries)] = summarize(sparse_s)["median"];
+    ratio_json[std::to_string(entries)] = ratio;
+    if (ratio > 1 - kSparseMustSave) break;
+  }
   sparse.reset_counts();
-  const double per_entry = large > small ? (t_large - t_small) / double(large - small) : 0;
-  const double crossover = per_entry > 0     ? std::max(0.0, small + (dense - t_small) / per_entry)
-                           : t_small < dense ? double(cap)  // flat: sparse wins up to capacity
-                                             : 0.0;
+  const double crossover = sparse_crossover(ratios, 1 - kSparseMustSave);
   sparse.set_limit(crossover);
-  return {
-      {"dense_products_s", dense},
-      {"sparse_products_s", {{std::to_string(small), t_small}, {std::to_string(large), t_large}}},
-      {"crossover_entries_per_row", crossover}};
+  return {{"dense_products_s", summarize(dense_times)["median"]},
+          {"sparse_products_s", sparse_times},
+          {"sparse_over_dense", ratio_json},
+          {"required_saving", kSparseMustSave},
+          {"crossover_entries_per_row", crossover}};
 }
 
 // What this machine can do, measured in the same run: the step's five GEMMs on this rank's

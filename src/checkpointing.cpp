@@ -127,7 +127,8 @@ io::CheckpointWriter Trainer::checkpoint_writer(int64_t next_step, double second
                {"data_seconds", data_seconds_},
                {"step_seconds", step_seconds_},
                {"seconds", seconds},
-               {"auxiliary_ran", auxiliary_ran_}};
+               {"auxiliary_ran", auxiliary_ran_},
+               {"sparse_calibration", sparse_calibration_}};
   return w;
 }
 
@@ -193,6 +194,7 @@ void Trainer::load_checkpoint() {
   step_seconds_ = st.at("step_seconds");
   previous_seconds_ = st.at("seconds");
   auxiliary_ran_ = st.at("auxiliary_ran");
+  sparse_calibration_ = st.value("sparse_calibration", nlohmann::json());
   if (root()) std::printf("resumed from %s at step %lld\n", path.c_str(), (long long)start_step_);
 }
 

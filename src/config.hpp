@@ -34,7 +34,7 @@ struct Config {
   int64_t norm_tokens = 65536;
   int64_t dead_window_tokens = 0;  // 0: dead_window_or_default()
   std::string precision = "fp32";
-  std::string sparse = "off";    // sparse-aware products after the encoder: off, on
+  std::string sparse = "auto";   // sparse-aware products after the encoder: off, on, auto
   int64_t sparse_capacity = 0;   // entries per row; 0: k for TopK, 32 k otherwise
   double sparse_crossover = -1;  // --sparse auto: this crossover instead of a calibration (>= 0)
   int64_t sparse_capacity_or_default() const;

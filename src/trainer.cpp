@@ -115,7 +115,8 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
                 " needs --checkpoint-dir (where to write them)");
   if (cfg.resume && cfg.checkpoint_dir.empty()) throw Error("--resume needs --checkpoint-dir");
   if (cfg.sparse_crossover >= 0 && cfg.sparse != "auto")
-    throw Error("--sparse-crossover is the limit of --sparse auto: add --sparse auto");
+    throw Error("--sparse-crossover is the limit of --sparse auto, but --sparse is " + cfg.sparse +
+                ": drop one of them");
   // This run's memory: the allocation peak from here on, above what was already allocated.
   metrics::reset_peaks();
   memory_baseline_ = std::max<int64_t>(0, metrics::current_bytes(MemSpace::name()));
@@ -466,16 +467,23 @@ metrics::WorkShape Trainer::work_shape(bool global) const {
   return w;
 }
 
-// The work model describes the dense step: with --sparse on, the products that ran sparse (or
-// sometimes sparse, sometimes dense) are left out of it — they carry no rates and no FLOPs — and
-// so are the activation and the variant's backward of a variant that emits rows (they visit
-// the rows' entries, not B x M).
+// The work model describes the dense step: with --sparse on or auto, the products that ran sparse
+// at least once are left out of it — they carry no rates and no FLOPs — and so are the activation
+// and the variant's backward of a variant that emits rows (they visit the rows' entries, not
+// B x M). A product that ran as its GEMM every time keeps its work.
 std::map<std::string, metrics::Work> Trainer::dense_work(const metrics::WorkShape& shape) const {
   auto work = metrics::work_model(shape);
-  if (model_->sparse())
-    for (const char* phase : {"decode_gemm", "backward_decoder_gemm", "backward_activation_gemm",
-                              "backward_encoder_gemm"})
-      work.erase(phase);
+  if (model_->sparse()) {
+    const auto& counts = model_->sparse()->counts();
+    for (const auto& [phase, product] :
+         {std::pair<const char*, const char*>{"decode_gemm", "decode"},
+          {"backward_decoder_gemm", "decoder_gradient"},
+          {"backward_activation_gemm", "activation_gradient"},
+          {"backward_encoder_gemm", "encoder_gradient"}}) {
+      const auto c = counts.find(product);
+      if (c == counts.end() || c->second.sparse > 0) work.erase(phase);
+    }
+  }
   if (model_->sparse() && model_->variant().emits_rows())
     for (const char* phase : {"activation", "variant_backward"}) work.erase(phase);
   return work;
@@ -618,12 +626,19 @@ nlohmann::json Trainer::run() {
                            {"sparse_products_s", nullptr},
                            {"crossover_entries_per_row", cfg_.sparse_crossover},
                            {"given", true}};
-  } else if (cfg_.sparse == "auto") {  // collective: every rank times the same shapes
-    sparse_calibration_ = calibrate_sparse(*model_, hyper_at(0), precision_,
-                                           cfg_.sparse_capacity_or_default(), cfg_.seed);
+  } else if (cfg_.sparse == "auto") {
+    // A resumed run keeps the crossover it measured (the same paths, the same bits); otherwise
+    // every rank times the same shapes (collective).
+    const bool resumed = !sparse_calibration_.is_null();
+    if (resumed)
+      model_->sparse()->set_limit(sparse_calibration_["crossover_entries_per_row"].get<double>());
+    else
+      sparse_calibration_ = calibrate_sparse(*model_, hyper_at(0), precision_,
+                                             cfg_.sparse_capacity_or_default(), cfg_.seed);
     if (root())
-      std::printf("sparse auto: products sparse while rows average <= %.1f entries (calibrated)\n",
-                  sparse_calibration_["crossover_entries_per_row"].get<double>());
+      std::printf("sparse auto: products sparse while rows average <= %.1f entries (%s)\n",
+                  sparse_calibration_["crossover_entries_per_row"].get<double>(),
+                  resumed ? "calibrated before the checkpoint" : "calibrated");
   }
 
   const auto start = std::chrono::steady_clock::now();

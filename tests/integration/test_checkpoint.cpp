@@ -85,6 +85,9 @@ ts::Result preempted_at_9(const Run& run, int rank = 0) {
 const std::string kRun =
     "--d-model 16 --width 64 --batch-size 64 --steps 20 --warmup-steps 2 --k 4 --aux-k 8 "
     "--dead-window-tokens 200 --eval-tokens 128 --no-gemm-floor ";
+// Runs compared bit for bit take their products' path from the rows alone: --sparse auto (the
+// default) takes it from a timing, which two runs need not share (docs/design.md, Determinism).
+const std::string kSamePath = "--sparse on ";
 
 TEST_F(Checkpoint, StopAndResumeEqualsTheStraightRunBitwise) {
   // Data from files too: the shuffle buffer's position is part of the state.
@@ -97,7 +100,7 @@ TEST_F(Checkpoint, StopAndResumeEqualsTheStraightRunBitwise) {
     for (const std::string data : {std::string("synthetic"), dir_ + "/x.npy"}) {
       SCOPED_TRACE(variant + " on " + data);
       const std::string base =
-          kRun + "--variant " + variant + " --data " + data + " --shuffle-buffer 512 ";
+          kRun + kSamePath + "--variant " + variant + " --data " + data + " --shuffle-buffer 512 ";
       ASSERT_EQ(saescale(run_args("straight", base)).code, 0);
       // N steps, stopped as a SIGTERM would (test hook), then resumed for the other N.
       const auto stopped = preempted_at_9([&] { return saescale(run_args("resumed", base)); });
@@ -114,7 +117,7 @@ TEST_F(Checkpoint, StopAndResumeEqualsTheStraightRunBitwise) {
 TEST_F(Checkpoint, GridsResumeBitwiseAndRefuseAnotherGrid) {
   for (const std::string grid : {"--dp 2 --lp 1", "--dp 1 --lp 2"}) {
     SCOPED_TRACE(grid);
-    const std::string base = kRun + "--variant topk " + grid + " ";
+    const std::string base = kRun + kSamePath + "--variant topk " + grid + " ";
     ASSERT_EQ(saescale(run_args("straight", base), 2).code, 0);
     ASSERT_EQ(preempted_at_9([&] { return saescale(run_args("resumed", base), 2); }, 1).code, 3);
     const auto resumed = saescale(run_args("resumed", base + "--resume"), 2);
@@ -130,18 +133,46 @@ TEST_F(Checkpoint, GridsResumeBitwiseAndRefuseAnotherGrid) {
 // Determinism: the same seed, data and grid give the same bits.
 TEST_F(Checkpoint, SameSeedDataAndGridGiveTheSameBits) {
   for (const int ranks : {0, 2}) {
-    const std::string base = kRun + "--variant batchtopk" + (ranks ? " --lp 2" : "") + " ";
+    const std::string base =
+        kRun + kSamePath + "--variant batchtopk" + (ranks ? " --lp 2" : "") + " ";
     ASSERT_EQ(saescale(run_args("straight", base), ranks).code, 0);
     ASSERT_EQ(saescale(run_args("again", base), ranks).code, 0);
     expect_same_run("straight", "again");
   }
 }
 
+// --sparse auto: a resumed run keeps the crossover its first part calibrated (the same paths,
+// hence the same bits, as the run would have taken), and says so.
+TEST_F(Checkpoint, ResumeKeepsTheSparseCalibration) {
+  const std::string base = kRun + "--variant jumprelu --sparse auto ";
+  const auto first = preempted_at_9([&] { return saescale(run_args("run", base)); });
+  ASSERT_EQ(first.code, 3) << first.err;
+  const auto crossover_printed = [](const std::string& out) {
+    const auto at = out.find("rows average <= ");
+    return at == std::string::npos ? std::string("none")
+                                   : out.substr(at + 16, out.find(' ', at + 16) - at - 16);
+  };
+  ASSERT_NE(first.out.find("entries (calibrated)"), std::string::npos) << first.out;
+  const auto resumed = saescale(run_args("run", base + "--resume"));
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("entries (calibrated before the checkpoint)"), std::string::npos)
+      << resumed.out;
+  EXPECT_EQ(crossover_printed(resumed.out), crossover_printed(first.out));
+  const auto results = nlohmann::json::parse(ts::slurp(dir_ + "/run/r.json"));
+  const auto& calibration = results["timing"]["sparse"]["calibration"];
+  EXPECT_TRUE(calibration["dense_products_s"].is_number()) << calibration.dump();  // measured
+  char printed[32];
+  std::snprintf(printed, sizeof printed, "%.1f",
+                calibration["crossover_entries_per_row"].get<double>());
+  EXPECT_EQ(printed, crossover_printed(first.out));
+  ts::expect_valid_results(dir_ + "/run/r.json");
+}
+
 // A real SIGTERM in the middle of a run: it finishes the step, leaves a complete checkpoint and a
 // "preempted" results file, exits 3; resuming finishes the run where the straight one ends.
 TEST_F(Checkpoint, SigtermLeavesACheckpointAndAResumableRun) {
   // Long enough (about 1 ms a step) that the signal lands mid-run.
-  const std::string base = kRun +
+  const std::string base = kRun + kSamePath +
                            "--variant jumprelu --width 1024 --batch-size 256 "
                            "--steps 3000 --progress-every 10 ";
   ASSERT_EQ(saescale(run_args("straight", base)).code, 0);
@@ -173,7 +204,7 @@ TEST_F(Checkpoint, SigtermLeavesACheckpointAndAResumableRun) {
 // Killed while writing a checkpoint (after the rank files, before the manifest): the previous
 // checkpoint stays the newest complete one and the run resumes from it.
 TEST_F(Checkpoint, AKillWhileWritingKeepsThePreviousCheckpoint) {
-  const std::string base = kRun + "--variant topk --checkpoint-every 5 ";
+  const std::string base = kRun + kSamePath + "--variant topk --checkpoint-every 5 ";
   ASSERT_EQ(saescale(run_args("straight", base)).code, 0);
   {
     const ts::FaultPlan crash(R"([{"site": "checkpoint", "action": "exit", "step": 2}])");

@@ -145,15 +145,14 @@ TEST_F(Cli, SparsePathIsRecorded) {
   ts::expect_valid_results(dir_ + "/s.json");
 }
 
-// --sparse auto times the four products as GEMMs and as sparse kernels at start and runs them
-// sparse only while the rows average fewer entries than the crossover: TopK at k = 4 (far below
-// it) runs sparse; JumpReLU at initialisation (L0 about M/2, rows within the capacity given)
-// runs dense, where --sparse on would have run sparse.
 // --sparse auto times the products at start and records the crossover it found. What that
 // crossover is depends on the machine and its load, so nothing here asserts on its value (the
-// limit's effect is tested deterministically in test_model's SparsePath tests): only that it is
-// recorded, that every product ran every step one way or the other, and the one implication that
-// holds on any machine: rows of at most k = 4 entries under a crossover of at least 4 run sparse.
+// limit's effect is tested deterministically in test_model's SparsePath tests, the crossover's
+// arithmetic in SparseAuto): only that it is recorded as the calibration's rule says (sizes 8, 32,
+// ... up to the capacity, stopping after the first that does not save 10%; the crossover within the
+// sizes measured), that every product ran every step one way or the other, and the one implication
+// that holds on any machine: rows of at most k = 4 entries under a crossover of at least 4 run
+// sparse.
 TEST_F(Cli, SparseAutoFollowsItsCalibration) {
   // --aux-k 0: no AuxK, whose gradient to dead latents would send the backward to the dense path.
   const std::string shape =
@@ -165,9 +164,31 @@ TEST_F(Cli, SparseAutoFollowsItsCalibration) {
     const auto j = nlohmann::json::parse(std::ifstream(dir_ + "/" + name));
     const auto& cal = j["timing"]["sparse"]["calibration"];
     EXPECT_GT(cal["dense_products_s"].get<double>(), 0);
-    EXPECT_EQ(cal["sparse_products_s"].size(), 2u);
+    std::vector<std::pair<int64_t, double>> ratios;  // by entries per row, ascending
+    for (const auto& [entries, ratio] : cal["sparse_over_dense"].items()) {
+      ratios.emplace_back(std::stoll(entries), ratio.get<double>());
+      EXPECT_GT(cal["sparse_products_s"][entries].get<double>(), 0) << entries;
+    }
+    std::sort(ratios.begin(), ratios.end());
+    EXPECT_EQ(cal["sparse_products_s"].size(), ratios.size());
+    // the rule's sizes for this capacity; those measured are a prefix, cut after the first that
+    // did not pay
+    const int64_t capacity = j["timing"]["sparse"]["initial_capacity"].get<int64_t>();
+    std::vector<int64_t> sizes;
+    for (int64_t entries = 8; entries < capacity; entries *= 4) sizes.push_back(entries);
+    sizes.push_back(capacity);
+    const double required = 1 - cal["required_saving"].get<double>();
+    EXPECT_FALSE(ratios.empty());
+    EXPECT_LE(ratios.size(), sizes.size());
+    for (size_t i = 0; i < ratios.size() && i < sizes.size(); ++i) {
+      EXPECT_EQ(ratios[i].first, sizes[i]) << cal.dump();
+      if (i + 1 < ratios.size()) EXPECT_LE(ratios[i].second, required) << cal.dump();
+    }
+    if (!ratios.empty() && ratios.size() < sizes.size())
+      EXPECT_GT(ratios.back().second, required) << cal.dump();
     *crossover = cal["crossover_entries_per_row"].get<double>();
     EXPECT_GE(*crossover, 0);
+    if (!ratios.empty()) EXPECT_LE(*crossover, ratios.back().first);  // never extrapolated
     for (const auto& [product, c] : j["timing"]["sparse"]["products"].items())  // + evaluation
       EXPECT_GE(c["sparse"].get<int>() + c["dense"].get<int>(), 6) << product;
     return j["timing"]["sparse"]["products"];

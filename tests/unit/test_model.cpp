@@ -7,6 +7,7 @@
 #include <random>
 #include <tuple>
 
+#include "ceilings.hpp"
 #include "data/source.hpp"
 #include "data/synthetic.hpp"
 #include "error.hpp"
@@ -547,6 +548,7 @@ TEST(Harness, PhasesCarryWorkRatesAndCeilings) {
   comm::Communicator alone;
   Config cfg = harness_config("jumprelu");
   cfg.gemm_floor = true;
+  cfg.sparse = "off";  // the dense step's work model (products that may run sparse carry none)
   const auto timing = Trainer(cfg, alone).run()["timing"];
   const double B = cfg.batch_size, d = cfg.d_model, M = cfg.width;
   for (const char* gemm : {"encode_gemm", "backward_decoder_gemm", "backward_activation_gemm",
@@ -560,6 +562,20 @@ TEST(Harness, PhasesCarryWorkRatesAndCeilings) {
   EXPECT_GT(timing["ceilings"]["gemm_gflops_per_s"].get<double>(), 0);
   EXPECT_GT(timing["ceilings"]["stream_copy_gbytes_per_s"].get<double>(), 0);
   EXPECT_TRUE(timing["fenced"].get<bool>());
+
+  // The sparse path: a product that ran as its GEMM every step keeps its work (a crossover of 0
+  // sends all four dense); one that ran sparse has none (JumpReLU's rows at initialisation fit
+  // a capacity of 2,048).
+  cfg.gemm_floor = false;
+  cfg.sparse = "auto", cfg.sparse_crossover = 0;
+  const auto all_dense = Trainer(cfg, alone).run()["timing"];
+  cfg.sparse = "on", cfg.sparse_crossover = -1, cfg.sparse_capacity = M;
+  const auto all_sparse = Trainer(cfg, alone).run()["timing"];
+  for (const char* gemm : {"backward_decoder_gemm", "backward_activation_gemm"}) {
+    EXPECT_DOUBLE_EQ(all_dense["phases_s"][gemm]["flops"].get<double>(), 2 * B * d * M) << gemm;
+    EXPECT_TRUE(all_sparse["phases_s"][gemm].value("flops", nlohmann::json()).is_null()) << gemm;
+  }
+  cfg.sparse = "off";
 
   cfg.fence = false;
   const auto unfenced = Trainer(cfg, alone).run()["timing"];
@@ -586,6 +602,34 @@ TEST(Harness, TimeToFidelityRecordsTheFirstEvaluationBelowEachTarget) {
   EXPECT_GE(targets[0]["wall_s"].get<double>(), targets[0]["train_s"].get<double>());
   EXPECT_FALSE(targets[1]["reached"].get<bool>());
   EXPECT_TRUE(targets[1]["step"].is_null());
+}
+
+// --sparse auto's crossover from measured ratios (sparse time / dense time by entries per row):
+// interpolated between the last size that saves enough and the first that does not, never
+// extrapolated past the largest size measured, and 0 when even the smallest does not save.
+TEST(SparseAuto, CrossoverLiesBetweenMeasuredSizes) {
+  std::mt19937 rng(testing_support::test_seed());
+  std::uniform_real_distribution<double> slope(1e-3, 2e-2), offset(0.0, 0.05);
+  for (int trial = 0; trial < 20; ++trial) {
+    const double a = offset(rng), b = slope(rng);  // ratio(L) = a + b L, as a linear cost gives
+    std::vector<std::pair<int64_t, double>> measured;
+    for (int64_t entries = 8;; entries *= 4) {
+      measured.emplace_back(entries, a + b * entries);
+      if (a + b * entries > 0.9 || entries >= 2048) break;
+    }
+    const double want = std::min<double>((0.9 - a) / b, measured.back().first);
+    if (measured.front().second > 0.9)
+      EXPECT_EQ(sparse_crossover(measured, 0.9), 0.0);
+    else
+      EXPECT_NEAR(sparse_crossover(measured, 0.9), want, 1e-9 * want) << "a " << a << " b " << b;
+  }
+  EXPECT_EQ(sparse_crossover({{8, 0.2}, {32, 0.5}}, 0.9), 32.0);  // all pay: up to the largest
+  EXPECT_EQ(sparse_crossover({{8, 0.95}}, 0.9), 0.0);             // none pays
+  EXPECT_EQ(sparse_crossover({{8, 0.9}}, 0.9), 8.0);              // exactly enough pays
+  // noise that makes the ratio fall between sizes still gives a crossover between them
+  const double noisy = sparse_crossover({{8, 0.3}, {32, 0.2}, {128, 1.4}}, 0.9);
+  EXPECT_GT(noisy, 32.0);
+  EXPECT_LT(noisy, 128.0);
 }
 
 }  // namespace
