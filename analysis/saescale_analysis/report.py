@@ -544,16 +544,43 @@ def interpolate_at_l0(points: Sequence[tuple[float, float]], l0: float) -> float
     return pts[0][1]  # a single point, at exactly its L0
 
 
-def matched_l0_rows(frontiers: dict[str, list[dict[str, float]]],
+def seconds_to_fvu(point: dict[str, Any], target: float) -> float | None:
+    """Training time until a run's held-out FVU first reached `target`: the step of its first
+    evaluation at or below it (point["curve"]: (step, FVU), the periodic evaluations then the
+    final one) times its median step; None if it never did."""
+    for step, fvu in point.get("curve", []):
+        if fvu <= target:
+            return step * point["step_s"]
+    return None
+
+
+def _time_at_l0(pts: Sequence[dict[str, Any]], l0: float, target: float) -> float | None:
+    """seconds_to_fvu interpolated in log L0 between the two points around `l0`; None outside
+    the measured range or when either of them never reached the target."""
+    pts = sorted(pts, key=lambda q: q["l0"])
+    exact = [q for q in pts if q["l0"] == l0]
+    for q0, q1 in [(exact[0], exact[0])] if exact else zip(pts, pts[1:]):
+        if q0["l0"] <= l0 <= q1["l0"]:
+            t0, t1 = seconds_to_fvu(q0, target), seconds_to_fvu(q1, target)
+            if t0 is None or t1 is None:
+                return None
+            return interpolate_at_l0([(q0["l0"], t0), (q1["l0"], t1)], l0)
+    return None
+
+
+def matched_l0_rows(frontiers: dict[str, list[dict[str, Any]]],
                     reference: str = REFERENCE) -> list[dict[str, Any]]:
     """Every variant against the reference at the reference's measured L0s: each variant's FVU,
     step time and tokens/s interpolated on its own frontier (points {l0, fvu, step_s,
-    tokens_per_s}) to that L0. Rows where the L0 lies outside a variant's range say so."""
+    tokens_per_s, curve}) to that L0, and the training time it took to reach the reference's
+    FVU there (seconds_to_fvu, interpolated the same way). Rows where the L0 lies outside a
+    variant's range say so."""
     rows = []
     for ref in sorted(frontiers.get(reference, []), key=lambda q: q["l0"]):
         for variant, pts in frontiers.items():
             at = {key: interpolate_at_l0([(q["l0"], q[key]) for q in pts], ref["l0"])
                   for key in ("fvu", "step_s", "tokens_per_s")}
+            at["seconds_to_reference_fvu"] = _time_at_l0(pts, ref["l0"], ref["fvu"])
             rows.append({"l0": ref["l0"], "variant": variant, **at,
                          "fvu_minus_reference": None if at["fvu"] is None
                          else at["fvu"] - ref["fvu"],
@@ -570,8 +597,11 @@ def _frontiers(study: Study) -> dict[str, list[dict[str, float]]]:
         l0, fvu = p.fidelity("l0"), p.fidelity("fvu")
         if _missing(l0) or _missing(fvu) or math.isnan(l0) or math.isnan(fvu):
             continue
+        evals = _get(p.runs[0], "fidelity", "eval_curve") or []
+        curve = [(int(e["step"]), float(e["fvu"])) for e in evals if not _missing(e.get("fvu"))]
+        curve.append((int(p.config("steps")), fvu))  # the final evaluation
         out.setdefault(p.variant, []).append(
-            {"l0": l0, "fvu": fvu, "step_s": p.median,
+            {"l0": l0, "fvu": fvu, "step_s": p.median, "curve": curve,
              "tokens_per_s": float(p.config("batch_size")) / p.median})
     return out
 
@@ -587,7 +617,8 @@ def matched_l0_section(study: Study) -> Built:
                 "comparison at matched L0 (sweep more sparsity levels).")
     rows = [[_num(r["l0"], ".2f"), r["variant"], _num(r["fvu"], ".4f"),
              _num(r["fvu_minus_reference"], "+.4f"), _num(r["step_s"] and 1e3 * r["step_s"], ".2f"),
-             _num(r["step_ratio"], ".2f"), _num(r["tokens_per_s"], ",.0f")]
+             _num(r["step_ratio"], ".2f"), _num(r["tokens_per_s"], ",.0f"),
+             _num(r["seconds_to_reference_fvu"], ".3g")]
             for r in matched]
     return Section(
         f"Variants against {REFERENCE} at matched L0",
@@ -595,9 +626,14 @@ def matched_l0_section(study: Study) -> Built:
          "tokens/s interpolated on its own frontier (piecewise linear in log L0 between its two "
          "measured points around that L0; \"-\" where the L0 lies outside the variant's measured "
          f"range: no extrapolation). FVU − {REFERENCE}: negative reconstructs better at the same "
-         f"sparsity; step ÷ {REFERENCE}: above 1 costs more per step."],
+         f"sparsity; step ÷ {REFERENCE}: above 1 costs more per step. Time to {REFERENCE}'s FVU: "
+         "the training time (steps to the first held-out evaluation at or below that FVU, times "
+         "the median step) each variant needed to reconstruct as well as "
+         f"{REFERENCE} did at that L0 by the end of its run; \"-\" where a run around that L0 "
+         "never got there (resolution: --eval-every)."],
         tables=[("at matched L0", _frame(rows, ["L0", "variant", "FVU", f"FVU − {REFERENCE}",
-                                                "step ms", f"step ÷ {REFERENCE}", "tokens/s"]))])
+                                                "step ms", f"step ÷ {REFERENCE}", "tokens/s",
+                                                f"s to {REFERENCE}'s FVU"]))])
 
 
 def _first_target_time(p: Point) -> str:

@@ -587,6 +587,32 @@ def test_matched_l0_rows_compare_every_variant_at_the_references_l0():
     assert rows[(64.0, "topk")]["step_ratio"] is None
 
 
+def test_time_to_the_references_fvu_at_matched_l0():
+    """Steps to the first evaluation at or below the reference's FVU, times the median step,
+    interpolated in log L0 between the two runs around the L0; none when either never got there."""
+    rng = np.random.default_rng()
+    step_s = rng.uniform(0.01, 0.1)
+    ref = {"l0": 8.0, "fvu": 0.2, "step_s": 0.05, "tokens_per_s": 1.0,
+           "curve": [(100, 0.5), (200, 0.3), (400, 0.2)]}
+    assert report.seconds_to_fvu(ref, 0.2) == pytest.approx(400 * 0.05)
+    assert report.seconds_to_fvu(ref, 0.19) is None
+    # TopK at L0 4 and 16 (8 is halfway in log L0): FVU 0.2 first at step 100 and at step 300
+    topk = [{"l0": 4.0, "fvu": 0.15, "step_s": step_s, "tokens_per_s": 1.0,
+             "curve": [(50, 0.4), (100, 0.2), (400, 0.15)]},
+            {"l0": 16.0, "fvu": 0.1, "step_s": step_s, "tokens_per_s": 1.0,
+             "curve": [(100, 0.25), (300, 0.19), (400, 0.1)]}]
+    rows = {r["variant"]: r for r in report.matched_l0_rows({"jumprelu": [ref], "topk": topk})}
+    assert rows["jumprelu"]["seconds_to_reference_fvu"] == pytest.approx(20.0)
+    assert rows["topk"]["seconds_to_reference_fvu"] == pytest.approx(200 * step_s)
+    # a point at exactly the L0 stands alone, whatever its neighbours reached
+    more = {"jumprelu": [ref, {**ref, "l0": 4.0, "fvu": 0.3, "curve": [(400, 0.3)]}], "topk": topk}
+    rows = {r["variant"]: r for r in report.matched_l0_rows(more) if r["l0"] == 8.0}
+    assert rows["jumprelu"]["seconds_to_reference_fvu"] == pytest.approx(20.0)
+    topk[1]["curve"] = [(400, 0.21)]  # one of the two never reached it
+    rows = {r["variant"]: r for r in report.matched_l0_rows({"jumprelu": [ref], "topk": topk})}
+    assert rows["topk"]["seconds_to_reference_fvu"] is None
+
+
 def test_frontier_study_report(tmp_path, capsys):
     """A frontier sweep with known answers: one figure per variant, the points table, and the
     matched-L0 table interpolated on each frontier (TopK FVU linear in log2 L0)."""
