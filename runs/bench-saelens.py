@@ -7,8 +7,10 @@ forward with the loss, then backward, global-norm clipping and Adam; no activati
 random batch, and `saescale train` with its default options, both at d = 512, M = 8192, B = 2048,
 k = 32 and an L0 near 32 (SAELens: thresholds/biases set at the pre-activation quantile of the
 batch; saescale: --initial-l0 32), AuxK off on both sides (no dead-latent mask is given to
-SAELens). Medians of the timed steps; one invocation, one machine. The L0 printed is the last
-step's: SAELens' dense step costs the same at any L0.
+SAELens), and a learning rate of 1e-9 on both sides so that L0 stays where it started (a step's
+work does not depend on the learning rate's value; at a real one the elementwise variants' L0
+drifts within a few steps, to 5-320 here). Medians of the timed steps; one invocation, one
+machine. The L0 printed is the last step's: SAELens' dense step costs the same at any L0.
 Needs the models environment (analysis/requirements-models.txt).
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 D, M, B, K = 512, 8192, 2048, 32
+LR = 1e-9  # keeps L0 at its start on both sides
 VARIANTS = {"relu": "standard", "jumprelu": "jumprelu", "gated": "gated", "topk": "topk",
             "batchtopk": "batchtopk"}
 
@@ -71,7 +74,7 @@ def saelens_step_ms(architecture: str, steps: int, warmup: int) -> tuple[float, 
     start_at_l0(sae, architecture, x)
     coefficients = {name: (c.value if hasattr(c, "value") else c)
                     for name, c in sae.get_coefficients().items()}
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(sae.parameters(), lr=LR)
     times, l0 = [], float("nan")
     for i in range(warmup + steps):
         t0 = time.perf_counter()
@@ -94,7 +97,7 @@ def saescale_step_ms(binary: str, variant: str, steps: int, warmup: int) -> tupl
         # AuxK off: SAELens' step here gets no dead-latent mask, so it runs no auxiliary loss.
         extra = ["--aux-k", "0"] if variant in ("topk", "batchtopk") else ["--initial-l0", str(K)]
         subprocess.run([binary, "train", "--variant", variant, "--d-model", str(D), "--width",
-                        str(M), "--batch-size", str(B), "--k", str(K), "--steps",
+                        str(M), "--batch-size", str(B), "--k", str(K), "--lr", str(LR), "--steps",
                         str(steps + warmup), "--warmup-steps", str(warmup), "--no-gemm-floor",
                         "--eval-tokens", "2048", "--out", str(out), *extra],
                        check=True, capture_output=True, text=True)
