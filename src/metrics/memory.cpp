@@ -19,22 +19,29 @@ std::map<std::string, Space>& spaces() {
 }
 bool g_tracking = false;
 int64_t g_device_used = -1;
+// The callbacks of a tool library the user loaded (KOKKOS_TOOLS_LIBS), called first.
+Kokkos_Profiling_allocateDataFunction g_user_allocate = nullptr;
+Kokkos_Profiling_deallocateDataFunction g_user_deallocate = nullptr;
 
-void on_allocate(const Kokkos::Tools::SpaceHandle handle, const char*, const void*,
+void on_allocate(const Kokkos::Tools::SpaceHandle handle, const char* label, const void* ptr,
                  const uint64_t size) {
+  if (g_user_allocate) g_user_allocate(handle, label, ptr, size);
   Space& s = spaces()[handle.name];
   s.current += static_cast<int64_t>(size);
   if (s.current > s.peak) s.peak = s.current;
 }
 
-void on_deallocate(const Kokkos::Tools::SpaceHandle handle, const char*, const void*,
+void on_deallocate(const Kokkos::Tools::SpaceHandle handle, const char* label, const void* ptr,
                    const uint64_t size) {
+  if (g_user_deallocate) g_user_deallocate(handle, label, ptr, size);
   spaces()[handle.name].current -= static_cast<int64_t>(size);
 }
 }  // namespace
 
 bool track_allocations() {
-  if (std::getenv("KOKKOS_TOOLS_LIBS") || std::getenv("KOKKOS_PROFILE_LIBRARY")) return false;
+  if (g_tracking) return true;
+  const auto loaded = Kokkos::Tools::Experimental::get_callbacks();
+  g_user_allocate = loaded.allocate_data, g_user_deallocate = loaded.deallocate_data;
   Kokkos::Tools::Experimental::set_allocate_data_callback(on_allocate);
   Kokkos::Tools::Experimental::set_deallocate_data_callback(on_deallocate);
   g_tracking = true;

@@ -1,7 +1,8 @@
 // Every Kokkos allocation the project makes, tracked through Kokkos' tool callbacks (current and
 // peak bytes per memory space), plus what the CUDA driver reports on GPUs (cudaMemGetInfo), so a
-// run's memory is measured rather than estimated. Tracking is off when a Kokkos tool library is
-// loaded (KOKKOS_TOOLS_LIBS): its callbacks must not be replaced.
+// run's memory is measured rather than estimated. A Kokkos tool library the user loaded
+// (KOKKOS_TOOLS_LIBS: a memory high-water mark, Caliper, NVTX ranges) keeps receiving every
+// allocation: the tracking calls its callbacks first, and leaves every other callback alone.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -10,7 +11,8 @@
 
 namespace saescale::metrics {
 
-// Installs the callbacks (after Kokkos is initialised). Returns false when tracking is off.
+// Installs the callbacks (after Kokkos is initialised, so after any tool library was loaded),
+// chained to the loaded tool's. Returns whether tracking is on.
 bool track_allocations();
 // Peak bytes allocated at once in a memory space ("Host", "Cuda", ...); -1 when not tracked.
 int64_t peak_bytes(const std::string& space);

@@ -432,6 +432,37 @@ TEST_F(Cli, ImpossibleValues) {
   expect_error("train --d-model 8 --variant topk --k 64" + small_, "--k");
 }
 
+// A Kokkos tool the user loads (KOKKOS_TOOLS_LIBS: a memory high-water mark, Caliper, NVTX
+// ranges) keeps seeing every allocation and every named kernel while saescale tracks memory
+// through the same callbacks: the probe tool's peak per memory space is the one saescale reports
+// (the same events), every saescale allocation is freed by the end, and the step's kernels reach
+// it by name, the optimiser's once per step.
+TEST_F(Cli, AUserToolStillSeesEveryAllocationAndKernel) {
+  const std::string probe = dir_ + "/probe.json", out = dir_ + "/tool.json";
+  const int steps = 6;
+  // Kokkos 4 reads KOKKOS_TOOLS_LIBS, Kokkos 3 KOKKOS_PROFILE_LIBRARY.
+  const auto r = ts::run(std::string("KOKKOS_TOOLS_LIBS=") + SAESCALE_TOOL_PROBE +
+                             " KOKKOS_PROFILE_LIBRARY=" + SAESCALE_TOOL_PROBE +
+                             " SAESCALE_TOOL_PROBE_OUT=" + probe + " " + ts::saescale() +
+                             " train --variant topk --d-model 32 --width 256 --batch-size 128"
+                             " --steps " +
+                             std::to_string(steps) +
+                             " --warmup-steps 1 --eval-tokens 256 --no-gemm-floor --out " + out,
+                         dir_);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto seen = nlohmann::json::parse(ts::slurp(probe));
+  const auto tracked = nlohmann::json::parse(ts::slurp(out))["memory"]["tracked"];
+  ASSERT_TRUE(tracked.is_object()) << "saescale stopped tracking: " << tracked.dump();
+  ASSERT_FALSE(tracked.empty());
+  for (const auto& [space, peak] : tracked.items())
+    EXPECT_EQ(seen["peak"].value(space, -1), peak.get<int64_t>()) << space << ": " << seen.dump();
+  EXPECT_GT(seen["allocations"].get<int64_t>(), 0);
+  for (const auto& label : seen["live_at_finalize"])  // only Kokkos' own (Serial's scratch)
+    EXPECT_EQ(label.get<std::string>().rfind("Kokkos::", 0), 0u) << label;
+  EXPECT_GE(seen["kernels"].value("saescale::optimizer::adam", 0), steps) << seen["kernels"].dump();
+  EXPECT_GE(seen["kernels"].value("saescale::renormalize::decoder_rows", 0), steps);
+}
+
 // Memory preflight: a run whose planned memory per rank exceeds what the machine has is refused
 // before anything is allocated, with the fix.
 TEST_F(Cli, RunsThatCannotFitAreRefusedUpFront) {
