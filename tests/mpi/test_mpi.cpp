@@ -285,10 +285,10 @@ TEST(Plan, CountedBytesAreThePlannedBytes) {
       cfg.norm_tokens = 64;
       cfg.progress_every = 1000;
       cfg.gemm_floor = false;
-      // The path fixed (--sparse off; --sparse on also matches the plan): with --sparse auto's
-      // mix of paths, BatchTopK at lp 2 made 10 selection calls more than planned over 3 steps at
-      // these tiny shapes. The plan leaves out the data-dependent tie handling at the selection
-      // threshold, the likely cause; not yet traced (docs/parallel.md).
+      // The path fixed (--sparse off; --sparse on matches the plan too): under --sparse auto a
+      // selection variant whose rows exceed the crossover (always, at these shapes) retries the
+      // rows at backed-off steps, each retry selecting twice, which the plan leaves out
+      // (docs/parallel.md).
       cfg.sparse = "off";
       cfg.dp = dp;
       cfg.lp = lp;
