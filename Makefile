@@ -14,7 +14,7 @@ DEBIAN_PACKAGES := build-essential cmake git libtrilinos-kokkos-dev libopenblas-
   libgtest-dev libbenchmark-dev zlib1g-dev libbenchmark-tools python3-venv python3-pip clang libclang-rt-dev \
   slurm-wlm munge patchelf
 
-.PHONY: all deps deps-system deps-python build test test-cpp test-cuda-rules test-gpu-check test-python test-slurm test-fuzz test-interop deps-models demo bundle format clean help
+.PHONY: all deps deps-system deps-python build test test-cpp test-cuda-rules test-gpu-check test-python test-slurm test-reframe test-fuzz test-interop deps-models demo bundle format clean help
 
 all: build
 
@@ -65,6 +65,11 @@ test-python: deps-python
 test-slurm: build deps-python
 	BUILD=$(BUILD) VENV=$(VENV) bash tests/slurm/e2e.sh
 
+# The ReFrame checks (runs/reframe) on the local Slurm through Makefile.cluster: two checks pass
+# their references, a tightened reference fails (about 10 s). SAESCALE_SKIP_SLURM=1 skips it.
+test-reframe: build deps-python
+	BUILD=$(BUILD) VENV=$(VENV) bash tests/reframe/run.sh
+
 # The CUDA rules that host compilers do not enforce (tools/cuda_rules.py; its planted violations
 # are tests/python/test_cuda_rules.py). Seconds.
 test-cuda-rules:
@@ -112,7 +117,7 @@ test-interop: build
 test-fuzz: deps-system
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash tests/fuzz/run.sh
 
-test: deps test-cuda-rules test-cpp test-gpu-check test-python test-interop test-slurm test-fuzz
+test: deps test-cuda-rules test-cpp test-gpu-check test-python test-interop test-slurm test-reframe test-fuzz
 
 demo: deps build
 	PYTHON=$(VENV)/bin/python BUILD=$(BUILD) bash runs/demo.sh

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import mannwhitneyu
 
+from .perflog import is_perflog, read_perflog
 from .results import PathLike, _expand, load_result
 
 #: Default root of the recorded baselines: analysis/baselines/<system>/<scale>/*.json.
@@ -147,7 +148,8 @@ def step_samples(result: dict[str, Any]) -> list[float]:
 
 
 def expand_inputs(spec: PathLike) -> list[str]:
-    """A results file, a directory (its ``*.json``, not recursive) or a glob, as sorted paths.
+    """A results file or ReFrame perflog, a directory (its ``*.json``, not recursive) or a glob,
+    as sorted paths.
     Raises FileNotFoundError if a directory or a pattern yields no files."""
     s = os.fspath(spec)
     if os.path.isdir(s):
@@ -206,7 +208,15 @@ def load_side(specs: PathLike | Sequence[PathLike], per_run: bool = False) -> Si
     if isinstance(specs, (str, os.PathLike)):
         specs = [specs]
     paths = [p for spec in specs for p in expand_inputs(spec)]
-    return pool((load_result(p) for p in paths), per_run=per_run)
+
+    def results():
+        for p in paths:
+            if is_perflog(p):  # a ReFrame perflog of runs/reframe: one record per run line
+                yield from read_perflog(p)
+            else:
+                yield load_result(p)
+
+    return pool(results(), per_run=per_run)
 
 
 def baseline_dir(system: str, scale: str, root: PathLike | None = None) -> Path:
