@@ -10,6 +10,7 @@ names another file). SAESCALE_BIN: the directory holding saescale (default build
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -20,11 +21,22 @@ from pathlib import Path
 
 import reframe as rfm
 import reframe.utility.sanity as sn
-from reframe.core.builtins import parameter, performance_function, run_after, run_before, sanity_function, variable
+from reframe.core.builtins import (parameter, performance_function, run_after, run_before,
+                                   sanity_function, variable)
 
 RUNS = Path(__file__).resolve().parents[1]
 REPO = RUNS.parent
-submit = SourceFileLoader("saescale_submit", str(RUNS / "submit")).load_module()
+
+
+def _load(name: str, path: Path):
+    """A Python file without the .py suffix (runs/submit) as a module."""
+    loader = SourceFileLoader(name, str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+    loader.exec_module(module)
+    return module
+
+
+submit = _load("saescale_submit", RUNS / "submit")
 sys.path.insert(0, str(REPO / "analysis"))
 from saescale_analysis import peaks, schema  # noqa: E402  (imported while checks load)
 
@@ -89,14 +101,18 @@ class saescale_train(rfm.RunOnlyRegressionTest):
             *shlex.split(env.get("TRAIN_ARGS", "")), *shlex.split(self.extra_args),
             "--out", "results.json", "--force"]
         self.env_vars = dict(kv.split("=", 1) for kv in shlex.split(env.get("JOB_ENV", "")))
-        self.srun_mpi = env.get("SRUN_MPI", "")
+        # srun's options as runs/submit renders them: --mpi, binding, the system's extras
+        self.srun_options = [f"--{opt}={env[key]}" for key, opt in
+                             (("SRUN_MPI", "mpi"), ("CPU_BIND", "cpu-bind"), ("GPU_BIND", "gpu-bind"),
+                              ("GPUS_PER_TASK", "gpus-per-task"))
+                             if env.get(key, "").strip() not in ("", "0")]
+        self.srun_options += shlex.split(env.get("SRUN_EXTRA", ""))
         self.time_limit = f"{submit.seconds(env.get('VARIANTS_TIME') or '00:10:00', 'VARIANTS_TIME')}s"
         self.reference = {"*": references(self.current_system.name).get(self.key, {})}
 
     @run_before("run")
     def launcher_options(self):
-        if self.srun_mpi:
-            self.job.launcher.options = [f"--mpi={self.srun_mpi}"]
+        self.job.launcher.options = self.srun_options
 
     @sanity_function
     def validate(self):

@@ -8,13 +8,24 @@ SAESCALE_SET="KEY=value KEY=value" (as runs/submit --set)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
 RUNS = Path(__file__).resolve().parents[1]
-submit = SourceFileLoader("saescale_submit", str(RUNS / "submit")).load_module()
+
+
+def _load(name: str, path: Path):
+    """A Python file without the .py suffix (runs/submit) as a module."""
+    loader = SourceFileLoader(name, str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+    loader.exec_module(module)
+    return module
+
+
+submit = _load("saescale_submit", RUNS / "submit")
 
 
 def system_settings(name: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from importlib.machinery import SourceFileLoader
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,10 @@ reframe = pytest.importorskip("reframe")
 def config(set_: str = "MODULES=") -> dict:
     os.environ["SAESCALE_SET"] = set_
     try:
-        return SourceFileLoader("rfm_config", str(ROOT / "runs/reframe/config.py")).load_module() \
-            .site_configuration
+        spec = importlib.util.spec_from_file_location("rfm_config", ROOT / "runs/reframe/config.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.site_configuration
     finally:
         del os.environ["SAESCALE_SET"]
 
@@ -44,3 +46,19 @@ def test_every_system_lists_the_checks(system):
         env={**os.environ, "SAESCALE_SET": "MODULES="})  # no Lmod here
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Found 15 check(s)" in done.stdout, done.stdout
+
+
+def test_srun_gets_the_systems_launch_options(tmp_path):
+    """The job script's srun line carries SRUN_MPI, the bindings, GPUs per task and SRUN_EXTRA."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from reframe.frontend.cli import main; sys.exit(main())",
+         "-C", "runs/reframe/config.py", "-c", "runs/reframe/checks.py", "--system", "generic-gpu",
+         "-n", "saescale_train%variant=topk%grid=2x1", "--dry-run", "--prefix", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "SAESCALE_SET": "MODULES= SRUN_EXTRA=--exclusive"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    scripts = list(tmp_path.rglob("rfm_job.sh"))
+    assert len(scripts) == 1, done.stdout
+    srun = [line for line in scripts[0].read_text().splitlines() if line.startswith("srun")][0]
+    for option in ("--mpi=pmix", "--cpu-bind=cores", "--gpus-per-task=1", "--exclusive"):
+        assert option in srun, srun
