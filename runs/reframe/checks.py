@@ -16,7 +16,6 @@ import math
 import os
 import shlex
 import sys
-from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
 import reframe as rfm
@@ -24,25 +23,17 @@ import reframe.utility.sanity as sn
 from reframe.core.builtins import (parameter, performance_function, run_after, run_before,
                                    sanity_function, variable)
 
-RUNS = Path(__file__).resolve().parents[1]
+# The shared settings reader, loaded by its path: imported through sys.path instead, under
+# ReFrame's loader, it left the venv's site-packages off sys.path (pandas was not found).
+_spec = importlib.util.spec_from_file_location(
+    "saescale_systems", Path(__file__).resolve().parent / "saescale_systems.py")
+_systems = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_systems)
+RUNS, submit, system_settings = _systems.RUNS, _systems.submit, _systems.system_settings
+
 REPO = RUNS.parent
-
-
-def _load(name: str, path: Path):
-    """A Python file without the .py suffix (runs/submit) as a module."""
-    loader = SourceFileLoader(name, str(path))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
-    loader.exec_module(module)
-    return module
-
-
-submit = _load("saescale_submit", RUNS / "submit")
 sys.path.insert(0, str(REPO / "analysis"))
 from saescale_analysis import peaks, schema  # noqa: E402  (imported while checks load)
-
-
-def settings(system: str) -> dict[str, str]:
-    return submit.load_system(system, shlex.split(os.environ.get("SAESCALE_SET", "")))
 
 
 def references(system: str) -> dict:
@@ -83,7 +74,7 @@ class saescale_train(rfm.RunOnlyRegressionTest):
 
     @run_after("init")
     def from_settings(self):
-        env = settings(self.current_system.name)
+        env = system_settings(self.current_system.name)
         dp, lp = self.grid
         self.key = f"{self.variant}-{dp}x{lp}"  # its name in the references file
         self.num_tasks = dp * lp

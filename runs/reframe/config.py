@@ -9,27 +9,16 @@ SAESCALE_SET="KEY=value KEY=value" (as runs/submit --set)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import shlex
-from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
-RUNS = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str, path: Path):
-    """A Python file without the .py suffix (runs/submit) as a module."""
-    loader = SourceFileLoader(name, str(path))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
-    loader.exec_module(module)
-    return module
-
-
-submit = _load("saescale_submit", RUNS / "submit")
-
-
-def system_settings(name: str) -> dict[str, str]:
-    return submit.load_system(name, shlex.split(os.environ.get("SAESCALE_SET", "")))
+# The shared settings reader, loaded by its path: imported through sys.path instead, under
+# ReFrame's loader, it left the venv's site-packages off sys.path (pandas was not found).
+_spec = importlib.util.spec_from_file_location(
+    "saescale_systems", Path(__file__).resolve().parent / "saescale_systems.py")
+_systems = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_systems)
+RUNS, submit, system_settings = _systems.RUNS, _systems.submit, _systems.system_settings
 
 
 def partition(env: dict[str, str]) -> dict:
@@ -49,22 +38,21 @@ def partition(env: dict[str, str]) -> dict:
             "extras": {"settings": str(RUNS / "systems" / f"{env['_NAME']}.env")}}
 
 
-def system(name: str) -> dict:
-    env = system_settings(name)
+def system(name: str, env: dict[str, str]) -> dict:
     return {"name": name, "descr": env.get("DESCRIPTION", name), "hostnames": [".*"],
             "modules_system": "lmod" if env.get("MODULES", "").strip() else "nomod",
             "partitions": [partition(env)]}
 
 
-def environment(name: str) -> dict:
+def environment(name: str, env: dict[str, str]) -> dict:
     """The system's MODULES loaded in every job (the build's modules: runs/systems/<name>.env)."""
-    return {"name": "saescale", "target_systems": [name],
-            "modules": shlex.split(system_settings(name).get("MODULES", ""))}
+    return {"name": "saescale", "target_systems": [name], "modules": shlex.split(env.get("MODULES", ""))}
 
 
+SETTINGS = {name: system_settings(name) for name in submit.known_systems()}
 site_configuration = {
-    "systems": [system(name) for name in submit.known_systems()],
-    "environments": [environment(name) for name in submit.known_systems()],
+    "systems": [system(name, env) for name, env in SETTINGS.items()],
+    "environments": [environment(name, env) for name, env in SETTINGS.items()],
     "logging": [{
         "handlers_perflog": [{
             "type": "filelog",

@@ -2,7 +2,6 @@
 
 #include <Kokkos_Core.hpp>
 #include <algorithm>
-#include <cstdlib>
 #include <map>
 
 #include "device.hpp"
