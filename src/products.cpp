@@ -66,8 +66,17 @@ double SparseProducts::activate(Variant& v, const ParamStore& p, StepBuffers& s,
   direct_ = false;
   if (v.emits_rows()) {
     if (wait_ == 0) {
+      // Each rank decides alone (under latent parallelism its shard's rows differ from the
+      // others'), so nothing below may run a collective on one rank only: a selection, which
+      // communicates, runs once, and its dense f serves the retry and the dense fallback.
+      const bool dense_f = v.forward_rows_writes_f();
       double penalty = v.forward_rows(p, s, h, f_);
-      if (grow(f_)) penalty = v.forward_rows(p, s, h, f_);
+      if (grow(f_)) {
+        if (dense_f)
+          sparse::compact_rows(s.f, f_);
+        else
+          penalty = v.forward_rows(p, s, h, f_);
+      }
       if (rows_fit(f_)) {
         direct_ = true;
         backoff_ = 0;
@@ -78,6 +87,7 @@ double SparseProducts::activate(Variant& v, const ParamStore& p, StepBuffers& s,
       // later.
       backoff_ = std::min<int64_t>(64, 2 * backoff_ + (backoff_ == 0));
       wait_ = backoff_;
+      if (dense_f) return penalty;
     } else {
       --wait_;
     }

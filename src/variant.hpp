@@ -89,6 +89,10 @@ class Variant {
   // loss also writes the dense f in forward_rows (TopK's selection does). The others go through
   // forward(), Model::compact and backward() on the dense g.
   virtual bool emits_rows() const { return false; }
+  // forward_rows also writes the dense f and the stats as forward() does (TopK's and BatchTopK's
+  // selection), so a step whose rows do not fit runs dense on it without a second forward: no
+  // second selection, and no collective that one rank runs and another does not.
+  virtual bool forward_rows_writes_f() const { return false; }
   virtual double forward_rows(const ParamStore&, StepBuffers&, const Hyper&,
                               const sparse::SparseRows& /*rows*/) {
     return 0;

@@ -87,6 +87,7 @@ class SelectionVariant : public Variant {
   // The sparse path: f's non-zeros as rows (the dense f is written too: AuxK's steps and
   // evaluation read it). Without AuxK the backward is g_pi = g_f at those entries.
   bool emits_rows() const override { return true; }
+  bool forward_rows_writes_f() const override { return true; }
   double forward_rows(const ParamStore& p, StepBuffers& s, const Hyper& h,
                       const sparse::SparseRows& rows) override {
     rows_out_ = &rows;

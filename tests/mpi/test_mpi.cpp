@@ -266,6 +266,56 @@ TEST(Equivalence, EveryVariantOnEveryGridTrainsLikeOneRank) {
   }
 }
 
+// Under latent parallelism each rank's shard holds part of every row, so with the --sparse auto
+// crossover at k / lp one rank's rows fit and another's do not. Each rank then takes its own path
+// (the CI once hung here: the rank that missed selected again, alone), and the training is the
+// same as on the dense path.
+TEST(SparseAuto, RanksWhoseRowsDisagreeTrainAsTheDensePath) {
+  if (world_size() == 1) GTEST_SKIP() << "needs two ranks or more";
+  const unsigned seed = shared_seed();
+  for (const std::string variant : {"topk", "batchtopk"}) {
+    SCOPED_TRACE(variant);
+    // Whether the ranks' paths differed shows in their counts of sparse decodes, unless the counts
+    // happen to be equal (about one run in twenty): a few seeds make that chance negligible.
+    bool counts_differed = false;
+    for (unsigned s = 0; s < 4; ++s) {
+      Config cfg;
+      cfg.variant = variant;
+      cfg.d_model = 16;
+      cfg.width = 64;
+      cfg.batch_size = 32;
+      cfg.steps = 12;
+      cfg.warmup_steps = 1;
+      cfg.seed = (seed + s) % 1000 + 1;
+      cfg.optimizer = "sgd";
+      cfg.lr = 0.05;
+      cfg.k = 8;
+      cfg.aux_k = 0;
+      cfg.eval_tokens = 64;
+      cfg.norm_tokens = 256;
+      cfg.progress_every = 1000;
+      cfg.gemm_floor = false;
+      cfg.lp = world_size();
+      comm::Grid grid = comm::Grid::create(1, cfg.lp);
+      comm::Communicator comm(grid, comm::Backend::mpi);
+      cfg.sparse = "off";
+      Trainer dense(cfg, comm);
+      const double want = dense.run()["fidelity"]["final_train_loss"].get<double>();
+      cfg.sparse = "auto";
+      cfg.sparse_crossover = double(cfg.k) / cfg.lp;
+      Trainer trainer(cfg, comm);
+      const double got = trainer.run()["fidelity"]["final_train_loss"].get<double>();
+      EXPECT_NEAR(got, want, 1e-5 * std::abs(want)) << "seed " << cfg.seed;
+      int64_t sparse_decodes[2] = {trainer.model().sparse()->counts().at("decode").sparse, 0};
+      sparse_decodes[1] = -sparse_decodes[0];  // max and -min in one reduction
+      MPI_Allreduce(MPI_IN_PLACE, sparse_decodes, 2, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
+      counts_differed = counts_differed || sparse_decodes[0] != -sparse_decodes[1];
+    }
+    EXPECT_TRUE(counts_differed) << "the case under test never happened: every rank took the "
+                                    "same paths";
+  }
+}
+
 // The bytes the collectives counted are the plan's (comm/plan.cpp: what `saescale plan` prints for
 // sizes too large to run here). AuxK is off: whether it runs depends on which latents died.
 TEST(Plan, CountedBytesAreThePlannedBytes) {
@@ -285,11 +335,10 @@ TEST(Plan, CountedBytesAreThePlannedBytes) {
       cfg.norm_tokens = 64;
       cfg.progress_every = 1000;
       cfg.gemm_floor = false;
-      // The path fixed (--sparse off; --sparse on matches the plan too): under --sparse auto a
-      // selection variant whose rows exceed the crossover (always, at these shapes) retries the
-      // rows at backed-off steps, each retry selecting twice, which the plan leaves out
-      // (docs/parallel.md).
-      cfg.sparse = "off";
+      // Rows that always exceed the crossover: every variant runs dense and retries the rows at
+      // backed-off steps, and a retry sends nothing more (a selection runs once a step).
+      cfg.sparse = "auto";
+      cfg.sparse_crossover = 1;
       cfg.dp = dp;
       cfg.lp = lp;
       comm::Grid grid = comm::Grid::create(dp, lp);
