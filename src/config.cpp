@@ -433,7 +433,8 @@ std::vector<std::string> toml_to_args(const CLI::App& sub, const std::string& pa
 
 }  // namespace
 
-int parse_command_line(CLI::App& app, int argc, char** argv) {
+int parse_command_line(CLI::App& app, int argc, char** argv,
+                       std::vector<std::string>* config_files) {
   std::vector<std::string> args(argv + 1, argv + argc);
   // Find the subcommand and an optional --config FILE / --config=FILE after it.
   CLI::App* sub = nullptr;
@@ -455,6 +456,7 @@ int parse_command_line(CLI::App& app, int argc, char** argv) {
       continue;
     }
     auto from_file = toml_to_args(*sub, file, origin);
+    if (config_files) config_files->push_back(file);
     expanded.insert(expanded.end(), from_file.begin(), from_file.end());
   }
   std::vector<std::string> final_args;

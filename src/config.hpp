@@ -64,6 +64,7 @@ struct Config {
   std::vector<double> target_fvu;     // record when the evaluation FVU first reaches each
   std::vector<std::string> tags;      // KEY=VALUE labels copied into the results' context.tags
   std::vector<int64_t> dead_latents;  // grad: the AuxK dead set (AuxK's gradient, validated)
+  std::vector<std::string> config_files;  // --config: inputs, which no output may replace
 
   // The options the command line or a config file set (long names without dashes), so that a
   // saved SAE's own values (cfg.json) can take the place of defaults but not of a given value.
@@ -94,7 +95,9 @@ void add_options(CLI::App& app, Config& cfg, Subcommand which);
 
 // Parses argv with TOML configs expanded: `--config FILE` values become options placed before the
 // command line's own, so the command line wins. Unknown TOML keys are errors naming the file.
-// Returns the process exit code when parsing ends the program (--help, errors), else -1.
-int parse_command_line(CLI::App& app, int argc, char** argv);
+// Returns the process exit code when parsing ends the program (--help, errors), else -1. The
+// files read go to `config_files`.
+int parse_command_line(CLI::App& app, int argc, char** argv,
+                       std::vector<std::string>* config_files = nullptr);
 
 }  // namespace saescale

@@ -69,11 +69,16 @@ int run(int argc, char** argv) {
   for (auto* sub : {train, grad, eval, plan})
     sub->add_option("--config", "TOML file whose keys are this subcommand's options");
 
-  if (const int code = parse_command_line(app, static_cast<int>(ours.size()), ours.data());
+  std::vector<std::string> config_files;
+  if (const int code =
+          parse_command_line(app, static_cast<int>(ours.size()), ours.data(), &config_files);
       code >= 0)
     return code;
   for (auto [sub, c] : {std::pair{train, &train_cfg}, {grad, &grad_cfg}, {eval, &eval_cfg}})
-    if (sub->parsed()) record_given_options(*sub, *c);
+    if (sub->parsed()) {
+      record_given_options(*sub, *c);
+      c->config_files = config_files;
+    }
   int ranks = 1, mpi_started = 0;
   SAESCALE_MPI_CHECK(MPI_Initialized(&mpi_started));
   if (mpi_started) SAESCALE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &ranks));

@@ -3,12 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 
 #include "comm/selection.hpp"
 #include "data/rng.hpp"
 #include "error.hpp"
 #include "io/atomic_write.hpp"
+#include "io/mapped_file.hpp"
 #include "kernels/reduce.hpp"
 
 namespace saescale {
@@ -375,9 +375,9 @@ SavedSae read_saved_sae(const std::string& path, bool with_tensors) {
   SavedSae saved;
   saved.cfg = nlohmann::json::object();
   if (fs::exists(cfg_path)) {
-    std::ifstream in(cfg_path);
+    const std::string text = io::read_whole_file(cfg_path);  // never blocks on a FIFO
     try {
-      saved.cfg = nlohmann::json::parse(in);
+      saved.cfg = nlohmann::json::parse(text);
     } catch (const std::exception& e) {
       throw Error(cfg_path + ": invalid JSON: " + e.what());
     }

@@ -34,7 +34,7 @@ nlohmann::json timing_json(const RunRecord& r) {
   timing["step_s"] = r.step_s;
   timing["phases_s"] = r.phases_s;
   const double median = r.step_s.value("median", 0.0);
-  timing["tokens_per_s"] = median > 0 ? r.batch_size / median : 0.0;
+  timing["tokens_per_s"] = median > 0 ? nlohmann::json(r.batch_size / median) : nullptr;
   timing["flops_per_step"] = r.flops_per_step;  // the whole step's, all ranks (work model)
   timing["warmup_steps"] = r.warmup_steps;
   timing["total_train_s"] = r.total_train_s;

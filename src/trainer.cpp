@@ -114,6 +114,10 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
     throw Error("--checkpoint-every " + cfg.checkpoint_every +
                 " needs --checkpoint-dir (where to write them)");
   if (cfg.resume && cfg.checkpoint_dir.empty()) throw Error("--resume needs --checkpoint-dir");
+  // A directory another run holds is refused before this run's setup (reading the data and the
+  // normalisation can take minutes); a new one is created, and locked, once the setup is done.
+  if (!cfg.checkpoint_dir.empty() && root() && std::filesystem::is_directory(cfg.checkpoint_dir))
+    checkpoint_lock_ = io::DirectoryLock(cfg.checkpoint_dir);
   if (cfg.sparse_crossover >= 0 && cfg.sparse != "auto")
     throw Error("--sparse-crossover is the limit of --sparse auto, but --sparse is " + cfg.sparse +
                 ": drop one of them");
@@ -218,7 +222,7 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
         16 * model_->width();
     io::check_free_space(cfg.checkpoint_dir, per_rank * comm.size(comm::Group::world),
                          "--checkpoint-dir (one checkpoint of every rank)");
-    checkpoint_lock_ = io::DirectoryLock(cfg.checkpoint_dir);
+    if (!checkpoint_lock_.held()) checkpoint_lock_ = io::DirectoryLock(cfg.checkpoint_dir);
   }
   if (cfg.resume) load_checkpoint();
 }

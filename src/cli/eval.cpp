@@ -1,9 +1,12 @@
 // `saescale eval`: fidelity of saved weights on data (and ground-truth recovery if known).
+#include <algorithm>
 #include <cstdio>
 
+#include "checked.hpp"
 #include "cli/commands.hpp"
 #include "data/source.hpp"
 #include "error.hpp"
+#include "host_memory.hpp"
 #include "io/outputs.hpp"
 #include "io/results.hpp"
 #include "trainer.hpp"
@@ -15,6 +18,8 @@ int eval(const Config& cfg) {
     throw Error("eval needs --init WEIGHTS (a directory with cfg.json, or .safetensors)");
   std::vector<std::string> inputs = data_files(cfg.data);
   for (const auto& f : io::weights_files(cfg.init)) inputs.push_back(f);
+  for (const auto& f : cfg.config_files) inputs.push_back(f);
+  if (!cfg.ground_truth.empty()) inputs.push_back(cfg.ground_truth);
   check_output_path(cfg.out, cfg.force, inputs);
   const Precision precision = parse_precision(cfg.precision);
   check_precision_supported(precision);
@@ -42,7 +47,11 @@ int eval(const Config& cfg) {
                 " but the weights in " + cfg.init + " have d_in = " + std::to_string(d));
   const int64_t total = data->total_rows();
   const int64_t n = total < 0 ? cfg.eval_tokens : std::min(cfg.eval_tokens, total);
-  std::vector<float> rows(n * d);
+  const int64_t row_floats = checked_elements(n, d, "--eval-tokens x d");
+  checked_elements(std::min(cfg.batch_size, n), width, "--batch-size x latents");
+  check_host_memory(4 * row_floats, "--eval-tokens " + std::to_string(n),
+                    "evaluate fewer tokens (--eval-tokens)");
+  std::vector<float> rows(row_floats);
   data->read_rows(total < 0 ? (int64_t(1) << 50) : 0, n, rows.data());
 
   Model model(variant, d, width);

@@ -2,9 +2,11 @@
 // before any projection, clipping or optimiser, with the full sparsity coefficient.
 #include <cstdio>
 
+#include "checked.hpp"
 #include "cli/commands.hpp"
 #include "data/source.hpp"
 #include "error.hpp"
+#include "host_memory.hpp"
 #include "io/outputs.hpp"
 #include "io/results.hpp"
 #include "io/safetensors.hpp"
@@ -16,6 +18,7 @@ int grad(const Config& cfg) {
   if (cfg.out.empty()) throw Error("grad needs --out FILE.safetensors");
   std::vector<std::string> inputs = data_files(cfg.data);
   for (const auto& f : io::weights_files(cfg.init)) inputs.push_back(f);
+  for (const auto& f : cfg.config_files) inputs.push_back(f);
   check_output_path(cfg.out, cfg.force, inputs);
   const Precision precision = parse_precision(cfg.precision);
   check_precision_supported(precision);
@@ -38,8 +41,13 @@ int grad(const Config& cfg) {
       throw Error("--width " + std::to_string(cfg.width) + " but the weights in " + cfg.init +
                   " have " + std::to_string(width) + " latents");
   }
+  // One batch of every row: its [n, d] copy on the host, its [n, M] buffers on the device.
+  const int64_t row_floats = checked_elements(n, d, "grad's rows x d");
+  checked_elements(n, width, "grad's rows x latents");
+  check_host_memory(4 * row_floats, "grad's " + std::to_string(n) + " rows",
+                    "give it fewer rows (grad runs them as one batch)");
   Model model(run.variant, d, width);
-  std::vector<float> rows(n * d);
+  std::vector<float> rows(row_floats);
   data->read_rows(0, n, rows.data());
   check_finite_rows(rows, n, d, cfg.data);
   const double s = estimate_norm_scale(cfg.normalize, rows, n, d);

@@ -1,10 +1,10 @@
 #include <csignal>
-#include <fstream>
 
 #include "cli/commands.hpp"
 #include "comm/communicator.hpp"
 #include "data/source.hpp"
 #include "error.hpp"
+#include "io/mapped_file.hpp"
 #include "io/outputs.hpp"
 #include "io/results.hpp"
 #include "trainer.hpp"
@@ -41,9 +41,8 @@ void install_stop_handlers() {
 
 // A resumed run may replace the results file its preempted part wrote.
 bool preempted_results(const std::string& path) {
-  std::ifstream in(path);
-  try {
-    return in && nlohmann::json::parse(in).value("status", "") == "preempted";
+  try {  // a FIFO or a device is no results file (and the output checks refuse it)
+    return nlohmann::json::parse(io::read_whole_file(path)).value("status", "") == "preempted";
   } catch (const std::exception&) {
     return false;
   }
@@ -72,6 +71,7 @@ int train(const Config& cfg) {
       outputs.inputs = data_files(cfg.data);
       for (const auto& f : io::weights_files(cfg.init)) outputs.inputs.push_back(f);
       if (!cfg.ground_truth.empty()) outputs.inputs.push_back(cfg.ground_truth);
+      for (const auto& f : cfg.config_files) outputs.inputs.push_back(f);
       io::check_outputs(outputs);
     }
     backend = comm::parse_backend(cfg.comm);

@@ -29,6 +29,12 @@ void fsync_dir(const std::string& dir) {
   ::close(fd);
 }
 
+// The written file stays where it is: nothing is lost.
+[[noreturn]] void rename_failed(const std::string& path, const std::string& tmp, int err) {
+  throw Error(path + ": cannot rename " + tmp + " into place (" + std::strerror(err) +
+              "): the output is kept in " + tmp);
+}
+
 }  // namespace
 
 void write_file_atomic(const std::string& path, const std::function<void(std::FILE*)>& writer,
@@ -70,15 +76,9 @@ void write_file_atomic(const std::string& path, const std::function<void(std::FI
                   " appeared while this run was going (another run with the same output?): "
                   "it was not replaced; this run's output is in " +
                   tmp);
-    if (rc != 0) {
-      const int err = errno;
-      std::remove(tmp.c_str());
-      throw Error(path + ": cannot rename " + tmp + " into place: " + std::strerror(err));
-    }
+    if (rc != 0) rename_failed(path, tmp, errno);
   } else if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    std::remove(tmp.c_str());
-    throw Error(path + ": cannot rename " + tmp + " into place: " + std::strerror(err));
+    rename_failed(path, tmp, errno);
   }
   fsync_dir(parent_dir(path));
 }

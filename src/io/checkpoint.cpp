@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 
 #include "error.hpp"
@@ -168,16 +167,16 @@ void publish_checkpoint(const std::string& dir, int64_t step, nlohmann::json man
 }
 
 std::optional<nlohmann::json> latest_checkpoint(const std::string& dir) {
-  std::ifstream latest(dir + "/latest");
+  std::error_code ec;
+  if (!fs::exists(dir + "/latest", ec)) return std::nullopt;
+  std::istringstream latest(read_whole_file(dir + "/latest"));  // never blocks on a FIFO
   std::string name;
-  if (!(latest >> name)) return std::nullopt;
+  if (!(latest >> name)) throw Error(dir + "/latest names no checkpoint");
   const std::string path = (fs::path(dir) / name).string();
   const std::string file = path + "/manifest.json";
-  std::ifstream in(file);
-  if (!in) throw Error(dir + "/latest names " + name + " but it has no manifest.json");
-  std::stringstream text;
-  text << in.rdbuf();
-  nlohmann::json manifest = parse_manifest(text.str(), file, dir, path);
+  if (!fs::exists(file, ec))
+    throw Error(dir + "/latest names " + name + " but it has no manifest.json");
+  nlohmann::json manifest = parse_manifest(read_whole_file(file), file, dir, path);
   manifest["path"] = path;
   return manifest;
 }

@@ -110,4 +110,9 @@ void MappedFile::release() noexcept {
   fd_ = -1;
 }
 
+std::string read_whole_file(const std::string& path) {
+  const MappedFile file(path);
+  return {reinterpret_cast<const char*>(file.data()), file.size()};
+}
+
 }  // namespace saescale::io

@@ -34,4 +34,8 @@ class MappedFile {
   int fd_ = -1;
 };
 
+// A small file's whole contents (a manifest, a cfg.json, a results file), with MappedFile's
+// checks: a FIFO or a device is refused instead of blocking the reader.
+std::string read_whole_file(const std::string& path);
+
 }  // namespace saescale::io

@@ -101,17 +101,27 @@ DirectoryLock::DirectoryLock(const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw Error(dir + ": cannot create the directory: " + ec.message());
-  const std::string path = dir + "/.lock";
-  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw Error(path + ": cannot open the lock file: " + std::strerror(errno));
-  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-    char holder[32] = {};
-    const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
+  path_ = dir + "/.lock";
+  for (;;) {
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw Error(path_ + ": cannot open the lock file: " + std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      char holder[32] = {};
+      const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
+      ::close(fd_);
+      fd_ = -1;
+      throw Error(dir + " is in use by another run (pid " +
+                  (n > 0 ? std::string(holder, std::strcspn(holder, "\n")) : std::string("?")) +
+                  ", holding " + path_ + "): give each run its own --checkpoint-dir");
+    }
+    // The holder removes the file when it lets go: a lock on a file no longer at the path locks
+    // nothing, so take the one there now.
+    struct stat held {
+    }, there{};
+    if (::fstat(fd_, &held) == 0 && ::stat(path_.c_str(), &there) == 0 &&
+        held.st_dev == there.st_dev && held.st_ino == there.st_ino)
+      break;
     ::close(fd_);
-    fd_ = -1;
-    throw Error(dir + " is in use by another run (pid " +
-                (n > 0 ? std::string(holder, std::strcspn(holder, "\n")) : std::string("?")) +
-                ", holding " + path + "): give each run its own --checkpoint-dir");
   }
   const std::string pid = std::to_string(::getpid()) + "\n";
   if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
@@ -119,15 +129,22 @@ DirectoryLock::DirectoryLock(const std::string& dir) {
   }
 }
 
-DirectoryLock::~DirectoryLock() {
-  if (fd_ >= 0) ::close(fd_);  // releases the lock
+DirectoryLock::~DirectoryLock() { release(); }
+
+void DirectoryLock::release() noexcept {
+  if (fd_ < 0) return;
+  ::unlink(path_.c_str());  // nothing left behind (removed while still held: see above)
+  ::close(fd_);             // releases the lock
+  fd_ = -1;
 }
 
-DirectoryLock::DirectoryLock(DirectoryLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+DirectoryLock::DirectoryLock(DirectoryLock&& other) noexcept
+    : path_(std::move(other.path_)), fd_(std::exchange(other.fd_, -1)) {}
 
 DirectoryLock& DirectoryLock::operator=(DirectoryLock&& other) noexcept {
   if (this != &other) {
-    if (fd_ >= 0) ::close(fd_);
+    release();
+    path_ = std::move(other.path_);
     fd_ = std::exchange(other.fd_, -1);
   }
   return *this;

@@ -33,8 +33,9 @@ std::string existing_ancestor(const std::string& path);
 // Files behind --init: the weights file and the cfg.json beside it.
 std::vector<std::string> weights_files(const std::string& init);
 
-// An exclusive lock on `dir`/.lock for this process's life (flock, released when the process
-// ends), creating `dir`. Throws, naming the holder's pid, when another run holds it.
+// An exclusive lock on `dir`/.lock while this object lives (flock; the file is removed on release,
+// and a killed process leaves a file no one holds), creating `dir`. Throws, naming the holder's
+// pid, when another run holds it.
 class DirectoryLock {
  public:
   DirectoryLock() = default;
@@ -44,8 +45,12 @@ class DirectoryLock {
   DirectoryLock& operator=(DirectoryLock&& other) noexcept;
   DirectoryLock(const DirectoryLock&) = delete;
   DirectoryLock& operator=(const DirectoryLock&) = delete;
+  bool held() const { return fd_ >= 0; }
 
  private:
+  void release() noexcept;
+
+  std::string path_;
   int fd_ = -1;
 };
 

@@ -686,6 +686,21 @@ const std::vector<Case> kCases = {
      fifo("run.toml"),
      "train --config {dir}/run.toml --d-model 8 {tiny} {outputs}",
      {"run.toml", "regular file"}},
+    {"init_cfg_json_is_a_fifo",
+     all({weights("relu", "init_relu"),
+          [](const fs::path& dir) {
+            fs::remove(dir / "init_relu" / "cfg.json");
+            ASSERT_EQ(::mkfifo((dir / "init_relu" / "cfg.json").c_str(), 0644), 0);
+          }}),
+     "eval --init {dir}/init_relu --out {dir}/results.json",
+     {"cfg.json", "FIFO"}},
+    {"checkpoint_latest_is_a_fifo",
+     [](const fs::path& dir) {
+       fs::create_directories(dir / "ckpt");
+       ASSERT_EQ(::mkfifo((dir / "ckpt" / "latest").c_str(), 0644), 0);
+     },
+     "train --d-model 8 {tiny} --checkpoint-dir {dir}/ckpt --resume {outputs}",
+     {"latest", "FIFO"}},
 
     // --- sizes that would overflow, and memory that is not there --------------------------------
     {"batch_size_overflows",
@@ -700,6 +715,15 @@ const std::vector<Case> kCases = {
      nullptr,
      "plan --d-model 4611686018427387904 --width 32 --out {dir}/results.json",
      {"--d-model", "too large"}},
+    {"eval_tokens_overflow",
+     weights("relu", "init_relu"),
+     "eval --init {dir}/init_relu --eval-tokens 4611686018427387904 --out {dir}/results.json",
+     {"--eval-tokens", "too large"}},
+    {"grad_rows_overflow",
+     nullptr,
+     "grad --variant relu --width 16 --d-model 8 --data synthetic:tokens=1125899906842624"
+     " --out {dir}/grad.safetensors",
+     {"too large"}},
     {"gen_data_tokens_overflow",
      nullptr,
      "gen-data --d-model 8 --tokens 9223372036854775807 --out-dir {dir}/generated",
@@ -808,6 +832,14 @@ const std::vector<Case> kCases = {
      npy("x.npy"),
      "train --data {dir}/x.npy {tiny} --out {dir}/x.npy --force",
      {"x.npy", "input"}},
+    {"out_is_the_config_file_even_with_force",
+     text("run.toml", "d-model = 8\n"),
+     "train --config {dir}/run.toml {tiny} --out {dir}/run.toml --force",
+     {"run.toml", "input"}},
+    {"eval_out_is_the_ground_truth_even_with_force",
+     all({weights("relu", "init_relu"), npy("truth.npy", 16, 8)}),
+     "eval --init {dir}/init_relu --ground-truth {dir}/truth.npy --out {dir}/truth.npy --force",
+     {"truth.npy", "input"}},
     {"save_weights_over_the_init_weights",
      weights("relu", "init_relu"),
      "train --variant relu --d-model 8 {tiny} --init {dir}/init_relu --save-weights"

@@ -85,6 +85,8 @@ TEST_F(Cli, NoTimedStepIsSaidSo) {
   const std::string done = r.out.substr(r.out.find("done:"));
   EXPECT_NE(done.find("no step timed (all 3 were --warmup-steps)"), std::string::npos) << r.out;
   EXPECT_EQ(done.find("tok/s"), std::string::npos) << r.out;
+  const auto j = nlohmann::json::parse(std::ifstream(dir_ + "/r.json"));  // no rate, not a 0
+  EXPECT_TRUE(j["timing"]["tokens_per_s"].is_null()) << j["timing"].dump();
 }
 
 // The fault plan of the tests (src/testing/faults.hpp) comes from the environment; a malformed

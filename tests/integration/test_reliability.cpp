@@ -175,6 +175,13 @@ TEST_F(Reliability, TwoRunsCannotShareACheckpointDirectory) {
   expect_one_line_error(second.err,
                         "ckpt is in use by another run (pid " + std::to_string(first.pid()) + ",");
   EXPECT_FALSE(fs::exists(dir_ + "/second.json"));
+  // Refused before its setup: the lock comes before the data is read (a data file that does not
+  // exist is not reached).
+  const auto third = ts::run("cd " + dir_ + " && timeout -s KILL 120 " + ts::saescale() + " " +
+                                 kLong + "--steps 10 --data missing.npy --checkpoint-dir ckpt",
+                             dir_);
+  EXPECT_EQ(third.code, 1);
+  expect_one_line_error(third.err, "ckpt is in use by another run (pid ");
   kill(first.pid(), SIGTERM);
   EXPECT_EQ(first.wait(), 3) << first.err();  // preempted, with a checkpoint
   EXPECT_EQ(results("first.json")["status"], "preempted");
@@ -212,27 +219,32 @@ TEST_F(Reliability, AFullDiskFailsTheRunAndKeepsThePreviousCheckpoint) {
 // rows) ends it "preempted" with exit 3, so Slurm's resubmission runs it again; the handler is
 // installed when `train` starts (seen in /proc before the signal is sent).
 TEST_F(Reliability, ASignalDuringSetupEndsItPreempted) {
-  Background run(dir_,
-                 "train --d-model 32 --width 64 --batch-size 64 --steps 10 --norm-tokens 4000000 "
-                 "--eval-tokens 64 --no-gemm-floor --out r.json");
-  const auto caught = [&] {  // SigCgt: the signals with a handler, a hex mask
-    std::ifstream status("/proc/" + std::to_string(run.pid()) + "/status");
-    std::string key, mask;
-    while (status >> key)
-      if (key == "SigCgt:" && status >> mask)
-        return (std::stoull(mask, nullptr, 16) >> (SIGTERM - 1)) & 1;
-    return 0ull;
-  };
-  for (int i = 0; i < 6000 && !caught(); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  ASSERT_TRUE(caught()) << "the SIGTERM handler was never installed";
-  ASSERT_EQ(run.out().find("saescale train:"), std::string::npos) << "setup ended too soon";
-  kill(run.pid(), SIGTERM);
-  EXPECT_EQ(run.wait(), 3) << run.err();
-  const auto r = results("r.json");
-  EXPECT_EQ(r["status"], "preempted");
-  EXPECT_NE(r["reason"].get<std::string>().find("SIGTERM during setup"), std::string::npos)
-      << r["reason"];
+  for (const auto& [signal, name] : {std::pair{SIGTERM, "SIGTERM"}, {SIGUSR1, "SIGUSR1"}}) {
+    SCOPED_TRACE(name);
+    fs::remove(dir_ + "/r.json");
+    Background run(dir_,
+                   "train --d-model 32 --width 64 --batch-size 64 --steps 10 "
+                   "--norm-tokens 4000000 --eval-tokens 64 --no-gemm-floor --out r.json");
+    const auto caught = [&, signal = signal] {  // SigCgt: the signals with a handler, a hex mask
+      std::ifstream status("/proc/" + std::to_string(run.pid()) + "/status");
+      std::string key, mask;
+      while (status >> key)
+        if (key == "SigCgt:" && status >> mask)
+          return (std::stoull(mask, nullptr, 16) >> (signal - 1)) & 1;
+      return 0ull;
+    };
+    for (int i = 0; i < 6000 && !caught(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    ASSERT_TRUE(caught()) << "the handler was never installed";
+    ASSERT_EQ(run.out().find("saescale train:"), std::string::npos) << "setup ended too soon";
+    kill(run.pid(), signal);
+    EXPECT_EQ(run.wait(), 3) << run.err();
+    const auto r = results("r.json");
+    EXPECT_EQ(r["status"], "preempted");
+    EXPECT_NE(r["reason"].get<std::string>().find(std::string(name) + " during setup"),
+              std::string::npos)
+        << r["reason"];
+  }
 }
 
 }  // namespace
