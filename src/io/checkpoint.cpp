@@ -17,15 +17,14 @@ namespace fs = std::filesystem;
 namespace {
 constexpr char kMagic[8] = {'S', 'A', 'E', 'S', 'C', 'K', 'P', 'T'};
 constexpr const char* kFormat = "saescale.checkpoint/2";
+}  // namespace
 
-// The manifest's own CRC-32: over its compact dump without the "crc32" and "path" keys.
 uint32_t manifest_crc(nlohmann::json manifest) {
   manifest.erase("crc32");
   manifest.erase("path");
   const std::string text = manifest.dump();
   return crc32(text.data(), text.size());
 }
-}  // namespace
 
 uint32_t crc32(const void* data, size_t bytes, uint32_t crc) {
   if (bytes == 0) return crc;  // zlib returns its initial value for a null buffer (empty vector)

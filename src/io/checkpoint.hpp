@@ -83,6 +83,8 @@ std::optional<nlohmann::json> latest_checkpoint(const std::string& dir);
 // is the directory it must lie in (checkpoint_step_dir of its step).
 nlohmann::json parse_manifest(const std::string& text, const std::string& file,
                               const std::string& dir, const std::string& step_dir);
+// The CRC-32 a manifest carries: over its compact dump without the "crc32" and "path" keys.
+uint32_t manifest_crc(nlohmann::json manifest);
 // The manifest's record of `rank`'s file (refused when it has none).
 RankFileRecord manifest_record(const nlohmann::json& manifest, int rank);
 

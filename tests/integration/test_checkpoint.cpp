@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -289,19 +290,26 @@ TEST_F(Checkpoint, DamagedCheckpointsAreRefusedNamingTheFile) {
 TEST_F(Checkpoint, ResumeRefusesOptionsThatChangeTheRun) {
   const std::string base = kRun + "--variant topk ";
   ASSERT_EQ(preempted_at_9([&] { return saescale(run_args("run", base)); }).code, 3);
-  for (const auto& [option, value] :
-       std::vector<std::pair<std::string, std::string>>{{"--lr", "0.5"},
-                                                        {"--k", "8"},
-                                                        {"--aux-k", "4"},
-                                                        {"--normalize", "none"},
-                                                        {"--norm-tokens", "1000"},
-                                                        {"--eval-tokens", "64"},
-                                                        {"--dead-window-tokens", "300"},
-                                                        {"--precision", "fp32 --sparse on"}}) {
-    const auto r = saescale(run_args("run", base + option + " " + value + " --resume"));
-    EXPECT_EQ(r.code, 1) << option;
-    const std::string named = option == "--precision" ? "--sparse" : option;
-    EXPECT_NE(r.err.find("started with " + named + " = "), std::string::npos) << r.err;
+  struct Change {
+    std::string option, value, named, now;  // what is given; the option named, its value shown
+  };
+  for (const auto& c : std::vector<Change>{
+           {"--lr", "0.5", "--lr", "0.5"},
+           {"--k", "8", "--k", "8"},
+           {"--aux-k", "4", "--aux-k", "4"},
+           {"--normalize", "none", "--normalize", "\"none\""},
+           {"--norm-tokens", "1000", "--norm-tokens", "1000"},
+           {"--eval-tokens", "64", "--eval-tokens", "64"},
+           {"--dead-window-tokens", "300", "--dead-window-tokens", "300"},
+           {"--steps", "30", "--steps", "30"},
+           {"--seed", "7", "--seed", "7"},
+           {"--data", "synthetic:features=64", "--data", "\"synthetic:features=64\""},
+           {"--precision", "fp32 --sparse on", "--sparse", "\"on\""}}) {
+    const auto r = saescale(run_args("run", base + c.option + " " + c.value + " --resume"));
+    EXPECT_EQ(r.code, 1) << c.option;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find("started with " + c.named + " = "), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(" but this run has " + c.now + ":"), std::string::npos) << r.err;
   }
   // What may change: where results and weights go, evaluation and measurement settings.
   const auto r =
