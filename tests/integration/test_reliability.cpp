@@ -143,6 +143,10 @@ TEST_F(Reliability, DataFileTruncatedMidRunFailsBothRanks) {
   EXPECT_EQ(run.wait(), 1) << run.err();
   EXPECT_NE(run.err().find("the file shrank while it was being read"), std::string::npos)
       << run.err();
+  // One error line for the run (the ranks agree on the failure; rank 0 reports it), whatever
+  // mpiexec adds.
+  const std::string err = run.err();
+  EXPECT_EQ(err.find("saescale: error: "), err.rfind("saescale: error: ")) << err;
   const auto r = results("r.json");
   EXPECT_EQ(r["status"], "failed");
   EXPECT_NE(r["reason"].get<std::string>().find("shrank"), std::string::npos) << r["reason"];
@@ -213,6 +217,32 @@ TEST_F(Reliability, AFullDiskFailsTheRunAndKeepsThePreviousCheckpoint) {
   EXPECT_EQ(res["failed_step"], 20);
   // Only the step-10 checkpoint is there (the mount is gone after the run: its listing was kept).
   EXPECT_EQ(ts::slurp(dir_ + "/listing.txt"), "latest\nstep-000000010\n");
+}
+
+// The same when the weights do not fit at the end: the run ends "failed" with its results and the
+// half-written weights directory is removed.
+TEST_F(Reliability, AFullDiskFailsTheWeightsAndLeavesNoneBehind) {
+  fs::create_directories(dir_ + "/disk");
+  if (std::system(("cd " + dir_ + " && unshare -m true >/dev/null 2>&1").c_str()) != 0)
+    GTEST_SKIP() << "no private mount namespaces here (unshare -m): cannot make a full disk";
+  // W_enc and W_dec alone are 262 KB: more than the disk.
+  const auto r = ts::run("cd " + dir_ +
+                             " && timeout -s KILL 120 unshare -m sh -c 'mount -t tmpfs -o "
+                             "size=100k tmpfs disk && \"$0\" \"$@\"; rc=$?; ls -A disk > "
+                             "listing.txt; exit $rc' " +
+                             ts::saescale() +
+                             " train --d-model 64 --width 512 --batch-size 256 --steps 5 "
+                             "--eval-tokens 256 --no-gemm-floor --save-weights disk/weights "
+                             "--out r.json",
+                         dir_);
+  EXPECT_EQ(r.code, 1);
+  expect_one_line_error(r.err, "saving the weights failed");
+  EXPECT_NE(r.err.find("No space left on device"), std::string::npos) << r.err;
+  const auto res = results("r.json");
+  EXPECT_EQ(res["status"], "failed");
+  EXPECT_NE(res["reason"].get<std::string>().find("saving the weights failed"), std::string::npos)
+      << res["reason"];
+  EXPECT_EQ(ts::slurp(dir_ + "/listing.txt"), "") << "the disk still holds files";
 }
 
 // SIGTERM while the run is still setting up (here: estimating the normalisation from 4 million
