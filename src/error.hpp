@@ -1,6 +1,7 @@
 // One exception type for every user-facing failure: its message is the one-line error the
 // driver prints (naming the thing and the fix) before exiting non-zero.
 #pragma once
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -15,5 +16,20 @@ struct Error : std::runtime_error {
 struct RunFailed : Error {
   using Error::Error;
 };
+
+// A failed allocation: std::bad_alloc, or Kokkos' report of a View it could not allocate (a
+// std::runtime_error in the Kokkos versions supported).
+inline bool is_allocation_failure(const std::exception& e) {
+  return dynamic_cast<const std::bad_alloc*>(&e) != nullptr ||
+         std::string(e.what()).find("Kokkos failed to allocate") != std::string::npos;
+}
+
+// The error for a failed allocation: what failed, if the exception says, and what to change.
+inline std::string out_of_memory_message(const std::string& what) {
+  const bool says = what.find("alloc") != std::string::npos && what != "std::bad_alloc";
+  return "out of memory: " + (says ? what + " " : std::string("an allocation failed ")) +
+         "(lower --batch-size, --eval-tokens or --norm-tokens, or use more ranks; `saescale "
+         "plan` shows the memory per rank)";
+}
 
 }  // namespace saescale

@@ -158,19 +158,13 @@ int main(int argc, char** argv) {
     code = run(argc, argv);
   } catch (const saescale::Error& e) {
     if (rank == 0) std::fprintf(stderr, "saescale: error: %s\n", one_line(e.what()).c_str());
-  } catch (const std::bad_alloc&) {
-    if (rank == 0)
-      std::fprintf(stderr,
-                   "saescale: error: out of memory: an allocation failed (lower --batch-size, "
-                   "--eval-tokens or --norm-tokens, or use more ranks; `saescale plan` shows "
-                   "the memory per rank)\n");
   } catch (const std::exception& e) {
-    const std::string what = one_line(e.what());
     if (rank != 0) {
-    } else if (what.find("alloc") != std::string::npos) {  // Kokkos: a failed View allocation
-      std::fprintf(stderr, "saescale: error: out of memory: %s\n", what.c_str());
+    } else if (saescale::is_allocation_failure(e)) {
+      std::fprintf(stderr, "saescale: error: %s\n",
+                   one_line(saescale::out_of_memory_message(e.what())).c_str());
     } else {
-      std::fprintf(stderr, "saescale: internal error: %s\n", what.c_str());
+      std::fprintf(stderr, "saescale: internal error: %s\n", one_line(e.what()).c_str());
     }
   }
   if (mpi) MPI_Finalize();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "comm/mpi_check.hpp"
+#include "error.hpp"
 
 namespace saescale::comm {
 
@@ -112,7 +113,7 @@ void agree(const Grid& grid, const std::function<void()>& setup) {
     setup();
   } catch (const std::exception& e) {
     failed = true;
-    message = e.what();
+    message = is_allocation_failure(e) ? out_of_memory_message(e.what()) : e.what();
   }
   if (!grid.uses_mpi()) {
     if (failed) throw Error(message);

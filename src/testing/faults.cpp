@@ -42,8 +42,8 @@ const std::vector<Fault>& plan() {
         const std::string& a = fault.action;
         const bool known = fault.site == Site::step         ? a == "throw" || a == "sigterm"
                            : fault.site == Site::checkpoint ? a == "exit"
-                           : fault.site == Site::init       ? a == "weaken"
-                                                            : a == "nan";
+                           : fault.site == Site::init ? a == "weaken" || a == "allocate_too_much"
+                                                      : a == "nan";
         if (!known)
           throw Error("SAESCALE_FAULTS: no action '" + a + "' at site " + f.at("site").dump());
         fault.step = f.value("step", int64_t(-1));
@@ -88,6 +88,9 @@ void inject(const Where& where) {
       std::_Exit(9);
     } else if (f.action == "weaken" && where.site == Site::init) {
       weaken_latents(*where.model, f.count);
+    } else if (f.action == "allocate_too_much" && where.site == Site::init) {
+      // A real allocation failure, as Kokkos reports it (the preflight leaves none to meet).
+      Kokkos::View<char*, MemSpace> huge("saescale::faults::too_much", size_t(1) << 60);
     }
   }
 }

@@ -7,7 +7,8 @@
 //   site "checkpoint"  action "exit": the process dies (_Exit(9)) after the step-th checkpoint's
 //                      rank files, before its manifest
 //   site "init"        action "weaken": the first `count` encoder columns scaled by 0.05 (they
-//                      stop winning the selection and die: AuxK's revival starts from them)
+//                      stop winning the selection and die: AuxK's revival starts from them),
+//                      or "allocate_too_much": a 2^60-byte View (an allocation that fails)
 // Production code calls inject() once at each site; without SAESCALE_FAULTS nothing happens.
 // E.g. SAESCALE_FAULTS='[{"site":"step","action":"sigterm","step":9}]' saescale train ...
 #pragma once

@@ -748,6 +748,11 @@ const std::vector<Case> kCases = {
      "train --d-model 512 --width 65536 --batch-size 4096 --steps 2 --no-gemm-floor {outputs}",
      {"GiB per rank", "is available", "--lp"},
      "sh -c 'ulimit -v 2500000 && exec \"$0\" \"$@\"' "},
+    {"an_allocation_that_fails",  // past the preflight: Kokkos' own failure, in one line
+     nullptr,
+     "train --d-model 8 {tiny} {outputs}",
+     {"out of memory"},
+     "env 'SAESCALE_FAULTS=[{\"site\": \"init\", \"action\": \"allocate_too_much\"}]' "},
     {"synthetic_features_not_a_whole_number",
      nullptr,
      "train --d-model 8 {tiny} --data synthetic:features=1e30 {outputs}",
