@@ -31,7 +31,7 @@ class Cli : public ::testing::Test {
     fs::create_directories(dir_);
   }
   ts::Result saescale(const std::string& args) {
-    return ts::run(ts::saescale() + " " + args, dir_);
+    return ts::run("timeout -s KILL 600 " + ts::saescale() + " " + args, dir_);  // a hang: 137
   }
 
   // A failing command: non-zero exit, exactly one line on stderr containing `needle`, and no
@@ -443,14 +443,15 @@ TEST_F(Cli, AUserToolStillSeesEveryAllocationAndKernel) {
   const std::string probe = dir_ + "/probe.json", out = dir_ + "/tool.json";
   const int steps = 6;
   // Kokkos 4 reads KOKKOS_TOOLS_LIBS, Kokkos 3 KOKKOS_PROFILE_LIBRARY.
-  const auto r = ts::run(std::string("KOKKOS_TOOLS_LIBS=") + SAESCALE_TOOL_PROBE +
-                             " KOKKOS_PROFILE_LIBRARY=" + SAESCALE_TOOL_PROBE +
-                             " SAESCALE_TOOL_PROBE_OUT=" + probe + " " + ts::saescale() +
-                             " train --variant topk --d-model 32 --width 256 --batch-size 128"
-                             " --steps " +
-                             std::to_string(steps) +
-                             " --warmup-steps 1 --eval-tokens 256 --no-gemm-floor --out " + out,
-                         dir_);
+  const auto r =
+      ts::run(std::string("KOKKOS_TOOLS_LIBS=") + SAESCALE_TOOL_PROBE +
+                  " KOKKOS_PROFILE_LIBRARY=" + SAESCALE_TOOL_PROBE +
+                  " SAESCALE_TOOL_PROBE_OUT=" + probe + " timeout -s KILL 600 " + ts::saescale() +
+                  " train --variant topk --d-model 32 --width 256 --batch-size 128"
+                  " --steps " +
+                  std::to_string(steps) +
+                  " --warmup-steps 1 --eval-tokens 256 --no-gemm-floor --out " + out,
+              dir_);
   ASSERT_EQ(r.code, 0) << r.err;
   const auto seen = nlohmann::json::parse(ts::slurp(probe));
   const auto tracked = nlohmann::json::parse(ts::slurp(out))["memory"]["tracked"];

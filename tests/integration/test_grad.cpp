@@ -218,8 +218,9 @@ std::map<std::string, std::vector<float>> run_grad(const Fixture& fx, double lam
   std::string dead;
   for (int i = 0; i < kM; ++i)
     if (!fx.dead.empty() && fx.dead[i]) dead += (dead.empty() ? "" : ",") + std::to_string(i);
-  const auto r =
-      ts::run(ts::saescale() + args + (dead.empty() ? "" : " --dead-latents " + dead), fx.dir);
+  const auto r = ts::run("timeout -s KILL 600 " + ts::saescale() + args +
+                             (dead.empty() ? "" : " --dead-latents " + dead),
+                         fx.dir);
   EXPECT_EQ(r.code, 0) << r.err;
   std::map<std::string, std::vector<float>> grads;
   for (auto& t : saescale::io::read_safetensors(out)) grads[t.name] = t.values;

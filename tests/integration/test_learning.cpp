@@ -41,8 +41,8 @@ TEST_P(Learning, ReachesLowFvuNearTrueL0AndRecoversFeatures) {
   const std::string dir = (fs::temp_directory_path() / "saescale_learning").string();
   fs::create_directories(dir);
   const std::string out = dir + "/" + c.variant + ".json";
-  const auto r = ts::run(ts::saescale() + " train --variant " + c.variant + kProblem + c.args +
-                             " --force --out " + out,
+  const auto r = ts::run("timeout -s KILL 600 " + ts::saescale() + " train --variant " + c.variant +
+                             kProblem + c.args + " --force --out " + out,
                          dir);
   ASSERT_EQ(r.code, 0) << r.err;
   ts::expect_valid_results(out);
@@ -81,8 +81,9 @@ nlohmann::json train(const std::string& name, const std::string& args) {
   const std::string dir = (fs::temp_directory_path() / "saescale_learning").string();
   fs::create_directories(dir);
   const std::string out = dir + "/" + name + ".json";
-  const auto r =
-      ts::run(ts::saescale() + " train" + kProblem + args + " --force --out " + out, dir);
+  const auto r = ts::run("timeout -s KILL 600 " + ts::saescale() + " train" + kProblem + args +
+                             " --force --out " + out,
+                         dir);
   EXPECT_EQ(r.code, 0) << r.err;
   if (r.code == 0) ts::expect_valid_results(out);
   std::ifstream in(out);
