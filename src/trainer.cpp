@@ -217,9 +217,10 @@ Trainer::Trainer(const Config& cfg, comm::Communicator& comm)
   if (!cfg.checkpoint_dir.empty() && root()) {
     // One checkpoint's worth of space for every rank's file (the new one is written before the
     // old one goes), and the directory to this run alone.
+    // (64 KiB: the header, the data stream's position and the curves; 5 KiB measured)
     const int64_t per_rank =
         static_cast<int64_t>(sizeof(real)) * (P + adam_m_.size() + adam_v_.size()) +
-        16 * model_->width();
+        16 * model_->width() + (int64_t(1) << 16);
     io::check_free_space(cfg.checkpoint_dir, per_rank * comm.size(comm::Group::world),
                          "--checkpoint-dir (one checkpoint of every rank)");
     if (!checkpoint_lock_.held()) checkpoint_lock_ = io::DirectoryLock(cfg.checkpoint_dir);

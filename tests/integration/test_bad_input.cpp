@@ -214,6 +214,17 @@ void read_only_dir(const fs::path& dir) {
                     "read-only directory for root";
 }
 
+// A 64 KiB disk at `small`: a tmpfs in a private mount namespace, gone when the command ends.
+const std::string kSmallDisk =
+    "unshare -m sh -c 'mount -t tmpfs -o size=64k tmpfs small && exec \"$0\" \"$@\"' ";
+void small_disk_dir(const fs::path& dir) {
+  fs::create_directories(dir / "small");
+  const int rc = std::system(
+      ("cd " + quote(dir.string()) + " && " + kSmallDisk + "true >/dev/null 2>&1").c_str());
+  if (rc != 0)
+    GTEST_SKIP() << "no private mount namespaces here (unshare -m): cannot make a small disk";
+}
+
 // chmod 000 does not stop root (the tests usually run as root): then the case is skipped, saying
 // so; `data_path_through_a_file` covers an unopenable path either way.
 void unreadable_npy(const fs::path& dir) {
@@ -872,6 +883,12 @@ const std::vector<Case> kCases = {
      "train --d-model 8 {tiny} --out {dir}/results.json --save-weights {dir}/ro/weights",
      {"--save-weights", "Read-only"},
      kReadOnly},
+    {"checkpoint_dir_without_room",  // one checkpoint is about 540 KB
+     small_disk_dir,
+     "train --d-model 64 --width 512 --batch-size 64 --steps 2 --warmup-steps 0 --eval-tokens 64"
+     " --no-gemm-floor --out {dir}/results.json --checkpoint-dir {dir}/small/ckpt",
+     {"--checkpoint-dir", "free in"},
+     kSmallDisk},
     {"checkpoint_dir_in_a_read_only_directory",
      read_only_dir,
      "train --d-model 8 {tiny} --out {dir}/results.json --checkpoint-dir {dir}/ro/ckpt",
