@@ -116,8 +116,8 @@ DirectoryLock::DirectoryLock(const std::string& dir) {
     }
     // The holder removes the file when it lets go: a lock on a file no longer at the path locks
     // nothing, so take the one there now.
-    struct stat held {
-    }, there{};
+    struct stat held {};
+    struct stat there {};
     if (::fstat(fd_, &held) == 0 && ::stat(path_.c_str(), &there) == 0 &&
         held.st_dev == there.st_dev && held.st_ino == there.st_ino)
       break;
