@@ -17,6 +17,16 @@ namespace fs = std::filesystem;
 namespace {
 constexpr char kMagic[8] = {'S', 'A', 'E', 'S', 'C', 'K', 'P', 'T'};
 constexpr const char* kFormat = "saescale.checkpoint/2";
+// A whole number in [0, max] (a float or a negative value would not convert safely); `part` names
+// what is corrupt otherwise.
+uint64_t whole(const nlohmann::json& value, const char* what, uint64_t max, const std::string& file,
+               const char* part = "the manifest") {
+  if (!value.is_number_unsigned() && !(value.is_number_integer() && value.get<int64_t>() >= 0))
+    throw Error(file + ": " + what + " is not a whole number: " + part + " is corrupt");
+  const uint64_t v = value.get<uint64_t>();
+  if (v > max) throw Error(file + ": " + what + " is out of range: " + part + " is corrupt");
+  return v;
+}
 }  // namespace
 
 uint32_t manifest_crc(nlohmann::json manifest) {
@@ -91,8 +101,10 @@ CheckpointReader::CheckpointReader(const unsigned char* data, size_t size, const
   try {
     const auto header = nlohmann::json::parse(data + 16, data + 16 + length);
     const auto& id = header.at("identity");
-    if (id.at("rank").get<int>() != expected.rank ||
-        id.at("step").get<int64_t>() != expected.step || id.at("grid") != expected.grid)
+    const char* part = "the checkpoint header";
+    if (whole(id.at("rank"), "rank", uint64_t(1) << 31, path, part) != uint64_t(expected.rank) ||
+        whole(id.at("step"), "step", uint64_t(1) << 62, path, part) != uint64_t(expected.step) ||
+        id.at("grid") != expected.grid)
       throw Error(path + ": this file holds rank " + id.at("rank").dump() + " of step " +
                   id.at("step").dump() + " on grid " + id.at("grid").dump() + ", not rank " +
                   std::to_string(expected.rank) + " of step " + std::to_string(expected.step) +
@@ -101,11 +113,12 @@ CheckpointReader::CheckpointReader(const unsigned char* data, size_t size, const
     const size_t base = 16 + length;
     for (const auto& s : header.at("sections")) {
       const std::string name = s.at("name");
-      const uint64_t offset = s.at("offset"), bytes = s.at("bytes");
+      const uint64_t offset = whole(s.at("offset"), "a section's offset", UINT64_MAX, path, part),
+                     bytes = whole(s.at("bytes"), "a section's size", UINT64_MAX, path, part);
       if (offset > size - base || bytes > size - base - offset)
         throw Error(path + ": truncated checkpoint (section " + name + ")");
       const auto* p = reinterpret_cast<const char*>(data + base + offset);
-      if (crc32(p, bytes) != s.at("crc32").get<uint32_t>())
+      if (crc32(p, bytes) != whole(s.at("crc32"), "a section's CRC-32", 0xffffffffull, path, part))
         throw Error(path + ": section '" + name + "' fails its CRC-32: the file is corrupt");
       sections_[name].assign(p, p + bytes);
     }
@@ -179,18 +192,6 @@ std::optional<nlohmann::json> latest_checkpoint(const std::string& dir) {
   manifest["path"] = path;
   return manifest;
 }
-
-namespace {
-// A whole number in [0, max] (a float or a negative value would not convert safely).
-uint64_t whole(const nlohmann::json& value, const char* what, uint64_t max,
-               const std::string& file) {
-  if (!value.is_number_unsigned() && !(value.is_number_integer() && value.get<int64_t>() >= 0))
-    throw Error(file + ": " + what + " is not a whole number: the manifest is corrupt");
-  const uint64_t v = value.get<uint64_t>();
-  if (v > max) throw Error(file + ": " + what + " is out of range: the manifest is corrupt");
-  return v;
-}
-}  // namespace
 
 nlohmann::json parse_manifest(const std::string& text, const std::string& file,
                               const std::string& dir, const std::string& step_dir) {
