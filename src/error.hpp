@@ -26,7 +26,7 @@ inline bool is_allocation_failure(const std::exception& e) {
 
 // The error for a failed allocation: what failed, if the exception says, and what to change.
 inline std::string out_of_memory_message(const std::string& what) {
-  const bool says = what.find("alloc") != std::string::npos && what != "std::bad_alloc";
+  const bool says = what != std::bad_alloc().what();  // Kokkos names the View and its size
   return "out of memory: " + (says ? what + " " : std::string("an allocation failed ")) +
          "(lower --batch-size, --eval-tokens or --norm-tokens, or use more ranks; `saescale "
          "plan` shows the memory per rank)";

@@ -20,6 +20,10 @@ struct GenDataOptions {
 // results file (sbatch templates resubmit with --resume on it).
 inline constexpr int kExitPreempted = 3;
 
+// Every file a train, grad or eval run reads (data, the --init weights and their cfg.json,
+// --ground-truth, --config files): no output of the run may replace one.
+std::vector<std::string> input_files(const Config& cfg);
+
 int train(const Config& cfg);
 int plan(const Config& cfg);
 int grad(const Config& cfg);

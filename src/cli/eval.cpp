@@ -7,7 +7,6 @@
 #include "data/source.hpp"
 #include "error.hpp"
 #include "host_memory.hpp"
-#include "io/outputs.hpp"
 #include "io/results.hpp"
 #include "trainer.hpp"
 
@@ -16,11 +15,7 @@ namespace saescale::cli {
 int eval(const Config& cfg) {
   if (cfg.init.empty())
     throw Error("eval needs --init WEIGHTS (a directory with cfg.json, or .safetensors)");
-  std::vector<std::string> inputs = data_files(cfg.data);
-  for (const auto& f : io::weights_files(cfg.init)) inputs.push_back(f);
-  for (const auto& f : cfg.config_files) inputs.push_back(f);
-  if (!cfg.ground_truth.empty()) inputs.push_back(cfg.ground_truth);
-  check_output_path(cfg.out, cfg.force, inputs);
+  check_output_path(cfg.out, cfg.force, input_files(cfg));
   const Precision precision = parse_precision(cfg.precision);
   check_precision_supported(precision);
   SavedSae saved = read_saved_sae(cfg.init);

@@ -7,7 +7,6 @@
 #include "data/source.hpp"
 #include "error.hpp"
 #include "host_memory.hpp"
-#include "io/outputs.hpp"
 #include "io/results.hpp"
 #include "io/safetensors.hpp"
 #include "trainer.hpp"
@@ -16,10 +15,7 @@ namespace saescale::cli {
 
 int grad(const Config& cfg) {
   if (cfg.out.empty()) throw Error("grad needs --out FILE.safetensors");
-  std::vector<std::string> inputs = data_files(cfg.data);
-  for (const auto& f : io::weights_files(cfg.init)) inputs.push_back(f);
-  for (const auto& f : cfg.config_files) inputs.push_back(f);
-  check_output_path(cfg.out, cfg.force, inputs);
+  check_output_path(cfg.out, cfg.force, input_files(cfg));
   const Precision precision = parse_precision(cfg.precision);
   check_precision_supported(precision);
   auto data = open_data_source({cfg.data, cfg.d_model, cfg.seed, 1, 0, ""});

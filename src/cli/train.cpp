@@ -68,10 +68,7 @@ int train(const Config& cfg) {
       outputs.checkpoint_dir = cfg.checkpoint_dir;
       outputs.force = cfg.force;
       outputs.results_replaceable = replace_results;
-      outputs.inputs = data_files(cfg.data);
-      for (const auto& f : io::weights_files(cfg.init)) outputs.inputs.push_back(f);
-      if (!cfg.ground_truth.empty()) outputs.inputs.push_back(cfg.ground_truth);
-      for (const auto& f : cfg.config_files) outputs.inputs.push_back(f);
+      outputs.inputs = input_files(cfg);
       io::check_outputs(outputs);
     }
     backend = comm::parse_backend(cfg.comm);

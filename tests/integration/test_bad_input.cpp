@@ -201,29 +201,27 @@ Setup symlink(const std::string& name, const std::string& target) {
   return [=](const fs::path& dir) { fs::create_symlink(target, dir / name); };
 }
 
-// A directory the command sees read-only: a read-only bind mount in a private mount namespace
-// (root: chmod does not stop it). Skipped where mount namespaces are not allowed.
-const std::string kReadOnly =
-    "unshare -m sh -c 'mount --bind ro ro && mount -o remount,bind,ro ro && exec \"$0\" \"$@\"' ";
-void read_only_dir(const fs::path& dir) {
-  fs::create_directories(dir / "ro");
-  const int rc = std::system(
-      ("cd " + quote(dir.string()) + " && " + kReadOnly + "true >/dev/null 2>&1").c_str());
-  if (rc != 0)
-    GTEST_SKIP() << "no private mount namespaces here (unshare -m): cannot make a "
-                    "read-only directory for root";
+// A directory `name` that commands run under `prefix` see mounted over (a mount in a private
+// mount namespace; root: chmod would not stop it). Skipped where mount namespaces are not allowed.
+Setup mounted_dir(const std::string& name, const std::string& prefix, const std::string& what) {
+  return [=](const fs::path& dir) {
+    fs::create_directories(dir / name);
+    const std::string probe =
+        "cd " + quote(dir.string()) + " && " + prefix + "true >/dev/null 2>&1";
+    if (std::system(probe.c_str()) != 0)
+      GTEST_SKIP() << "no private mount namespaces here (unshare -m): cannot make " << what;
+  };
 }
 
-// A 64 KiB disk at `small`: a tmpfs in a private mount namespace, gone when the command ends.
+// `ro`, read-only: a read-only bind mount.
+const std::string kReadOnly =
+    "unshare -m sh -c 'mount --bind ro ro && mount -o remount,bind,ro ro && exec \"$0\" \"$@\"' ";
+const Setup read_only_dir = mounted_dir("ro", kReadOnly, "a read-only directory for root");
+
+// `small`, a 64 KiB disk: a tmpfs, gone when the command ends.
 const std::string kSmallDisk =
     "unshare -m sh -c 'mount -t tmpfs -o size=64k tmpfs small && exec \"$0\" \"$@\"' ";
-void small_disk_dir(const fs::path& dir) {
-  fs::create_directories(dir / "small");
-  const int rc = std::system(
-      ("cd " + quote(dir.string()) + " && " + kSmallDisk + "true >/dev/null 2>&1").c_str());
-  if (rc != 0)
-    GTEST_SKIP() << "no private mount namespaces here (unshare -m): cannot make a small disk";
-}
+const Setup small_disk_dir = mounted_dir("small", kSmallDisk, "a small disk");
 
 // chmod 000 does not stop root (the tests usually run as root): then the case is skipped, saying
 // so; `data_path_through_a_file` covers an unopenable path either way.

@@ -107,6 +107,21 @@ class Reliability : public ::testing::Test {
     EXPECT_EQ(err.rfind("saescale: error: ", 0), 0u) << err;
     EXPECT_NE(err.find(needle), std::string::npos) << err;
   }
+  // Whether this process may make a private mount namespace (root, unshare -m).
+  bool mount_namespaces() const {
+    return std::system(("cd " + dir_ + " && unshare -m true >/dev/null 2>&1").c_str()) == 0;
+  }
+  // `saescale args` with a tmpfs of `size` at disk/ in a private mount namespace; what
+  // disk/`listed` holds at the end (ls -A) is kept in listing.txt before the mount goes.
+  ts::Result on_small_disk(const std::string& size, const std::string& listed,
+                           const std::string& args) const {
+    fs::create_directories(dir_ + "/disk");
+    return ts::run("cd " + dir_ +
+                       " && timeout -s KILL 120 unshare -m sh -c 'mount -t tmpfs -o size=" + size +
+                       " tmpfs disk && \"$0\" \"$@\"; rc=$?; ls -A disk/" + listed +
+                       " > listing.txt; exit $rc' " + ts::saescale() + " " + args,
+                   dir_);
+  }
   nlohmann::json results(const std::string& name) const {
     return nlohmann::json::parse(ts::slurp(dir_ + "/" + name));
   }
@@ -195,20 +210,12 @@ TEST_F(Reliability, TwoRunsCannotShareACheckpointDirectory) {
 // half-written checkpoint is removed and the previous one stays the newest. The disk is a small
 // tmpfs in a private mount namespace (root), sized for one checkpoint but not two.
 TEST_F(Reliability, AFullDiskFailsTheRunAndKeepsThePreviousCheckpoint) {
-  fs::create_directories(dir_ + "/disk");
-  // The mount lives as long as the shell that runs saescale and then lists what it left.
-  const std::string on_small_disk =
-      "unshare -m sh -c 'mount -t tmpfs -o size=800k tmpfs disk && \"$0\" \"$@\"; rc=$?; "
-      "ls disk/ckpt > listing.txt; exit $rc' ";
-  if (std::system(("cd " + dir_ + " && unshare -m true >/dev/null 2>&1").c_str()) != 0)
-    GTEST_SKIP() << "no private mount namespaces here (unshare -m): cannot make a full disk";
+  if (!mount_namespaces()) GTEST_SKIP() << "no private mount namespaces here: no small disk";
   // The checkpoint (parameters and Adam's second moment: about 540 KB) fits once, not twice.
-  const auto r =
-      ts::run("cd " + dir_ + " && timeout -s KILL 120 " + on_small_disk + ts::saescale() +
-                  " train --d-model 64 --width 512 --batch-size 256 --steps 40 "
-                  "--eval-tokens 256 --no-gemm-floor --checkpoint-dir disk/ckpt "
-                  "--checkpoint-every 10 --out r.json",
-              dir_);
+  const auto r = on_small_disk("800k", "ckpt",
+                               "train --d-model 64 --width 512 --batch-size 256 --steps 40 "
+                               "--eval-tokens 256 --no-gemm-floor --checkpoint-dir disk/ckpt "
+                               "--checkpoint-every 10 --out r.json");
   EXPECT_EQ(r.code, 1);
   expect_one_line_error(r.err, "the checkpoint of step 20 failed");
   EXPECT_NE(r.err.find("No space left on device"), std::string::npos) << r.err;
@@ -222,19 +229,12 @@ TEST_F(Reliability, AFullDiskFailsTheRunAndKeepsThePreviousCheckpoint) {
 // The same when the weights do not fit at the end: the run ends "failed" with its results and the
 // half-written weights directory is removed.
 TEST_F(Reliability, AFullDiskFailsTheWeightsAndLeavesNoneBehind) {
-  fs::create_directories(dir_ + "/disk");
-  if (std::system(("cd " + dir_ + " && unshare -m true >/dev/null 2>&1").c_str()) != 0)
-    GTEST_SKIP() << "no private mount namespaces here (unshare -m): cannot make a full disk";
+  if (!mount_namespaces()) GTEST_SKIP() << "no private mount namespaces here: no small disk";
   // W_enc and W_dec alone are 262 KB: more than the disk.
-  const auto r = ts::run("cd " + dir_ +
-                             " && timeout -s KILL 120 unshare -m sh -c 'mount -t tmpfs -o "
-                             "size=100k tmpfs disk && \"$0\" \"$@\"; rc=$?; ls -A disk > "
-                             "listing.txt; exit $rc' " +
-                             ts::saescale() +
-                             " train --d-model 64 --width 512 --batch-size 256 --steps 5 "
-                             "--eval-tokens 256 --no-gemm-floor --save-weights disk/weights "
-                             "--out r.json",
-                         dir_);
+  const auto r = on_small_disk("100k", "",
+                               "train --d-model 64 --width 512 --batch-size 256 --steps 5 "
+                               "--eval-tokens 256 --no-gemm-floor --save-weights disk/weights "
+                               "--out r.json");
   EXPECT_EQ(r.code, 1);
   expect_one_line_error(r.err, "saving the weights failed");
   EXPECT_NE(r.err.find("No space left on device"), std::string::npos) << r.err;

@@ -35,6 +35,26 @@ std::vector<std::pair<int, int>> grids() {  // (dp, lp) with dp * lp = ranks
   return out;
 }
 
+// A small run of `variant` with SGD, so that differences between grids or paths stay
+// rounding-sized: Adam's normalised step turns rounding-level changes of a near-zero gradient into
+// lr-sized steps.
+Config small_sgd_run(const std::string& variant, unsigned seed) {
+  Config cfg;
+  cfg.variant = variant;
+  cfg.d_model = 16;
+  cfg.width = 64;
+  cfg.batch_size = 32;
+  cfg.warmup_steps = 1;
+  cfg.seed = seed % 1000 + 1;
+  cfg.optimizer = "sgd";
+  cfg.lr = 0.05;
+  cfg.eval_tokens = 64;
+  cfg.norm_tokens = 256;
+  cfg.progress_every = 1000;
+  cfg.gemm_floor = false;
+  return cfg;
+}
+
 Matrix to_device(const std::vector<float>& v, int64_t rows, int64_t cols) {
   Matrix m("test::matrix", rows, cols);
   auto h = Kokkos::create_mirror_view(m);
@@ -212,29 +232,16 @@ TEST(GlobalTopK, BatchFilterOverRanksIsTheOneRankRadixSelection) {
 }
 
 // Training: the same global batch on any grid gives the same weights as one rank, within float
-// tolerance (the sums are ordered differently). SGD, so that differences stay rounding-sized:
-// Adam's normalised step turns rounding-level changes of a near-zero gradient into lr-sized steps.
+// tolerance (the sums are ordered differently), with SGD (small_sgd_run).
 TEST(Equivalence, EveryVariantOnEveryGridTrainsLikeOneRank) {
   const unsigned seed = shared_seed();
   for (const std::string variant : {"relu", "jumprelu", "gated", "topk", "batchtopk"}) {
-    Config cfg;
-    cfg.variant = variant;
-    cfg.d_model = 16;
-    cfg.width = 64;
-    cfg.batch_size = 32;
+    Config cfg = small_sgd_run(variant, seed);
     cfg.steps = 5;
-    cfg.warmup_steps = 1;
-    cfg.seed = seed % 1000 + 1;
     cfg.data = "synthetic:features=32,l0=4";
-    cfg.optimizer = "sgd";
-    cfg.lr = 0.05;
     cfg.k = 4;
     cfg.aux_k = 8;
     cfg.dead_window_tokens = 48;  // latents die within two steps: AuxK runs
-    cfg.eval_tokens = 64;
-    cfg.norm_tokens = 256;
-    cfg.progress_every = 1000;
-    cfg.gemm_floor = false;
     comm::Communicator alone;
     Trainer reference(cfg, alone);
     const auto ref_results = reference.run();
@@ -279,22 +286,10 @@ TEST(SparseAuto, RanksWhoseRowsDisagreeTrainAsTheDensePath) {
     // happen to be equal (about one run in twenty): a few seeds make that chance negligible.
     bool counts_differed = false;
     for (unsigned s = 0; s < 4; ++s) {
-      Config cfg;
-      cfg.variant = variant;
-      cfg.d_model = 16;
-      cfg.width = 64;
-      cfg.batch_size = 32;
+      Config cfg = small_sgd_run(variant, seed + s);
       cfg.steps = 12;
-      cfg.warmup_steps = 1;
-      cfg.seed = (seed + s) % 1000 + 1;
-      cfg.optimizer = "sgd";
-      cfg.lr = 0.05;
       cfg.k = 8;
       cfg.aux_k = 0;
-      cfg.eval_tokens = 64;
-      cfg.norm_tokens = 256;
-      cfg.progress_every = 1000;
-      cfg.gemm_floor = false;
       cfg.lp = world_size();
       comm::Grid grid = comm::Grid::create(1, cfg.lp);
       comm::Communicator comm(grid, comm::Backend::mpi);
